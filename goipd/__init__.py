@@ -1,0 +1,3 @@
+"""goipd: fleet controller for GoIP GSM gateways."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,464 @@
+"""YAML configuration → typed, validated settings.
+
+Two passes: pydantic checks the shape (strict, unknown keys rejected), then secrets are resolved
+from `X` / `X_env` / `X_file`. Every problem is reported as `FILE: key.path: message`, and no
+message ever echoes the value of a secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+def parse_duration(value: object) -> float:
+    """`15s`, `2m`, `1h30m`, `250ms` → seconds. Bare numbers are refused: is 15 seconds or ms?"""
+    if isinstance(value, str):
+        text = value.strip()
+        pos = 0
+        total = 0.0
+        while pos < len(text):
+            match = _DURATION_PART.match(text, pos)
+            if match is None:
+                break
+            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return total
+    raise ValueError(f"expected a duration like 15s, got {_show(value)}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a user value for error messages."""
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return '"' + shown.replace('"', '\\"') + '"'
+    if isinstance(value, bool | int | float) or value is None:
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0s, got {format_duration(value)}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _check_listen(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'expected "host:port" like "127.0.0.1:8080", got {_show(value)}')
+    return value
+
+
+class HttpSettings(_Strict):
+    listen: Annotated[str, BeforeValidator(lambda v: _check_listen(v) if isinstance(v, str) else v)]
+    api_tokens: tuple[SecretStr, ...] = ()
+    api_tokens_file: str | None = None
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class StorageSettings(_Strict):
+    url: str = "sqlite:///var/lib/goipd/goipd.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        # Only the part after "@" is echoed: a PostgreSQL URL may carry a password.
+        shown = _show(value.split("@")[-1])
+        raise ValueError(f"expected sqlite:///PATH or postgresql://USER@HOST/DB, got {shown}")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.url[len("sqlite:///") :]) if self.url.startswith("sqlite:") else None
+
+
+class LoggingSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class PollingSettings(_Strict):
+    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Fraction of each server's poll interval used as random start offset, so a rack of
+    servers configured alike does not get polled in lock-step."""
+    backoff_max: Duration = 300.0
+
+
+class ServerSettings(_Strict):
+    name: str
+    url: str
+    username: str
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    poll_interval: Duration = 15.0
+    timeout: Duration = 5.0
+    hook_token: SecretStr | None = None
+    hook_token_env: str | None = None
+    hook_token_file: str | None = None
+    hook_allow: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"expected 1-32 characters of [a-z0-9_-], got {_show(value)}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
+        if parts.username or parts.password:
+            raise ValueError("credentials belong in username/password, not in the URL")
+        return value.rstrip("/")
+
+    @field_validator("poll_interval", "timeout")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        return _positive(value)
+
+    @field_validator("hook_allow")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"expected IP addresses or networks like 10.0.0.0/24, got {_show(item)}"
+                ) from None
+        return value
+
+
+class RawSettings(_Strict):
+    http: HttpSettings = HttpSettings(listen="127.0.0.1:8080")
+    storage: StorageSettings = StorageSettings()
+    logging: LoggingSettings = LoggingSettings()
+    polling: PollingSettings = PollingSettings()
+    servers: tuple[ServerSettings, ...] = ()
+
+
+# --- resolved settings: what the rest of goipd sees --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    username: str
+    password: SecretStr
+    poll_interval: float
+    timeout: float
+    hook_token: SecretStr | None
+    hook_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path | None
+    http: HttpSettings
+    api_tokens: tuple[SecretStr, ...]
+    storage: StorageSettings
+    logging: LoggingSettings
+    polling: PollingSettings
+    servers: tuple[Server, ...]
+    warnings: tuple[str, ...] = ()
+    inline_secrets: bool = False
+    """Some secret is written in the config file itself (not via _env/_file)."""
+
+    def server(self, name: str) -> Server | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+
+class ConfigError(Exception):
+    """Every problem found in a config file, each with its key path."""
+
+    def __init__(self, source: Path | str | None, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = str(source) if source is not None else "<config>"
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
+            for path, message in self.problems
+        ]
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; in a config that hides a mistake, so refuse."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [("", f"cannot read file: {exc.__class__.__name__}")]) from None
+    settings = parse_settings(text, source=source, environ=environ)
+    warnings = list(settings.warnings)
+    if settings.inline_secrets and _is_world_readable(source):
+        warnings.append(
+            f"{source} holds secrets and is readable by every user; chmod 600 it or use "
+            "password_file / password_env"
+        )
+    return Settings(**{**settings.__dict__, "warnings": tuple(warnings)})
+
+
+def parse_settings(
+    text: str, source: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if environ is None else environ
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [("", f"invalid YAML: {where}{exc.problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [("", f"invalid YAML: {exc}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"expected a mapping at the top level, got {_show(data)}")])
+    try:
+        raw = RawSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_problems(exc)) from None
+    return _resolve(raw, source, env)
+
+
+def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = _format_loc(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "value_error":
+            message = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            message = err["msg"][0].lower() + err["msg"][1:]
+        problems.append((path, message))
+    return problems
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in ("str", "float"):
+            # pydantic adds validator/type names into the location of Annotated types
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> Settings:
+    problems: list[tuple[str, str]] = []
+    base = source.parent if source is not None else Path.cwd()
+    servers: list[Server] = []
+    seen: dict[str, int] = {}
+    for index, server in enumerate(raw.servers):
+        path = f"servers[{index}]"
+        if server.name in seen:
+            problems.append(
+                (f"{path}.name", f'"{server.name}" is already used by servers[{seen[server.name]}]')
+            )
+        seen.setdefault(server.name, index)
+        if server.timeout >= server.poll_interval:
+            problems.append(
+                (
+                    f"{path}.timeout",
+                    f"must be shorter than poll_interval ({format_duration(server.poll_interval)})"
+                    f", got {format_duration(server.timeout)}",
+                )
+            )
+        password = _secret(server, "password", path, base, env, problems, required=True)
+        hook_token = _secret(server, "hook_token", path, base, env, problems, required=False)
+        servers.append(
+            Server(
+                name=server.name,
+                url=server.url,
+                username=server.username,
+                password=password or SecretStr(""),
+                poll_interval=server.poll_interval,
+                timeout=server.timeout,
+                hook_token=hook_token,
+                hook_allow=tuple(ipaddress.ip_network(n, strict=False) for n in server.hook_allow),
+            )
+        )
+    tokens = list(raw.http.api_tokens)
+    if raw.http.api_tokens_file is not None:
+        file_tokens = _read_secret_file(
+            raw.http.api_tokens_file, "http.api_tokens_file", base, env, problems
+        )
+        if file_tokens is not None:
+            tokens.extend(
+                SecretStr(line.strip())
+                for line in file_tokens.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            )
+    for index, token in enumerate(tokens):
+        if len(token.get_secret_value()) < 16:
+            problems.append(
+                (f"http.api_tokens[{index}]", "tokens must be at least 16 characters long")
+            )
+    if problems:
+        raise ConfigError(source, problems)
+    return Settings(
+        source=source,
+        http=raw.http,
+        api_tokens=tuple(tokens),
+        storage=raw.storage,
+        logging=raw.logging,
+        polling=raw.polling,
+        servers=tuple(servers),
+        inline_secrets=bool(raw.http.api_tokens)
+        or any(s.password is not None or s.hook_token is not None for s in raw.servers),
+    )
+
+
+def _secret(
+    model: BaseModel,
+    key: str,
+    path: str,
+    base: Path,
+    env: Mapping[str, str],
+    problems: list[tuple[str, str]],
+    *,
+    required: bool,
+) -> SecretStr | None:
+    inline: SecretStr | None = getattr(model, key)
+    env_name: str | None = getattr(model, f"{key}_env")
+    file_name: str | None = getattr(model, f"{key}_file")
+    given = [
+        k
+        for k, v in ((key, inline), (f"{key}_env", env_name), (f"{key}_file", file_name))
+        if v is not None
+    ]
+    if len(given) > 1:
+        problems.append((f"{path}.{given[1]}", f"give only one of {key} / {key}_env / {key}_file"))
+        return None
+    if not given:
+        if required:
+            problems.append(
+                (f"{path}.{key}", f"required: set one of {key} / {key}_env / {key}_file")
+            )
+        return None
+    if inline is not None:
+        return inline
+    if env_name is not None:
+        value = env.get(env_name)
+        if not value:
+            problems.append((f"{path}.{key}_env", f"environment variable {env_name} is not set"))
+            return None
+        return SecretStr(value)
+    assert file_name is not None
+    content = _read_secret_file(file_name, f"{path}.{key}_file", base, env, problems)
+    if content is None:
+        return None
+    value = content.strip()
+    if not value:
+        problems.append((f"{path}.{key}_file", f"file {file_name} is empty"))
+        return None
+    return SecretStr(value)
+
+
+def _read_secret_file(
+    name: str, path: str, base: Path, env: Mapping[str, str], problems: list[tuple[str, str]]
+) -> str | None:
+    """Relative names are looked up in systemd's $CREDENTIALS_DIRECTORY first (LoadCredential=),
+    then next to the config file."""
+    candidate = Path(name)
+    if not candidate.is_absolute():
+        creds = env.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / candidate).exists():
+            candidate = Path(creds) / candidate
+        else:
+            candidate = base / candidate
+    try:
+        return candidate.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problems.append((path, f"file {candidate} does not exist"))
+    except PermissionError:
+        problems.append((path, f"file {candidate} is not readable by this user"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append((path, f"cannot read {candidate}: {exc.__class__.__name__}"))
+    return None
+
+
+def _is_world_readable(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False

@@ -1,0 +1,217 @@
+"""The line registry: what goipd knows about every SMS Server and every line, and what changed.
+
+Only the poller writes poll results here; routing and the API read. Every transition is logged
+as exactly one structlog event so operators can grep a line's history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import structlog
+
+from goipd.upstream.errors import ErrorReason
+from goipd.upstream.goip import LineStatus
+
+log = structlog.get_logger("goipd.fleet")
+
+
+class LineState(StrEnum):
+    """One word per line for humans, dashboards and the status page, most severe first."""
+
+    GONE = "gone"
+    OFFLINE = "offline"
+    LOGGED_OUT = "logged_out"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    REGISTERED = "registered"
+
+
+@dataclass(slots=True)
+class Line:
+    server: str
+    line_id: str
+    online: bool
+    registered: bool
+    reg_raw: str
+    remain_sms: int | None
+    day_remain_sms: int | None
+    first_seen: float
+    last_change: float
+    last_seen: float
+    gone: bool = False
+    online_changes: int = 0
+    reg_changes: int = 0
+    quarantined_until: float = 0.0
+    """Set by dispatch after repeated line-class CMS errors; 0 when not quarantined."""
+    quarantine_reason: str | None = None
+
+    @property
+    def quota_left(self) -> bool:
+        return self.remain_sms != 0 and self.day_remain_sms != 0
+
+    def quarantined(self, now: float) -> bool:
+        return self.quarantined_until > now
+
+    @property
+    def healthy(self) -> bool:
+        """What `goipd_line_healthy` exports: usable for routing, send-rate aside."""
+        return self.state is LineState.REGISTERED and self.quarantined_until <= time.time()
+
+    @property
+    def state(self) -> LineState:
+        if self.gone:
+            return LineState.GONE
+        if not self.online:
+            return LineState.OFFLINE
+        if not self.registered:
+            return LineState.LOGGED_OUT
+        if not self.quota_left:
+            return LineState.QUOTA_EXHAUSTED
+        return LineState.REGISTERED
+
+
+@dataclass(slots=True)
+class ServerState:
+    name: str
+    up: bool = False
+    polled: bool = False
+    """At least one poll finished (successfully or not): counts toward readiness."""
+    last_poll: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_reason: ErrorReason | None = None
+    consecutive_failures: int = 0
+    lines: dict[str, Line] = field(default_factory=dict)
+
+
+class LineRegistry:
+    def __init__(self, server_names: Iterable[str] = ()) -> None:
+        self.servers: dict[str, ServerState] = {}
+        self.set_servers(server_names)
+
+    def set_servers(self, names: Iterable[str]) -> None:
+        """Add new servers and forget removed ones (with their lines), keep the rest as is."""
+        wanted = list(names)
+        for name in list(self.servers):
+            if name not in wanted:
+                del self.servers[name]
+                log.info("server_removed", server=name)
+        for name in wanted:
+            self.servers.setdefault(name, ServerState(name))
+
+    def lines(self) -> Iterator[Line]:
+        for server in self.servers.values():
+            yield from server.lines.values()
+
+    def line(self, server: str, line_id: str) -> Line | None:
+        state = self.servers.get(server)
+        return state.lines.get(line_id) if state else None
+
+    @property
+    def first_round_done(self) -> bool:
+        return all(server.polled for server in self.servers.values())
+
+    def apply_poll(self, server_name: str, statuses: list[LineStatus], now: float) -> None:
+        server = self.servers.get(server_name)
+        if server is None:  # removed by a reload while its poll was in flight
+            return
+        if not server.up:
+            log.info(
+                "server_recovered" if server.polled else "server_reached",
+                server=server_name,
+                lines=len(statuses),
+                failures=server.consecutive_failures,
+            )
+        server.up = server.polled = True
+        server.last_poll = server.last_success = now
+        server.consecutive_failures = 0
+        server.last_error = server.last_error_reason = None
+        seen = set()
+        for status in statuses:
+            seen.add(status.line_id)
+            line = server.lines.get(status.line_id)
+            if line is None or line.gone:
+                self._appear(server, status, line, now)
+            else:
+                _update(line, status, now)
+        for line in server.lines.values():
+            if line.line_id not in seen and not line.gone:
+                line.gone = True
+                line.last_change = now
+                log.warning("line_disappeared", server=server_name, line=line.line_id)
+
+    def _appear(
+        self, server: ServerState, status: LineStatus, old: Line | None, now: float
+    ) -> None:
+        line = Line(
+            server=server.name,
+            line_id=status.line_id,
+            online=status.online,
+            registered=status.registered,
+            reg_raw=status.reg_raw,
+            remain_sms=status.remain_sms,
+            day_remain_sms=status.day_remain_sms,
+            first_seen=old.first_seen if old else now,
+            last_change=now,
+            last_seen=now,
+        )
+        if old is not None:
+            line.online_changes, line.reg_changes = old.online_changes, old.reg_changes
+        server.lines[status.line_id] = line
+        log.info(
+            "line_reappeared" if old else "line_appeared",
+            server=server.name,
+            line=line.line_id,
+            online=line.online,
+            reg=line.reg_raw,
+            remain_sms=line.remain_sms,
+            day_remain_sms=line.day_remain_sms,
+        )
+
+    def apply_failure(self, server_name: str, reason: ErrorReason, detail: str, now: float) -> None:
+        server = self.servers.get(server_name)
+        if server is None:
+            return
+        if server.up or not server.polled:
+            log.warning("server_down", server=server_name, reason=reason.value, detail=detail)
+        server.up = False
+        server.polled = True
+        server.last_poll = now
+        server.consecutive_failures += 1
+        server.last_error = detail
+        server.last_error_reason = reason
+
+
+def _update(line: Line, status: LineStatus, now: float) -> None:
+    line.last_seen = now
+    ctx = {"server": line.server, "line": line.line_id}
+    if status.online != line.online:
+        line.online = status.online
+        line.online_changes += 1
+        line.last_change = now
+        if status.online:
+            log.info("line_connected", **ctx)
+        else:
+            log.warning("line_disconnected", **ctx)
+    if status.registered != line.registered:
+        line.registered = status.registered
+        line.reg_changes += 1
+        line.last_change = now
+        if status.registered:
+            log.info("sim_logged_in", **ctx)
+        else:
+            log.warning("sim_logged_out", reg=status.reg_raw, **ctx)
+    line.reg_raw = status.reg_raw
+    for quota, old, new in (
+        ("total", line.remain_sms, status.remain_sms),
+        ("day", line.day_remain_sms, status.day_remain_sms),
+    ):
+        if new == 0 and old != 0:
+            log.warning("quota_exhausted", quota=quota, **ctx)
+        elif old == 0 and new != 0:
+            log.info("quota_restored", quota=quota, remaining=new, **ctx)
+    line.remain_sms = status.remain_sms
+    line.day_remain_sms = status.day_remain_sms

@@ -1,0 +1,33 @@
+"""The one error type every upstream client raises, with a bounded set of reasons.
+
+The reason is a metric label (`goipd_server_poll_errors_total{reason}`), so the set is closed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorReason(StrEnum):
+    TIMEOUT = "timeout"
+    CONNECT = "connect"
+    HTTP_STATUS = "http_status"
+    AUTH = "auth"
+    PARSE = "parse"
+
+
+class UpstreamError(Exception):
+    """A failed exchange with an upstream API.
+
+    `detail` is for logs and operators; it never contains credentials because clients build it
+    from status codes and parser messages only, never from request URLs or bodies.
+    """
+
+    def __init__(self, reason: ErrorReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ParseError(ValueError):
+    """A reply or push body that does not match the documented shape (pure parsers raise it)."""

@@ -1,0 +1,247 @@
+"""goipd check-config: every kind of bad config is refused with a message naming the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from goipd.config import ConfigError, load_settings, parse_duration, parse_settings
+
+GOOD = """
+http:
+  listen: "127.0.0.1:8080"
+  api_tokens: ["0123456789abcdef-token"]
+storage:
+  url: "sqlite:///tmp/goipd-test.db"
+servers:
+  - name: hq
+    url: "http://127.0.0.1:9090/hq/"
+    username: root
+    password: s3cret-pw
+    poll_interval: 15s
+    timeout: 5s
+    hook_token: hook-secret-123
+    hook_allow: ["127.0.0.1", "10.0.0.0/24"]
+  - name: branch_2
+    url: "https://127.0.0.1:9443"
+    username: root
+    password_env: GOIPD_BRANCH_PW
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, source=Path("goipd.yaml"), environ=env or {})
+    return info.value.lines()
+
+
+def test_good_config_resolves_secrets_and_durations() -> None:
+    settings = parse_settings(GOOD, environ={"GOIPD_BRANCH_PW": "from-env"})
+    hq, branch = settings.servers
+    assert hq.url == "http://127.0.0.1:9090/hq"
+    assert hq.password.get_secret_value() == "s3cret-pw"
+    assert hq.poll_interval == 15.0 and hq.timeout == 5.0
+    assert branch.password.get_secret_value() == "from-env"
+    assert branch.hook_token is None
+    assert settings.http.port == 8080 and settings.http.host == "127.0.0.1"
+    assert settings.api_tokens[0].get_secret_value() == "0123456789abcdef-token"
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config" / "goipd.example.yaml"
+    (tmp_path / "tokens").write_text("# operators\n0123456789abcdef-ops\n")
+    env = {"GOIPD_HQ_PASSWORD": "x" * 8, "GOIPD_TAIPEI_HOOK_TOKEN": "y" * 20}
+    settings = parse_settings(example.read_text(), source=tmp_path / "goipd.yaml", environ=env)
+    assert [s.name for s in settings.servers] == ["taipei"]
+    assert [t.get_secret_value() for t in settings.api_tokens] == ["0123456789abcdef-ops"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # 1 unknown key, at any depth
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, colour: red}",
+            "goipd.yaml: servers[0].colour: unknown key",
+        ),
+        ("htp:\n  listen: '1.2.3.4:80'", "goipd.yaml: htp: unknown key"),
+        # 2 bad duration
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, poll_interval: fast}",
+            'goipd.yaml: servers[0].poll_interval: expected a duration like 15s, got "fast"',
+        ),
+        # 3 bare number for a duration (seconds or milliseconds?)
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, timeout: 5}",
+            "goipd.yaml: servers[0].timeout: expected a duration like 15s, got 5",
+        ),
+        # 4 required key missing
+        (
+            "servers:\n- {name: a, url: 'http://h', password: p}",
+            "goipd.yaml: servers[0].username: required key is missing",
+        ),
+        # 5 bad server name
+        (
+            "servers:\n- {name: 'Head Office', url: 'http://h', username: u, password: p}",
+            "goipd.yaml: servers[0].name: expected 1-32 characters of [a-z0-9_-]",
+        ),
+        # 6 duplicate server name
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p}\n"
+            "- {name: a, url: 'http://g', username: u, password: p}",
+            'goipd.yaml: servers[1].name: "a" is already used by servers[0]',
+        ),
+        # 7 two password sources
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, password_env: X}",
+            "goipd.yaml: servers[0].password_env: give only one of password / password_env",
+        ),
+        # 8 no password source
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u}",
+            "goipd.yaml: servers[0].password: required: set one of password / password_env",
+        ),
+        # 9 environment variable not set
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password_env: GOIPD_NOPE}",
+            "goipd.yaml: servers[0].password_env: environment variable GOIPD_NOPE is not set",
+        ),
+        # 10 password file missing
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password_file: /nonexistent/pw}",
+            "goipd.yaml: servers[0].password_file: file /nonexistent/pw does not exist",
+        ),
+        # 11 bad URL scheme
+        (
+            "servers:\n- {name: a, url: 'ftp://h', username: u, password: p}",
+            'goipd.yaml: servers[0].url: expected an http:// or https:// URL, got "ftp://h"',
+        ),
+        # 12 credentials in URL
+        (
+            "servers:\n- {name: a, url: 'http://u:pw@h', username: u, password: p}",
+            "goipd.yaml: servers[0].url: credentials belong in username/password",
+        ),
+        # 13 bad listen address
+        (
+            "http:\n  listen: localhost",
+            'goipd.yaml: http.listen: expected "host:port" like "127.0.0.1:8080", got "localhost"',
+        ),
+        # 14 invalid YAML
+        ("servers: [\n", "goipd.yaml: invalid YAML: line"),
+        # 15 duplicate key
+        (
+            "http:\n  listen: '127.0.0.1:1'\nhttp:\n  listen: '127.0.0.1:2'",
+            "goipd.yaml: invalid YAML: line 3, column 1: duplicate key 'http'",
+        ),
+        # 16 wrong type
+        ("servers: {name: a}", "goipd.yaml: servers: input should be a valid tuple"),
+        # 17 timeout not shorter than the interval
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, poll_interval: 5s,"
+            " timeout: 10s}",
+            "goipd.yaml: servers[0].timeout: must be shorter than poll_interval (5s), got 10s",
+        ),
+        # 18 zero duration
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, poll_interval: 0s}",
+            "goipd.yaml: servers[0].poll_interval: must be greater than 0s",
+        ),
+        # 19 unknown storage scheme; the password part of the URL is never echoed
+        (
+            "storage:\n  url: 'mysql://root:hunter2@db/goipd'",
+            'goipd.yaml: storage.url: expected sqlite:///PATH or postgresql://USER@HOST/DB, got "db/goipd"',
+        ),
+        # 20 bad allowlist entry
+        (
+            "servers:\n- {name: a, url: 'http://h', username: u, password: p, hook_allow: [nowhere]}",
+            "goipd.yaml: servers[0].hook_allow: expected IP addresses or networks like 10.0.0.0/24",
+        ),
+        # 21 short API token
+        (
+            "http:\n  listen: '127.0.0.1:1'\n  api_tokens: [short]",
+            "goipd.yaml: http.api_tokens[0]: tokens must be at least 16 characters long",
+        ),
+        # 22 top level not a mapping
+        ("- a\n- b", "goipd.yaml: expected a mapping at the top level"),
+        # 23 bad enum
+        ("logging:\n  level: loud", "goipd.yaml: logging.level: input should be"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(line.startswith(expected) for line in found), found
+
+
+def test_secret_values_never_appear_in_errors() -> None:
+    text = (
+        "servers:\n- {name: 'BAD NAME', url: 'http://h', username: u, password: hunter2-pw,"
+        " hook_token: [1]}"
+    )
+    joined = "\n".join(problems(text))
+    assert "hunter2-pw" not in joined
+    assert "servers[0].hook_token" in joined
+
+
+def test_password_file_relative_to_credentials_directory(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "hq.pw").write_text("from-credentials\n")
+    text = "servers:\n- {name: a, url: 'http://h', username: u, password_file: hq.pw}"
+    settings = parse_settings(
+        text, source=tmp_path / "goipd.yaml", environ={"CREDENTIALS_DIRECTORY": str(creds)}
+    )
+    assert settings.servers[0].password.get_secret_value() == "from-credentials"
+    # Without systemd's credentials directory the name is relative to the config file.
+    (tmp_path / "hq.pw").write_text("next-to-config")
+    settings = parse_settings(text, source=tmp_path / "goipd.yaml", environ={})
+    assert settings.servers[0].password.get_secret_value() == "next-to-config"
+
+
+def test_world_readable_config_with_inline_secret_warns(tmp_path: Path) -> None:
+    path = tmp_path / "goipd.yaml"
+    path.write_text("servers:\n- {name: a, url: 'http://h', username: u, password: inline-pw}")
+    os.chmod(path, 0o644)
+    assert any("readable by every user" in w for w in load_settings(path).warnings)
+    os.chmod(path, 0o600)
+    assert load_settings(path).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("15s", 15), ("2m", 120), ("1h30m", 5400), ("250ms", 0.25), ("1d", 86400)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15", "s", "15 s", "-1s", "1y", "2m x"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration like 15s"):
+        parse_duration(text)
+
+
+def test_check_config_command_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("servers:\n- {name: a, url: 'http://h', username: u, password: p, x: 1}")
+    result = subprocess.run(
+        [sys.executable, "-m", "goipd.cli", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{bad}: servers[0].x: unknown key"
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD.replace("password_env: GOIPD_BRANCH_PW", "password: b"))
+    good.chmod(0o600)
+    result = subprocess.run(
+        [sys.executable, "-m", "goipd.cli", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK (2 servers)" in result.stdout
