@@ -1,0 +1,1 @@
+"""Durable message store: one interface (base.Ledger), SQLite and PostgreSQL backends."""
