@@ -26,6 +26,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -145,6 +146,9 @@ class ServerSettings(_Strict):
     hook_token_env: str | None = None
     hook_token_file: str | None = None
     hook_allow: tuple[str, ...] = ()
+    groups: dict[str, tuple[str, ...]] = {}
+    """Carrier group (the SMS Server's "provider") → its line IDs. querylines does not say
+    which group a line is in; with this map goipd picks the line itself, health-aware."""
 
     @field_validator("name")
     @classmethod
@@ -181,12 +185,87 @@ class ServerSettings(_Strict):
         return value
 
 
+class RouteTarget(_Strict):
+    """One hop of a route: exactly one of server (optionally narrowed) or cloud."""
+
+    server: str | None = None
+    """A configured server name, or "*" for any server."""
+    provider: str | None = None
+    """Carrier group on that server (sendsms `provider`)."""
+    line: str | None = None
+    """Exact line on that server (sendsms `goip_line`)."""
+    cloud: Literal["smsgo", "paasoo", "c123"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RouteTarget:
+        if (self.server is None) == (self.cloud is None):
+            raise ValueError("give either server (with optional provider or line) or cloud")
+        if self.cloud is not None and (self.provider or self.line):
+            raise ValueError("provider and line apply to a server, not to a cloud route")
+        if self.provider and self.line:
+            raise ValueError("give provider or line, not both (the SMS Server ignores provider)")
+        if self.server == "*" and (self.provider or self.line):
+            raise ValueError('provider and line need a named server, not "*"')
+        return self
+
+    def describe(self) -> str:
+        if self.cloud:
+            return f"cloud:{self.cloud}"
+        suffix = f"/{self.line}" if self.line else f"[{self.provider}]" if self.provider else ""
+        return f"{self.server}{suffix}"
+
+
+class RouteMatch(_Strict):
+    prefix: tuple[str, ...] = ()
+    """E.164 prefixes like "+886" or "+8869"."""
+    country: tuple[str, ...] = ()
+    """ISO 3166 region codes like "TW" (from the phonenumbers library)."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not re.fullmatch(r"\+\d{1,15}", item):
+                raise ValueError(f'expected E.164 prefixes like "+886", got {_show(item)}')
+        return value
+
+    @field_validator("country")
+    @classmethod
+    def _countries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not re.fullmatch(r"[A-Z]{2}", item):
+                raise ValueError(f'expected ISO region codes like "TW", got {_show(item)}')
+        return value
+
+
+class RouteRule(_Strict):
+    match: RouteMatch = RouteMatch()
+    """Empty match = every destination (a default rule, usually last)."""
+    via: tuple[RouteTarget, ...] = Field(min_length=1)
+
+
+class RoutingSettings(_Strict):
+    line_rate_per_minute: int = Field(default=6, ge=1, le=600)
+    """SMS a line may send per minute; GSM modules manage about 6-10."""
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    """Sends of one recipient before it fails (line errors retry on another line)."""
+    quarantine_after: int = Field(default=3, ge=1, le=100)
+    """Consecutive line-class CMS errors that quarantine a line."""
+    quarantine_for: Duration = 600.0
+    retry_delay: Duration = 5.0
+    """Wait before a recipient with no usable route is tried again (doubles per attempt)."""
+    max_queue_age: Duration = 86400.0
+    """A recipient still not sent after this long fails with reason expired."""
+
+
 class RawSettings(_Strict):
     http: HttpSettings = HttpSettings(listen="127.0.0.1:8080")
     storage: StorageSettings = StorageSettings()
     logging: LoggingSettings = LoggingSettings()
     polling: PollingSettings = PollingSettings()
     servers: tuple[ServerSettings, ...] = ()
+    routing: RoutingSettings = RoutingSettings()
+    routes: tuple[RouteRule, ...] = ()
 
 
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
@@ -202,6 +281,7 @@ class Server:
     timeout: float
     hook_token: SecretStr | None
     hook_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    groups: Mapping[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -213,6 +293,8 @@ class Settings:
     logging: LoggingSettings
     polling: PollingSettings
     servers: tuple[Server, ...]
+    routing: RoutingSettings
+    routes: tuple[RouteRule, ...]
     warnings: tuple[str, ...] = ()
     inline_secrets: bool = False
     """Some secret is written in the config file itself (not via _env/_file)."""
@@ -355,6 +437,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
                 timeout=server.timeout,
                 hook_token=hook_token,
                 hook_allow=tuple(ipaddress.ip_network(n, strict=False) for n in server.hook_allow),
+                groups=server.groups,
             )
         )
     tokens = list(raw.http.api_tokens)
@@ -368,11 +451,20 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
                 for line in file_tokens.splitlines()
                 if line.strip() and not line.lstrip().startswith("#")
             )
+    if not tokens and raw.http.api_tokens_file is None and not _is_loopback(raw.http.host):
+        problems.append(
+            (
+                "http.api_tokens",
+                "required when http.listen is not a loopback address "
+                "(without tokens the API is open to anyone who can connect)",
+            )
+        )
     for index, token in enumerate(tokens):
         if len(token.get_secret_value()) < 16:
             problems.append(
                 (f"http.api_tokens[{index}]", "tokens must be at least 16 characters long")
             )
+    problems.extend(_route_problems(raw, seen))
     if problems:
         raise ConfigError(source, problems)
     return Settings(
@@ -383,9 +475,33 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         logging=raw.logging,
         polling=raw.polling,
         servers=tuple(servers),
+        routing=raw.routing,
+        routes=raw.routes,
         inline_secrets=bool(raw.http.api_tokens)
         or any(s.password is not None or s.hook_token is not None for s in raw.servers),
     )
+
+
+def _route_problems(raw: RawSettings, servers: Mapping[str, int]) -> list[tuple[str, str]]:
+    problems = []
+    for r_index, rule in enumerate(raw.routes):
+        for t_index, target in enumerate(rule.via):
+            path = f"routes[{r_index}].via[{t_index}]"
+            if target.server is None or target.server == "*":
+                continue
+            if target.server not in servers:
+                problems.append((f"{path}.server", f'no server named "{target.server}"'))
+                continue
+            server = raw.servers[servers[target.server]]
+            if target.provider and server.groups and target.provider not in server.groups:
+                problems.append(
+                    (
+                        f"{path}.provider",
+                        f'server "{server.name}" has no group "{target.provider}" '
+                        f"(groups: {', '.join(server.groups)})",
+                    )
+                )
+    return problems
 
 
 def _secret(
@@ -455,6 +571,15 @@ def _read_secret_file(
     except (OSError, UnicodeDecodeError) as exc:
         problems.append((path, f"cannot read {candidate}: {exc.__class__.__name__}"))
     return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_world_readable(path: Path) -> bool:

@@ -165,9 +165,14 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
             "http:\n  listen: '127.0.0.1:1'\n  api_tokens: [short]",
             "goipd.yaml: http.api_tokens[0]: tokens must be at least 16 characters long",
         ),
-        # 22 top level not a mapping
+        # 22 open API on a public address
+        (
+            "http:\n  listen: '0.0.0.0:8080'",
+            "goipd.yaml: http.api_tokens: required when http.listen is not a loopback address",
+        ),
+        # 23 top level not a mapping
         ("- a\n- b", "goipd.yaml: expected a mapping at the top level"),
-        # 23 bad enum
+        # 24 bad enum
         ("logging:\n  level: loud", "goipd.yaml: logging.level: input should be"),
     ],
 )

@@ -90,6 +90,8 @@ class ServerState:
 class LineRegistry:
     def __init__(self, server_names: Iterable[str] = ()) -> None:
         self.servers: dict[str, ServerState] = {}
+        self.generation = 0
+        """Bumped whenever the set of lines changes, so readers can cache derived structures."""
         self.set_servers(server_names)
 
     def set_servers(self, names: Iterable[str]) -> None:
@@ -98,6 +100,7 @@ class LineRegistry:
         for name in list(self.servers):
             if name not in wanted:
                 del self.servers[name]
+                self.generation += 1
                 log.info("server_removed", server=name)
         for name in wanted:
             self.servers.setdefault(name, ServerState(name))
@@ -139,6 +142,7 @@ class LineRegistry:
                 _update(line, status, now)
         for line in server.lines.values():
             if line.line_id not in seen and not line.gone:
+                self.generation += 1
                 line.gone = True
                 line.last_change = now
                 log.warning("line_disappeared", server=server_name, line=line.line_id)
@@ -161,6 +165,7 @@ class LineRegistry:
         if old is not None:
             line.online_changes, line.reg_changes = old.online_changes, old.reg_changes
         server.lines[status.line_id] = line
+        self.generation += 1
         log.info(
             "line_reappeared" if old else "line_appeared",
             server=server.name,

@@ -1,0 +1,255 @@
+"""Route choice: destination → ordered route list → the line (or cloud provider) to use now.
+
+No I/O: decisions are a function of the line registry, the rules and the router's own memory of
+recent sends (per-line LRU order, send-rate windows). Fast enough to run per recipient: lines are
+kept in least-recently-used order, so a choice looks at the first few lines, not all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict, deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import phonenumbers
+
+from goipd.config import RouteRule, RouteTarget, RoutingSettings, Server
+from goipd.fleet.registry import Line, LineRegistry, LineState
+
+RATE_WINDOW = 60.0
+ANY_SERVER = "*"
+DEFAULT_TARGETS = (RouteTarget(server=ANY_SERVER),)
+_Lru = OrderedDict[tuple[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LineChoice:
+    server: str
+    line: str | None
+    """None: the SMS Server picks (carrier group without a configured line map)."""
+    provider: str | None
+    capacity: int
+    """Recipients this choice may take now (send-rate and quota bound)."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.server}/{self.line}" if self.line else f"{self.server}[{self.provider}]"
+
+
+@dataclass(frozen=True, slots=True)
+class CloudChoice:
+    provider: str
+    capacity: int
+
+    @property
+    def key(self) -> str:
+        return f"cloud:{self.provider}"
+
+
+Choice = LineChoice | CloudChoice
+
+
+@functools.lru_cache(maxsize=65536)
+def region_of(number: str) -> str | None:
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(number, None))
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def match_rule(rules: Sequence[RouteRule], number: str) -> tuple[RouteTarget, ...]:
+    """The `via` list of the first rule that matches; DEFAULT_TARGETS if none does."""
+    for rule in rules:
+        match = rule.match
+        if not match.prefix and not match.country:
+            return rule.via
+        if any(number.startswith(prefix) for prefix in match.prefix):
+            return rule.via
+        if match.country and region_of(number) in match.country:
+            return rule.via
+    return DEFAULT_TARGETS if not rules else ()
+
+
+class Router:
+    def __init__(
+        self,
+        registry: LineRegistry,
+        settings: RoutingSettings,
+        rules: Sequence[RouteRule],
+        servers: Mapping[str, Server],
+        clouds: Collection[str] = (),
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.rules = tuple(rules)
+        self.servers = dict(servers)
+        self.clouds = frozenset(clouds)
+        self.cloud_enabled: dict[str, bool] = dict.fromkeys(self.clouds, True)
+        # LRU order: least recently used first. One order across the fleet for "any server"
+        # routes and one per server; both updated on every use (O(1) each).
+        self._fleet_lru: _Lru = OrderedDict()
+        self._server_lru: dict[str, _Lru] = {}
+        self._recent: dict[tuple[str, str], deque[float]] = {}
+        self._synced_generation = -1
+
+    def targets_for(self, number: str) -> tuple[RouteTarget, ...]:
+        targets = match_rule(self.rules, number)
+        if not self.rules:
+            # No rules: any line of any server, then every cloud provider as overflow.
+            targets = (
+                *targets,
+                *(RouteTarget.model_validate({"cloud": c}) for c in sorted(self.clouds)),
+            )
+        return targets
+
+    def choose(
+        self,
+        targets: Iterable[RouteTarget],
+        now: float,
+        exclude: Collection[str] = (),
+        want: int = 1,
+    ) -> Choice | None:
+        """First target, in order, with a usable line (or an enabled cloud provider)."""
+        self._sync()
+        for target in targets:
+            choice = self._choose_target(target, now, exclude, want)
+            if choice is not None:
+                return choice
+        return None
+
+    def _choose_target(
+        self, target: RouteTarget, now: float, exclude: Collection[str], want: int
+    ) -> Choice | None:
+        if target.cloud is not None:
+            if self.cloud_enabled.get(target.cloud) and f"cloud:{target.cloud}" not in exclude:
+                return CloudChoice(target.cloud, capacity=want)
+            return None
+        assert target.server is not None
+        if target.server == ANY_SERVER:
+            return self._pick(self._fleet_lru, now, exclude, want, None)
+        server = self.servers.get(target.server)
+        lru = self._server_lru.get(target.server)
+        state = self.registry.servers.get(target.server)
+        if server is None or lru is None or state is None or not state.up:
+            return None
+        if target.line is not None:
+            line = self.registry.line(target.server, target.line)
+            if line is None or f"{target.server}/{target.line}" in exclude:
+                return None
+            capacity = self._capacity(line, now, want)
+            return LineChoice(target.server, target.line, None, capacity) if capacity else None
+        if target.provider is not None and target.provider not in server.groups:
+            # The line → group map is unknown: let the SMS Server pick within the group, if
+            # this server has any usable line at all.
+            key = f"{target.server}[{target.provider}]"
+            if key in exclude or not any(
+                self._capacity(line, now, 1)
+                for line in self.registry.servers[target.server].lines.values()
+            ):
+                return None
+            return LineChoice(target.server, None, target.provider, want)
+        members = frozenset(server.groups[target.provider]) if target.provider else None
+        return self._pick(lru, now, exclude, want, members)
+
+    def _pick(
+        self,
+        lru: _Lru,
+        now: float,
+        exclude: Collection[str],
+        want: int,
+        members: frozenset[str] | None,
+    ) -> LineChoice | None:
+        parked = []
+        found: LineChoice | None = None
+        for entry in lru:
+            server, line_id = entry
+            if members is not None and line_id not in members:
+                continue
+            line = self.registry.line(server, line_id)
+            if line is None or line.state is not LineState.REGISTERED:
+                # Park lines that cannot send at the back, so the next scan does not walk past
+                # every dead SIM again. They lose their LRU place, which matters only once they
+                # recover, and then only for one rotation.
+                parked.append(entry)
+                continue
+            if f"{server}/{line_id}" in exclude:
+                continue
+            capacity = self._capacity(line, now, want)
+            if capacity:
+                found = LineChoice(server, line_id, None, capacity)
+                break
+        for entry in parked:
+            lru.move_to_end(entry)
+        return found
+
+    def _capacity(self, line: Line, now: float, want: int) -> int:
+        if line.state is not LineState.REGISTERED or line.quarantined(now):
+            return 0
+        recent = self._recent.get((line.server, line.line_id))
+        used = 0
+        if recent:
+            while recent and recent[0] <= now - RATE_WINDOW:
+                recent.popleft()
+            used = len(recent)
+        capacity = min(want, self.settings.line_rate_per_minute - used)
+        for quota in (line.remain_sms, line.day_remain_sms):
+            if quota is not None:
+                capacity = min(capacity, quota)
+        return max(capacity, 0)
+
+    def record_use(self, choice: Choice, count: int, now: float) -> None:
+        """Account a send: LRU position, rate window, and the quota the next poll will show."""
+        if not isinstance(choice, LineChoice) or choice.line is None:
+            return
+        key = (choice.server, choice.line)
+        if key in self._fleet_lru:
+            self._fleet_lru.move_to_end(key)
+        server_lru = self._server_lru.get(choice.server)
+        if server_lru is not None and key in server_lru:
+            server_lru.move_to_end(key)
+        self._recent.setdefault(key, deque()).extend([now] * count)
+        line = self.registry.line(choice.server, choice.line)
+        if line is not None:
+            # Decrement locally so the router does not overshoot day_remain_sms between polls;
+            # the next poll replaces these with the server's own figures.
+            if line.remain_sms is not None:
+                line.remain_sms = max(line.remain_sms - count, 0)
+            if line.day_remain_sms is not None:
+                line.day_remain_sms = max(line.day_remain_sms - count, 0)
+
+    def _sync(self) -> None:
+        """Bring the LRU orders in line with the registry (lines appear and go with polls)."""
+        if self._synced_generation == self.registry.generation:
+            return
+        self._synced_generation = self.registry.generation
+        current = {(line.server, line.line_id): line for line in self.registry.lines()}
+        for key in [k for k in self._fleet_lru if k not in current]:
+            del self._fleet_lru[key]
+            self._recent.pop(key, None)
+        self._server_lru = {
+            name: lru for name, lru in self._server_lru.items() if name in self.registry.servers
+        }
+        for lru in self._server_lru.values():
+            for key in [k for k in lru if k not in current]:
+                del lru[key]
+        fresh = sorted(
+            (line for key, line in current.items() if key not in self._fleet_lru),
+            key=_most_quota_first,
+        )
+        for line in fresh:
+            key = (line.server, line.line_id)
+            self._fleet_lru[key] = None
+            self._fleet_lru.move_to_end(key, last=False)
+            lru = self._server_lru.setdefault(line.server, OrderedDict())
+            lru[key] = None
+            lru.move_to_end(key, last=False)
+
+
+def _most_quota_first(line: Line) -> tuple[float, float]:
+    # Inserted at the front one by one, so sort ascending: the largest quota ends up first.
+    big = float("inf")
+    return (
+        big if line.day_remain_sms is None else line.day_remain_sms,
+        big if line.remain_sms is None else line.remain_sms,
+    )

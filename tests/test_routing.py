@@ -1,0 +1,179 @@
+"""Route choice is a pure function of the registry snapshot and the router's own send memory."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from goipd.config import RouteRule, RoutingSettings, Server, parse_settings
+from goipd.fleet.registry import LineRegistry
+from goipd.routing import CloudChoice, LineChoice, Router, match_rule
+from goipd.upstream.errors import ErrorReason
+from goipd.upstream.goip import LineStatus
+
+NOW = 1_000_000.0
+
+
+def status(
+    line: str,
+    *,
+    online: bool = True,
+    reg: str = "LOGIN",
+    remain: int | None = None,
+    day: int | None = None,
+) -> LineStatus:
+    return LineStatus(line, online, reg == "LOGIN", reg, remain, day)
+
+
+def server(name: str, groups: dict[str, tuple[str, ...]] | None = None) -> Server:
+    return Server(
+        name, f"http://127.0.0.1/{name}", "root", SecretStr("pw"), 15.0, 5.0, None, (), groups or {}
+    )
+
+
+def make_router(
+    fleet: dict[str, list[LineStatus]],
+    *,
+    rules: tuple[RouteRule, ...] = (),
+    groups: dict[str, dict[str, tuple[str, ...]]] | None = None,
+    rate: int = 6,
+    clouds: tuple[str, ...] = (),
+) -> tuple[Router, LineRegistry]:
+    registry = LineRegistry(fleet)
+    for name, statuses in fleet.items():
+        registry.apply_poll(name, statuses, NOW - 100)
+    servers = {name: server(name, (groups or {}).get(name)) for name in fleet}
+    return Router(registry, RoutingSettings(line_rate_per_minute=rate), rules, servers, clouds), (
+        registry
+    )
+
+
+def rules(yaml_text: str) -> tuple[RouteRule, ...]:
+    return parse_settings(yaml_text, environ={}).routes
+
+
+def test_only_usable_lines_are_chosen() -> None:
+    router, _ = make_router(
+        {
+            "hq": [
+                status("G1", online=False),
+                status("G2", reg="LOGOUT"),
+                status("G3", reg=""),
+                status("G4", day=0),
+                status("G5", remain=0),
+                status("G6"),
+            ]
+        }
+    )
+    choice = router.choose(router.targets_for("+886912345678"), NOW)
+    assert choice == LineChoice("hq", "G6", None, 1)
+
+
+def test_least_recently_used_first_then_most_quota() -> None:
+    router, _ = make_router({"hq": [status("G1", day=5), status("G2", day=50), status("G3")]})
+    targets = router.targets_for("+886912345678")
+    order = []
+    for step in range(6):
+        choice = router.choose(targets, NOW + step)
+        assert isinstance(choice, LineChoice)
+        order.append(choice.line)
+        router.record_use(choice, 1, NOW + step)
+    # Unlimited first, then the larger day quota; afterwards strict rotation.
+    assert order == ["G3", "G2", "G1", "G3", "G2", "G1"]
+
+
+def test_send_rate_per_line_and_capacity() -> None:
+    router, _ = make_router({"hq": [status("G1"), status("G2")]}, rate=3)
+    targets = router.targets_for("+886912345678")
+    first = router.choose(targets, NOW, want=10)
+    assert isinstance(first, LineChoice) and first.capacity == 3
+    router.record_use(first, 3, NOW)
+    second = router.choose(targets, NOW, want=10)
+    assert isinstance(second, LineChoice) and second.line != first.line
+    router.record_use(second, 3, NOW)
+    assert router.choose(targets, NOW + 1) is None  # both lines at their rate
+    assert router.choose(targets, NOW + 61) is not None  # the window has passed
+
+
+def test_local_quota_decrement_prevents_overshoot() -> None:
+    router, registry = make_router({"hq": [status("G1", day=2)]})
+    targets = router.targets_for("+886912345678")
+    choice = router.choose(targets, NOW, want=5)
+    assert isinstance(choice, LineChoice) and choice.capacity == 2
+    router.record_use(choice, 2, NOW)
+    assert registry.line("hq", "G1").day_remain_sms == 0  # type: ignore[union-attr]
+    assert router.choose(targets, NOW + 120) is None
+
+
+def test_quarantined_and_excluded_lines_are_skipped() -> None:
+    router, registry = make_router({"hq": [status("G1"), status("G2")]})
+    targets = router.targets_for("+886912345678")
+    g1 = registry.line("hq", "G1")
+    assert g1 is not None
+    g1.quarantined_until = NOW + 600
+    assert router.choose(targets, NOW) == LineChoice("hq", "G2", None, 1)
+    assert router.choose(targets, NOW, exclude={"hq/G2"}) is None
+    assert router.choose(targets, NOW + 601, exclude={"hq/G2"}) == LineChoice("hq", "G1", None, 1)
+
+
+def test_rules_by_prefix_and_country_fall_through_in_order() -> None:
+    routing_rules = rules("""
+servers:
+  - {name: tw, url: "http://h/tw", username: u, password: p,
+     groups: {Chunghwa: [G1], FarEasTone: [G2]}}
+  - {name: cn, url: "http://h/cn", username: u, password: p}
+routes:
+  - match: {prefix: ["+8869"]}
+    via: [{server: tw, provider: FarEasTone}, {server: tw}, {cloud: smsgo}]
+  - match: {country: [CN]}
+    via: [{server: cn, provider: "移动"}, {cloud: c123}]
+  - via: [{cloud: paasoo}]
+""")
+    assert [t.describe() for t in match_rule(routing_rules, "+886912345678")] == [
+        "tw[FarEasTone]",
+        "tw",
+        "cloud:smsgo",
+    ]
+    assert [t.describe() for t in match_rule(routing_rules, "+8613800138000")] == [
+        "cn[移动]",
+        "cloud:c123",
+    ]
+    assert [t.describe() for t in match_rule(routing_rules, "+14155550100")] == ["cloud:paasoo"]
+    router, registry = make_router(
+        {"tw": [status("G1"), status("G2", reg="LOGOUT")], "cn": [status("C1")]},
+        rules=routing_rules,
+        groups={"tw": {"Chunghwa": ("G1",), "FarEasTone": ("G2",)}},
+        clouds=("smsgo", "c123", "paasoo"),
+    )
+    # FarEasTone's only line is logged out: fall through to any tw line.
+    assert router.choose(router.targets_for("+886912345678"), NOW) == LineChoice(
+        "tw", "G1", None, 1
+    )
+    # No line map for cn: the SMS Server picks inside the carrier group.
+    assert router.choose(router.targets_for("+8613800138000"), NOW) == LineChoice(
+        "cn", None, "移动", 1
+    )
+    registry.apply_failure(
+        "cn", __import__("goipd.upstream.errors").upstream.errors.ErrorReason.TIMEOUT, "down", NOW
+    )
+    assert router.choose(router.targets_for("+8613800138000"), NOW) == CloudChoice("c123", 1)
+    router.cloud_enabled["c123"] = False
+    assert router.choose(router.targets_for("+8613800138000"), NOW) is None
+
+
+def test_no_rules_means_any_line_then_clouds() -> None:
+    router, _ = make_router(
+        {"a": [status("G1", online=False)], "b": [status("G1")]}, clouds=("smsgo",)
+    )
+    targets = router.targets_for("+886912345678")
+    assert router.choose(targets, NOW) == LineChoice("b", "G1", None, 1)
+    assert router.choose(targets, NOW, exclude={"b/G1"}) == CloudChoice("smsgo", 1)
+
+
+def test_lines_appearing_and_going_are_followed() -> None:
+    router, registry = make_router({"hq": [status("G1")]})
+    targets = router.targets_for("+886912345678")
+    assert router.choose(targets, NOW) == LineChoice("hq", "G1", None, 1)
+    registry.apply_poll("hq", [status("G2")], NOW)
+    assert router.choose(targets, NOW) == LineChoice("hq", "G2", None, 1)
+    registry.set_servers([])
+    assert router.choose(targets, NOW) is None
