@@ -152,9 +152,7 @@ routes:
     assert router.choose(router.targets_for("+8613800138000"), NOW) == LineChoice(
         "cn", None, "移动", 1
     )
-    registry.apply_failure(
-        "cn", __import__("goipd.upstream.errors").upstream.errors.ErrorReason.TIMEOUT, "down", NOW
-    )
+    registry.apply_failure("cn", ErrorReason.TIMEOUT, "down", NOW)
     assert router.choose(router.targets_for("+8613800138000"), NOW) == CloudChoice("c123", 1)
     router.cloud_enabled["c123"] = False
     assert router.choose(router.targets_for("+8613800138000"), NOW) is None
