@@ -213,7 +213,18 @@ class Ledger(Protocol):
         content: str,
         upstream_time: str,
         now: float,
+        forward_to: Sequence[str] = (),
     ) -> int:
-        """Durable before returning; returns the inbound id."""
+        """Durable before returning, together with one outbox row per `forward_to` URL;
+        returns the inbound id."""
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
+        """Outbox rows not done whose next attempt time has come, with their inbound SMS."""
+
+    async def outbox_result(
+        self, item_id: int, *, done: bool, retry_at: float | None, error: str | None, now: float
+    ) -> None:
+        """done → row finished; else attempts+1 and retry at `retry_at` (None = give up: the
+        row is finished, keeping `error`)."""
 
     async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]: ...
