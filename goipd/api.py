@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import phonenumbers
 from aiohttp import web
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
+from goipd import openapi, segments
+from goipd.config import ApiSettings, RouteTarget, format_duration
 from goipd.fleet.registry import Line, LineRegistry, LineState, ServerState
+from goipd.ledger.base import Ledger, LedgerError, Message, NewMessage, Recipient, State
+from goipd.metrics import Metrics
 from goipd.problems import Handler, Problem
 
 REGISTRY_KEY = web.AppKey("line_registry", LineRegistry)
@@ -96,5 +106,362 @@ async def get_lines(request: web.Request) -> web.Response:
     return web.json_response({"servers": [server_json(s) for s in servers], "lines": lines})
 
 
+# --- messages -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiContext:
+    ledger: Ledger
+    settings: Callable[[], ApiSettings]
+    server_names: Callable[[], Collection[str]]
+    cloud_names: Callable[[], Collection[str]]
+    metrics: Metrics
+    wake_dispatch: Callable[[], None]
+    clock: Callable[[], float]
+
+
+API_KEY = web.AppKey("api", ApiContext)
+_MESSAGE_FIELDS = frozenset({"to", "text", "route", "idempotency_key", "send_at"})
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_SCHEDULE_AHEAD = 30 * 86400.0
+
+
+def _client_id(request: web.Request) -> str:
+    """A short fingerprint of the caller's token: enough to tell clients apart, useless to an
+    attacker (the token itself is never stored)."""
+    header = request.headers.get("Authorization", "")
+    token = header.partition(" ")[2].strip()
+    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else ""
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise Problem(400, "request body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Problem(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            400,
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    except RecursionError:
+        raise Problem(400, "request body is nested too deeply") from None
+
+
+def normalise_number(raw: object, region: str, where: str) -> str:
+    if not isinstance(raw, str):
+        raise Problem(422, f"{where}: expected a phone number as a string, got {_kind(raw)}")
+    if len(raw) > 32:
+        raise Problem(422, f"{where}: a phone number has at most 32 characters")
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise Problem(422, f"{where}: {raw!r} is not a phone number") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise Problem(422, f"{where}: {raw!r} is not a valid number (default region {region})")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _kind(value: object) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), "a number")
+
+
+def _parse_route(value: object, ctx: ApiContext) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Problem(422, f"route: expected an object, got {_kind(value)}")
+    try:
+        target = RouteTarget.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first.get("ctx", {}).get("error", first["msg"]))
+        raise Problem(422, f"route{'.' + where if where else ''}: {message}") from None
+    if (
+        target.server is not None
+        and target.server != "*"
+        and (target.server not in ctx.server_names())
+    ):
+        raise Problem(422, f"route.server: no server named {target.server[:32]!r}")
+    if target.cloud is not None and target.cloud not in ctx.cloud_names():
+        raise Problem(422, f"route.cloud: provider {target.cloud!r} is not configured")
+    return json.dumps(target.model_dump(exclude_none=True), ensure_ascii=False)
+
+
+def _parse_time(value: object, field: str) -> float:
+    if not isinstance(value, str):
+        raise Problem(422, f"{field}: expected an RFC 3339 time string, got {_kind(value)}")
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(
+            422, f"{field}: expected an RFC 3339 time like 2026-01-31T09:00:00+08:00"
+        ) from None
+    if when.tzinfo is None:
+        raise Problem(422, f"{field}: the time needs a UTC offset (e.g. +08:00 or Z)")
+    return when.timestamp()
+
+
+def _parse_send_at(value: object, now: float) -> float | None:
+    if value is None:
+        return None
+    at = _parse_time(value, "send_at")
+    if at > now + MAX_SCHEDULE_AHEAD:
+        raise Problem(422, "send_at: at most 30 days ahead")
+    return at if at > now else None
+
+
+def validate_message(body: Any, ctx: ApiContext, now: float) -> NewMessage:
+    settings = ctx.settings()
+    if not isinstance(body, dict):
+        raise Problem(400, f"expected a JSON object, got {_kind(body)}")
+    unknown = sorted(set(body) - _MESSAGE_FIELDS)
+    if unknown:
+        raise Problem(
+            422,
+            f"unknown field {unknown[0][:40]!r}; allowed: " + ", ".join(sorted(_MESSAGE_FIELDS)),
+        )
+    to = body.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not to:
+        raise Problem(422, "to: expected a phone number or a non-empty array of them")
+    if len(to) > settings.max_recipients:
+        raise Problem(
+            422, f"to: at most {settings.max_recipients} recipients per message, got {len(to)}"
+        )
+    numbers = list(
+        dict.fromkeys(
+            normalise_number(raw, settings.default_region, f"to[{index}]")
+            for index, raw in enumerate(to)
+        )
+    )
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise Problem(422, f"text: expected a string, got {_kind(text)}")
+    if not text.strip():
+        raise Problem(422, "text: must not be empty")
+    if len(text) > settings.max_text_chars:
+        raise Problem(422, f"text: at most {settings.max_text_chars} characters, got {len(text)}")
+    if _CONTROL.search(text):
+        raise Problem(422, "text: control characters are not allowed (newline and tab are)")
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
+        raise Problem(422, "idempotency_key: expected a string of 1 to 128 characters")
+    info = segments.analyse(text)
+    return NewMessage(
+        text=text,
+        recipients=numbers,
+        segments=info.segments,
+        encoding=info.encoding,
+        route=_parse_route(body.get("route"), ctx),
+        idempotency_key=key,
+        send_at=_parse_send_at(body.get("send_at"), now),
+    )
+
+
+def recipient_json(r: Recipient) -> dict[str, Any]:
+    state = State.SUBMITTED if r.state is State.DISPATCHING else r.state
+    return {
+        "to": r.number,
+        "state": state.value,
+        "attempts": r.attempts,
+        "route": r.route,
+        "server": r.server,
+        "line": r.line,
+        "task_id": r.task_id,
+        "upstream_id": r.upstream_id,
+        "error": {"code": r.error_code, "meaning": r.error_meaning} if r.error_code else None,
+        "created_at": _iso(r.created_at),
+        "updated_at": _iso(r.updated_at),
+        "submitted_at": _iso(r.submitted_at),
+        "sent_at": _iso(r.sent_at),
+        "delivered_at": _iso(r.delivered_at),
+    }
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "created_at": _iso(m.created_at),
+        "text": m.text,
+        "segments": m.segments,
+        "encoding": m.encoding,
+        "route": json.loads(m.route) if m.route else None,
+        "send_at": _iso(m.send_at),
+        "idempotency_key": m.idempotency_key,
+        "recipients": [recipient_json(r) for r in m.recipients],
+    }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def post_message(request: web.Request) -> web.Response:
+    ctx = request.app[API_KEY]
+    now = ctx.clock()
+    new = validate_message(await _json_body(request), ctx, now)
+    new = NewMessage(**{**_fields(new), "client": _client_id(request)})
+    window = ctx.settings().duplicate_window
+    if window > 0:
+        for number in new.recipients:
+            duplicate = await ctx.ledger.recent_duplicate(number, new.text, now - window)
+            if duplicate is None:
+                continue
+            original = await ctx.ledger.get_message(duplicate)
+            if (
+                original is not None
+                and new.idempotency_key is not None
+                and (original.idempotency_key == new.idempotency_key)
+            ):
+                return web.json_response(
+                    message_json(original), status=200, headers={"Idempotent-Replayed": "true"}
+                )
+            raise Problem(
+                409,
+                f"the same text went to {number} less than {format_duration(window)} ago "
+                f"(message {duplicate}); the flood guard refuses repeats "
+                "(api.duplicate_window)",
+                title="Duplicate message",
+                duplicate_of=duplicate,
+            )
+    try:
+        result = await ctx.ledger.accept(new, now)
+    except LedgerError as exc:
+        raise Problem(
+            503, f"the ledger cannot store messages right now: {exc}", headers={"Retry-After": "5"}
+        ) from None
+    if not result.created:
+        return web.json_response(
+            message_json(result.message), status=200, headers={"Idempotent-Replayed": "true"}
+        )
+    ctx.metrics.messages_accepted.inc(len(new.recipients))
+    ctx.wake_dispatch()
+    return web.json_response(
+        message_json(result.message),
+        status=202,
+        headers={"Location": f"/api/v1/messages/{result.message.id}"},
+    )
+
+
+def _fields(new: NewMessage) -> dict[str, Any]:
+    return {name: getattr(new, name) for name in NewMessage.__slots__}
+
+
+def _message_id(request: web.Request) -> str:
+    message_id = request.match_info["id"]
+    if not re.fullmatch(r"[0-9A-Za-z]{1,40}", message_id):
+        raise Problem(404, "no message with that id")
+    return message_id
+
+
+async def get_message(request: web.Request) -> web.Response:
+    ctx = request.app[API_KEY]
+    message = await ctx.ledger.get_message(_message_id(request))
+    if message is None:
+        raise Problem(404, "no message with that id")
+    return web.json_response(message_json(message))
+
+
+def _limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
+    raw = request.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise Problem(400, f"limit: expected an integer from 1 to {maximum}")
+    return int(raw)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    ctx = request.app[API_KEY]
+    state_raw = request.query.get("state")
+    state = None
+    if state_raw is not None:
+        public = [s.value for s in State if s is not State.DISPATCHING]
+        if state_raw not in public:
+            raise Problem(400, f"state: expected one of {', '.join(public)}")
+        state = State(state_raw)
+    since = None
+    if "since" in request.query:
+        since = _parse_time(request.query["since"], "since")
+    after = request.query.get("after")
+    if after is not None and not re.fullmatch(r"[0-9A-Za-z]{1,40}", after):
+        raise Problem(400, "after: not a message id")
+    limit = _limit(request)
+    messages = await ctx.ledger.list_messages(state, since, limit, after)
+    return web.json_response(
+        {
+            "messages": [message_json(m) for m in messages],
+            "next": messages[-1].id if len(messages) == limit else None,
+        }
+    )
+
+
+async def delete_message(request: web.Request) -> web.Response:
+    ctx = request.app[API_KEY]
+    message_id = _message_id(request)
+    before = await ctx.ledger.get_message(message_id)
+    if before is None:
+        raise Problem(404, "no message with that id")
+    if not any(r.state is State.QUEUED for r in before.recipients):
+        raise Problem(409, "nothing to cancel: every recipient is already submitted or final")
+    try:
+        after = await ctx.ledger.cancel(message_id, ctx.clock())
+    except LedgerError as exc:
+        raise Problem(503, f"the ledger cannot store changes right now: {exc}") from None
+    assert after is not None
+    return web.json_response(message_json(after))
+
+
+async def list_inbound(request: web.Request) -> web.Response:
+    ctx = request.app[API_KEY]
+    limit = _limit(request)
+    before_raw = request.query.get("before")
+    if before_raw is not None and not before_raw.isdigit():
+        raise Problem(400, "before: expected an inbound id")
+    records = await ctx.ledger.list_inbound(limit, int(before_raw) if before_raw else None)
+    return web.json_response(
+        {
+            "inbound": [
+                {
+                    "id": r.id,
+                    "source": r.source,
+                    "line": r.line,
+                    "from": r.from_number,
+                    "to": r.to_number,
+                    "text": r.content,
+                    "received_at": _iso(r.received_at),
+                    "upstream_time": r.upstream_time,
+                }
+                for r in records
+            ],
+            "next": str(records[-1].id) if len(records) == limit else None,
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/lines", get_lines)
+    app.router.add_post("/api/v1/messages", post_message)
+    app.router.add_get("/api/v1/messages", list_messages)
+    app.router.add_get("/api/v1/messages/{id}", get_message)
+    app.router.add_delete("/api/v1/messages/{id}", delete_message)
+    app.router.add_get("/api/v1/inbound", list_inbound)
+    app.router.add_get("/api/v1/openapi.json", get_openapi)
+
+
+async def get_openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi.DOCUMENT)

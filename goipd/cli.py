@@ -1,4 +1,4 @@
-"""`goipd run|check-config|simulate|version`."""
+"""`goipd run|check-config|send|simulate|version`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from goipd import __version__
+from goipd import __version__, client_cli
 from goipd.config import ConfigError, load_settings
 from goipd.logs import configure_logging
 
@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "send":
+        return client_cli.run_send(args)
     parser.print_help()
     return 2
 
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", default="/etc/goipd/goipd.yaml")
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, else 1")
     check.add_argument("path")
+    client_cli.add_send_arguments(sub.add_parser("send", help="send an SMS through goipd's API"))
     sub.add_parser("simulate", help="run a simulated GoIP fleet (see goipd simulate --help)")
     sub.add_parser("version", help="print the version")
     return parser

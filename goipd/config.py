@@ -258,6 +258,50 @@ class RoutingSettings(_Strict):
     """A recipient still not sent after this long fails with reason expired."""
 
 
+class ApiSettings(_Strict):
+    default_region: str = "TW"
+    """Region for numbers written without a country code (ISO 3166, e.g. TW, CN)."""
+    max_recipients: int = Field(default=1000, ge=1, le=100_000)
+    max_text_chars: int = Field(default=1530, ge=1, le=10_000)
+    """1530 = 10 concatenated GSM-7 segments; longer texts are refused, never truncated."""
+    duplicate_window: Duration = 600.0
+    """Same number + same text within this window is refused (409): the flood guard.
+    0s turns the guard off."""
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{2}", value):
+            raise ValueError(f'expected an ISO region code like "TW", got {_show(value)}')
+        return value
+
+
+class ReconcileSettings(_Strict):
+    interval: Duration = 30.0
+    """How often submitted sends without a report are looked for."""
+    query_after: Duration = 120.0
+    """A send still `submitted` this long after the SMS Server accepted it is asked about with
+    querysms (its push report may be lost)."""
+    report_deadline: Duration = 3600.0
+    """Still no result after this long: the recipient fails with reason report_timeout."""
+
+
+class InboundSettings(_Strict):
+    forward_urls: tuple[str, ...] = ()
+    """Every inbound SMS is POSTed as JSON to each URL, at least once, retried with backoff."""
+    forward_timeout: Duration = 10.0
+    forward_give_up_after: Duration = 86400.0
+
+    @field_validator("forward_urls")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"expected http:// or https:// URLs, got {_show(url)}")
+        return value
+
+
 class RawSettings(_Strict):
     http: HttpSettings = HttpSettings(listen="127.0.0.1:8080")
     storage: StorageSettings = StorageSettings()
@@ -266,6 +310,9 @@ class RawSettings(_Strict):
     servers: tuple[ServerSettings, ...] = ()
     routing: RoutingSettings = RoutingSettings()
     routes: tuple[RouteRule, ...] = ()
+    api: ApiSettings = ApiSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    inbound: InboundSettings = InboundSettings()
 
 
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
@@ -295,6 +342,9 @@ class Settings:
     servers: tuple[Server, ...]
     routing: RoutingSettings
     routes: tuple[RouteRule, ...]
+    api: ApiSettings
+    reconcile: ReconcileSettings
+    inbound: InboundSettings
     warnings: tuple[str, ...] = ()
     inline_secrets: bool = False
     """Some secret is written in the config file itself (not via _env/_file)."""
@@ -477,6 +527,9 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         servers=tuple(servers),
         routing=raw.routing,
         routes=raw.routes,
+        api=raw.api,
+        reconcile=raw.reconcile,
+        inbound=raw.inbound,
         inline_secrets=bool(raw.http.api_tokens)
         or any(s.password is not None or s.hook_token is not None for s in raw.servers),
     )

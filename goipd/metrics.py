@@ -22,6 +22,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from goipd import cms
 from goipd.fleet.registry import LineRegistry
 from goipd.upstream.errors import ErrorReason
 
@@ -91,6 +92,23 @@ class FleetCollector(Collector):
         )
 
 
+class CmsInfoCollector(Collector):
+    """goipd_cms_error_info{code,meaning} = 1: the CMS table, for joins in dashboards."""
+
+    def __init__(self) -> None:
+        family = GaugeMetricFamily(
+            "goipd_cms_error_info",
+            "CMS ERROR codes and their meanings (always 1).",
+            labels=["code", "meaning"],
+        )
+        for code in cms.all_codes():
+            family.add_metric([str(code.code), code.meaning], 1.0)
+        self._family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family
+
+
 def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=["server", "line"])
 
@@ -122,6 +140,70 @@ class Metrics:
             ["server"],
             registry=self.registry,
         )
+
+        self.messages_accepted = Counter(
+            "goipd_messages_accepted", "Recipients accepted by the API.", registry=self.registry
+        )
+        self.sms_sent = Counter(
+            "goipd_sms_sent",
+            "Send results by route: succeeded, failed (upstream report) or rejected (refused).",
+            ["route", "server", "line", "result"],
+            registry=self.registry,
+        )
+        self.sms_delivered = Counter(
+            "goipd_sms_delivered",
+            "Delivery receipts.",
+            ["route", "server", "line"],
+            registry=self.registry,
+        )
+        self.cms_errors = Counter(
+            "goipd_cms_errors",
+            "Failed sends by CMS error code.",
+            ["server", "line", "code"],
+            registry=self.registry,
+        )
+        self.inbound_sms = Counter(
+            "goipd_inbound_sms",
+            "SMS received by a line.",
+            ["server", "line"],
+            registry=self.registry,
+        )
+        self.provider_balance = Gauge(
+            "goipd_provider_balance",
+            "Cloud provider credit left.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.queue_messages = Gauge(
+            "goipd_queue_messages",
+            "Recipients in the ledger by state.",
+            ["state"],
+            registry=self.registry,
+        )
+        self.queue_oldest_age = Gauge(
+            "goipd_queue_oldest_age_seconds",
+            "Age of the oldest recipient not yet sent (0 when none).",
+            registry=self.registry,
+        )
+        self.push_reports = Counter(
+            "goipd_push_reports",
+            "Push reports received; outcome: ok, unknown_task, malformed, unauthorized.",
+            ["source", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.dispatch_ambiguous = Counter(
+            "goipd_dispatch_ambiguous",
+            "Recipients re-queued after a send whose fate is unknown (timeout, garbled reply, "
+            "crash mid-call): each may be delivered twice.",
+            registry=self.registry,
+        )
+        self.reconcile_queries = Counter(
+            "goipd_reconcile_queries",
+            "querysms calls made to recover lost push reports, by result.",
+            ["server", "result"],
+            registry=self.registry,
+        )
+        self.registry.register(CmsInfoCollector())
 
     def add_servers(self, names: Iterable[str]) -> None:
         """Start every server's error counters at 0 so rate() works from the first failure."""

@@ -47,6 +47,9 @@ class Line:
     quarantined_until: float = 0.0
     """Set by dispatch after repeated line-class CMS errors; 0 when not quarantined."""
     quarantine_reason: str | None = None
+    consecutive_line_errors: int = 0
+    manual_quarantine: bool = False
+    """Set by an operator; only an operator releases it."""
 
     @property
     def quota_left(self) -> bool:
@@ -175,6 +178,39 @@ class LineRegistry:
             remain_sms=line.remain_sms,
             day_remain_sms=line.day_remain_sms,
         )
+
+    def note_send_result(
+        self,
+        server: str,
+        line_id: str,
+        *,
+        line_error: bool,
+        code: str | None,
+        threshold: int,
+        cooldown: float,
+        now: float,
+    ) -> bool:
+        """Count line-class errors; quarantine after `threshold` in a row. True if it just did."""
+        line = self.line(server, line_id)
+        if line is None:
+            return False
+        if not line_error:
+            line.consecutive_line_errors = 0
+            return False
+        line.consecutive_line_errors += 1
+        if line.consecutive_line_errors < threshold or line.quarantined(now):
+            return False
+        line.quarantined_until = now + cooldown
+        line.quarantine_reason = f"{line.consecutive_line_errors} line errors in a row (CMS {code})"
+        line.consecutive_line_errors = 0
+        log.warning(
+            "line_quarantined",
+            server=server,
+            line=line_id,
+            reason=line.quarantine_reason,
+            seconds=cooldown,
+        )
+        return True
 
     def apply_failure(self, server_name: str, reason: ErrorReason, detail: str, now: float) -> None:
         server = self.servers.get(server_name)

@@ -1,0 +1,113 @@
+"""Forwards every stored inbound SMS to the configured webhook URLs, at least once.
+
+The outbox rows are written in the same transaction as the inbound SMS, so an SMS acknowledged
+to its SMS Server is forwarded even if goipd restarts in between. Receivers should de-duplicate
+by the `id` field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import aiohttp
+import structlog
+
+from goipd.config import InboundSettings
+from goipd.ledger.base import Ledger, LedgerError, OutboxItem
+from goipd.wakeup import Wakeup
+
+log = structlog.get_logger("goipd.forwarder")
+IDLE_WAIT = 1.0
+MAX_BACKOFF = 600.0
+
+
+class InboundForwarder:
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: Callable[[], InboundSettings],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = Wakeup()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.ring()
+
+    async def run(self) -> None:
+        self._session = aiohttp.ClientSession()
+        try:
+            while not self._stopping:
+                try:
+                    items = await self.ledger.outbox_due(self.clock(), 50)
+                except LedgerError as exc:
+                    log.error("forward_paused", reason=str(exc))
+                    items = []
+                if items:
+                    await asyncio.gather(*(self._forward(item) for item in items))
+                    continue
+                await self._wake.sleep(IDLE_WAIT)
+        finally:
+            await self._session.close()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.ring()
+
+    async def _forward(self, item: OutboxItem) -> None:
+        assert self._session is not None
+        settings = self.settings()
+        record = item.inbound
+        payload = {
+            "id": record.id,
+            "source": record.source,
+            "line": record.line,
+            "from": record.from_number,
+            "to": record.to_number,
+            "text": record.content,
+            "received_at": datetime.fromtimestamp(record.received_at, UTC).isoformat(),
+            "upstream_time": record.upstream_time,
+        }
+        error: str | None = None
+        try:
+            async with self._session.post(
+                item.url,
+                json=payload,
+                timeout=aiohttp.ClientTimeout(total=settings.forward_timeout),
+            ) as resp:
+                if resp.status >= 300:
+                    error = f"HTTP {resp.status}"
+        except TimeoutError:
+            error = "timeout"
+        except aiohttp.ClientError as exc:
+            error = exc.__class__.__name__
+        now = self.clock()
+        if error is None:
+            await self.ledger.outbox_result(item.id, done=True, retry_at=None, error=None, now=now)
+            log.info("inbound_forwarded", inbound_id=record.id, url=_safe_url(item.url))
+            return
+        give_up = now - record.received_at > settings.forward_give_up_after
+        retry_at = None if give_up else now + min(5.0 * 2**item.attempts, MAX_BACKOFF)
+        await self.ledger.outbox_result(
+            item.id, done=False, retry_at=retry_at, error=error, now=now
+        )
+        log.warning(
+            "inbound_forward_failed",
+            inbound_id=record.id,
+            url=_safe_url(item.url),
+            error=error,
+            attempts=item.attempts + 1,
+            given_up=give_up,
+        )
+
+
+def _safe_url(url: str) -> str:
+    """Webhook URLs often carry a token in the query: log scheme, host and path only."""
+    return url.split("?", 1)[0]

@@ -1,0 +1,177 @@
+"""Push endpoints the SMS Servers call: send results and inbound SMS.
+
+Push reports are untrusted input: the URL must carry the server's hook token (and come from its
+allowlist when one is set), bodies are small and bounded, and every report is applied through
+the same idempotent path as a queried one (outcomes.apply_report).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from goipd.config import RoutingSettings, Server
+from goipd.fleet.registry import LineRegistry
+from goipd.ledger.base import Ledger, State
+from goipd.metrics import Metrics
+from goipd.outcomes import LineEffect, apply_report
+from goipd.problems import Problem
+from goipd.upstream.errors import ParseError
+from goipd.upstream.goip import SendReport, parse_inbound_push, parse_status_push
+
+log = structlog.get_logger("goipd.hooks")
+MAX_HOOK_BODY = 64 * 1024
+
+
+@dataclass
+class HookContext:
+    servers: Callable[[], dict[str, Server]]
+    ledger: Ledger
+    registry: LineRegistry
+    metrics: Metrics
+    routing: Callable[[], RoutingSettings]
+    forward_urls: Callable[[], tuple[str, ...]]
+    wake_dispatch: Callable[[], None]
+    clock: Callable[[], float]
+
+
+HOOKS_KEY = web.AppKey("hooks", HookContext)
+
+
+def _authorize(request: web.Request, ctx: HookContext, kind: str) -> Server:
+    name = request.match_info["server"]
+    server = ctx.servers().get(name)
+    presented = request.query.get("token", "").encode()
+    expected = (
+        server.hook_token.get_secret_value().encode()
+        if server is not None and server.hook_token is not None
+        else None
+    )
+    # An unknown server and a wrong token look the same from outside.
+    ok = expected is not None and hmac.compare_digest(presented, expected)
+    if ok and server is not None and server.hook_allow:
+        peer = request.remote or ""
+        try:
+            address = ipaddress.ip_address(peer)
+            ok = any(address in network for network in server.hook_allow)
+        except ValueError:
+            ok = False
+    if not ok or server is None:
+        source = name if server is not None else "unknown"
+        ctx.metrics.push_reports.labels(source, kind, "unauthorized").inc()
+        log.warning("push_rejected", server=source, kind=kind, peer=request.remote)
+        raise Problem(401, "wrong or missing hook token, or address not allowed")
+    return server
+
+
+async def _body(request: web.Request, ctx: HookContext, server: str, kind: str) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_HOOK_BODY:
+        ctx.metrics.push_reports.labels(server, kind, "malformed").inc()
+        raise Problem(413, f"push body larger than {MAX_HOOK_BODY} bytes")
+    body = await request.content.read(MAX_HOOK_BODY + 1)
+    if len(body) > MAX_HOOK_BODY:
+        ctx.metrics.push_reports.labels(server, kind, "malformed").inc()
+        raise Problem(413, f"push body larger than {MAX_HOOK_BODY} bytes")
+    return body
+
+
+async def goip_status(request: web.Request) -> web.Response:
+    ctx = request.app[HOOKS_KEY]
+    server = _authorize(request, ctx, "status")
+    body = await _body(request, ctx, server.name, "status")
+    try:
+        report = parse_status_push(body)
+    except ParseError as exc:
+        ctx.metrics.push_reports.labels(server.name, "status", "malformed").inc()
+        raise Problem(400, f"malformed send report: {exc}") from None
+    outcome = await apply_goip_report(ctx, server.name, report)
+    ctx.metrics.push_reports.labels(server.name, "status", outcome).inc()
+    return web.json_response({"status": outcome})
+
+
+async def apply_goip_report(ctx: HookContext, server: str, report: SendReport) -> str:
+    """Apply one send report (pushed or queried). Returns ok / unknown_task."""
+    recipient = await ctx.ledger.find_by_task(server, report.task_id, report.number)
+    if recipient is None:
+        log.info("report_unmatched", server=server, task_id=report.sub_task_id)
+        return "unknown_task"
+    now = ctx.clock()
+    settings = ctx.routing()
+    effect = apply_report(recipient, report, settings, now)
+    if effect.outcome is None:
+        return "ok"
+    await ctx.ledger.record([effect.outcome], now)
+    # The line as the report names it only if goipd knows it: report bodies are untrusted and
+    # every distinct value would become a metric series.
+    reported = report.goip_line
+    line = (
+        reported
+        if reported and ctx.registry.line(server, reported) is not None
+        else recipient.line or ""
+    )
+    if effect.result is not None:
+        ctx.metrics.sms_sent.labels("goip", server, line, effect.result).inc()
+    if effect.delivered:
+        ctx.metrics.sms_delivered.labels("goip", server, line).inc()
+    if effect.cms_code is not None:
+        ctx.metrics.cms_errors.labels(server, line, effect.cms_code or "none").inc()
+    if effect.line_effect is not LineEffect.NONE and line:
+        ctx.registry.note_send_result(
+            server,
+            line,
+            line_error=effect.line_effect is LineEffect.LINE_ERROR,
+            code=effect.cms_code,
+            threshold=settings.quarantine_after,
+            cooldown=settings.quarantine_for,
+            now=now,
+        )
+    if effect.outcome.state is State.QUEUED:
+        ctx.wake_dispatch()
+    log.info(
+        "report_applied",
+        server=server,
+        line=line,
+        task_id=report.sub_task_id,
+        message_id=recipient.message_id,
+        state=effect.outcome.state.value,
+        err_code=effect.cms_code,
+    )
+    return "ok"
+
+
+async def goip_inbound(request: web.Request) -> web.Response:
+    ctx = request.app[HOOKS_KEY]
+    server = _authorize(request, ctx, "inbound")
+    body = await _body(request, ctx, server.name, "inbound")
+    try:
+        sms = parse_inbound_push(body)
+    except ParseError as exc:
+        ctx.metrics.push_reports.labels(server.name, "inbound", "malformed").inc()
+        raise Problem(400, f"malformed inbound SMS: {exc}") from None
+    # Stored durably before the 200: the SMS Server does not push an SMS twice.
+    inbound_id = await ctx.ledger.add_inbound(
+        server.name,
+        sms.goip_line,
+        sms.from_number,
+        None,
+        sms.content,
+        sms.recv_time_raw,
+        ctx.clock(),
+        forward_to=ctx.forward_urls(),
+    )
+    ctx.metrics.push_reports.labels(server.name, "inbound", "ok").inc()
+    line_known = ctx.registry.line(server.name, sms.goip_line) is not None
+    # Only known lines become label values: a hostile body must not grow the series count.
+    ctx.metrics.inbound_sms.labels(server.name, sms.goip_line if line_known else "unknown").inc()
+    log.info("inbound_received", server=server.name, line=sms.goip_line, inbound_id=inbound_id)
+    return web.json_response({"status": "ok", "id": inbound_id})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/hooks/goip/{server}/status", goip_status)
+    app.router.add_post("/hooks/goip/{server}/inbound", goip_inbound)

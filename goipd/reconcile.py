@@ -1,0 +1,133 @@
+"""Recovers what push reports did not tell: lost reports, and sends cut short by a crash.
+
+- `submitted` longer than `query_after`: ask the SMS Server with querysms (per task), apply the
+  answers exactly as if pushed; past `report_deadline` with no result: fail `report_timeout`.
+- `dispatching` (the claim was written, the answer was not): the process died, or its send task
+  did, inside the sendsms call. No task id was recorded, so the SMS Server cannot be asked;
+  the recipient is re-queued and counted in goipd_dispatch_ambiguous_total: this is the one
+  window in which a recipient can be sent twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from goipd.config import ReconcileSettings
+from goipd.hooks import HookContext, apply_goip_report
+from goipd.ledger.base import Outcome, Recipient, State
+from goipd.outcomes import retry_delay
+from goipd.upstream.errors import UpstreamError
+from goipd.upstream.goip import GoipClient
+
+log = structlog.get_logger("goipd.reconcile")
+BATCH = 500
+
+
+class Reconciler:
+    def __init__(
+        self,
+        ctx: HookContext,
+        clients: Callable[[str], GoipClient | None],
+        settings: Callable[[], ReconcileSettings],
+        *,
+        stale_claim_after: float = 300.0,
+    ) -> None:
+        self.ctx = ctx
+        self.clients = clients
+        self.settings = settings
+        self.stale_claim_after = stale_claim_after
+
+    async def startup(self) -> None:
+        """Before dispatch starts: settle every claim left by the previous process, and ask
+        about every submitted send, so nothing is resent that may already be out."""
+        now = self.ctx.clock()
+        await self._requeue_claims(now + 1.0)
+        await self._query_submitted(now + 1.0, now)
+        log.info("startup_reconciled")
+
+    async def run_once(self) -> None:
+        now = self.ctx.clock()
+        await self._requeue_claims(now - self.stale_claim_after)
+        await self._query_submitted(now - self.settings().query_after, now)
+
+    async def _requeue_claims(self, older_than: float) -> None:
+        settings = self.ctx.routing()
+        while True:
+            stale = await self.ctx.ledger.in_state(State.DISPATCHING, older_than, BATCH)
+            if not stale:
+                return
+            now = self.ctx.clock()
+            outcomes = [
+                _after_lost_claim(r, settings.max_attempts, now, retry_delay(settings, r.attempts))
+                for r in stale
+            ]
+            await self.ctx.ledger.record(outcomes, now)
+            self.ctx.metrics.dispatch_ambiguous.inc(len(stale))
+            log.warning("claims_requeued", recipients=len(stale))
+            self.ctx.wake_dispatch()
+            if len(stale) < BATCH:
+                return
+
+    async def _query_submitted(self, older_than: float, now: float) -> None:
+        deadline = self.settings().report_deadline
+        submitted = await self.ctx.ledger.in_state(State.SUBMITTED, older_than, BATCH)
+        tasks: dict[tuple[str, str], list[Recipient]] = {}
+        for recipient in submitted:
+            if recipient.server and recipient.task_id:
+                tasks.setdefault((recipient.server, recipient.task_id), []).append(recipient)
+        timed_out: list[Outcome] = []
+        for (server, task_id), recipients in tasks.items():
+            client = self.clients(server)
+            if client is not None:
+                try:
+                    reports = await client.query_sms(task_id)
+                except UpstreamError as exc:
+                    self.ctx.metrics.reconcile_queries.labels(server, exc.reason.value).inc()
+                    log.warning(
+                        "reconcile_query_failed",
+                        server=server,
+                        task_id=task_id,
+                        reason=exc.reason.value,
+                        detail=exc.detail,
+                    )
+                else:
+                    self.ctx.metrics.reconcile_queries.labels(server, "ok").inc()
+                    for report in reports:
+                        await apply_goip_report(self.ctx, server, report)
+            refreshed = [
+                await self.ctx.ledger.find_by_task(server, task_id, r.number) for r in recipients
+            ]
+            timed_out.extend(
+                Outcome(
+                    r.id,
+                    State.FAILED,
+                    error_code="report_timeout",
+                    error_meaning="no send result from the SMS Server within the deadline",
+                )
+                for r in refreshed
+                if r is not None
+                and r.state is State.SUBMITTED
+                and now - (r.submitted_at or r.updated_at) > deadline
+            )
+        if timed_out:
+            await self.ctx.ledger.record(timed_out, now)
+            log.warning("reports_timed_out", recipients=len(timed_out))
+
+
+def _after_lost_claim(recipient: Recipient, max_attempts: int, now: float, delay: float) -> Outcome:
+    if recipient.attempts >= max_attempts:
+        return Outcome(
+            recipient.id,
+            State.FAILED,
+            error_code="claim_lost",
+            error_meaning="send interrupted too often (crash during sendsms)",
+        )
+    return Outcome(
+        recipient.id,
+        State.QUEUED,
+        error_code="claim_lost",
+        error_meaning="send interrupted by a restart; sent again",
+        retry_at=now + min(delay, 1.0),
+    )
