@@ -26,11 +26,12 @@ from goipd.problems import Handler, Problem
 REGISTRY_KEY = web.AppKey("line_registry", LineRegistry)
 
 
-def token_middleware(tokens: Sequence[SecretStr]) -> Any:
-    encoded = [t.get_secret_value().encode() for t in tokens]
+def token_middleware(tokens: Callable[[], Sequence[SecretStr]]) -> Any:
+    """Bearer-token check on /api/*; `tokens` is read per request so a reload takes effect."""
 
     @web.middleware
     async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        encoded = [t.get_secret_value().encode() for t in tokens()]
         if not request.path.startswith("/api/") or not encoded:
             return await handler(request)
         header = request.headers.get("Authorization", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -12,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from goipd import api, hooks
-from goipd.config import Settings
+from goipd.config import ConfigError, Settings, load_settings
 from goipd.dispatch import Dispatcher
 from goipd.fleet.poller import FleetPoller
 from goipd.fleet.registry import LineRegistry
@@ -20,9 +21,11 @@ from goipd.forwarder import InboundForwarder
 from goipd.ledger.base import Ledger, LedgerError, State
 from goipd.logs import scrubber
 from goipd.metrics import Metrics
-from goipd.problems import problem_middleware, problem_response
+from goipd.problems import Handler, problem_middleware, problem_response
 from goipd.reconcile import Reconciler
 from goipd.routing import Router
+from goipd.sdnotify import Notifier, watchdog_loop
+from goipd.upstream.goip import GoipClient
 
 log = structlog.get_logger("goipd")
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
@@ -77,11 +80,18 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port: int | None = None
+        self.stopping = False
         self.stopped = asyncio.Event()
+        self.queue_counts: dict[State, int] = {}
+        self.notifier = Notifier.from_env(unset_environment=True)
 
     def _build_web_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[problem_middleware, api.token_middleware(self.settings.api_tokens)],
+            middlewares=[
+                problem_middleware,
+                self._refuse_while_stopping,
+                api.token_middleware(lambda: self.settings.api_tokens),
+            ],
             client_max_size=self.settings.http.max_body_bytes,
         )
         app[DAEMON_KEY] = self
@@ -94,6 +104,18 @@ class Daemon:
         api.add_routes(app)
         hooks.add_routes(app)
         return app
+
+    @web.middleware
+    async def _refuse_while_stopping(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        # During a graceful stop new work is refused (clients retry elsewhere or later), while
+        # hooks keep being applied: they finish sends that are already out.
+        if self.stopping and request.path.startswith("/api/"):
+            return problem_response(
+                503, "goipd is shutting down", title="Shutting down", headers={"Retry-After": "5"}
+            )
+        return await handler(request)
 
     async def start(self) -> None:
         scrubber.set_secrets(_secrets(self.settings))
@@ -119,7 +141,10 @@ class Daemon:
             asyncio.create_task(self.dispatcher.run(), name="dispatch"),
             asyncio.create_task(self.forwarder.run(), name="forward"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
+            asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"),
         ]
+        await self.update_queue_metrics()
+        self.notifier.ready(self.status_line())
         log.info(
             "daemon_ready",
             servers=len(self.registry.servers),
@@ -137,6 +162,7 @@ class Daemon:
             await asyncio.sleep(QUEUE_METRICS_INTERVAL)
             try:
                 await self.update_queue_metrics()
+                self.notifier.status(self.status_line())
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + self.settings.reconcile.interval
                     await self.reconciler.run_once()
@@ -144,14 +170,69 @@ class Daemon:
                 log.error("maintenance_failed", reason=str(exc))
 
     async def update_queue_metrics(self) -> None:
-        counts = await self.ledger.counts()
+        counts = self.queue_counts = await self.ledger.counts()
         for state in State:
             self.metrics.queue_messages.labels(state.value).set(counts.get(state, 0))
         oldest = await self.ledger.oldest_pending()
         self.metrics.queue_oldest_age.set(max(time.time() - oldest, 0.0) if oldest else 0.0)
 
+    def status_line(self) -> str:
+        """The short fleet summary systemd shows in `systemctl status`."""
+        servers = self.registry.servers.values()
+        lines = [line for line in self.registry.lines() if not line.gone]
+        queued = self.queue_counts.get(State.QUEUED, 0)
+        return (
+            f"{sum(1 for s in servers if s.up)}/{len(self.registry.servers)} servers up, "
+            f"{sum(1 for line in lines if line.registered)}/{len(lines)} lines registered, "
+            f"{queued} queued"
+        )
+
+    async def reload(self) -> bool:
+        """Re-read the config file. Servers, routes, tokens and tunables change in place;
+        queued and in-flight messages are untouched. An invalid file changes nothing."""
+        if self.settings.source is None:
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.settings.source)
+        except ConfigError as exc:
+            log.error("config_reload_rejected", problems=exc.lines())
+            self.notifier.ready(self.status_line())
+            return False
+        for key, old_value, new_value in (
+            ("http.listen", self.settings.http.listen, new.http.listen),
+            ("storage.url", self.settings.storage.url, new.storage.url),
+        ):
+            if old_value != new_value:
+                log.warning("config_reload_needs_restart", key=key)
+        new = replace(
+            new,
+            http=replace(new.http, listen=self.settings.http.listen),
+            storage=self.settings.storage,
+        )
+        self.settings = new
+        scrubber.set_secrets(_secrets(new))
+        servers = {s.name: s for s in new.servers}
+        retired = self.poller.configure(servers)
+        self.router.reconfigure(new.routing, new.routes, servers)
+        self.dispatcher.settings = new.routing
+        # Sends in flight may still use a retired client: close it once they are surely done.
+        grace = max((c.timeout for c in retired), default=0.0) * 2 + 1.0
+        if retired:
+            self._tasks.append(asyncio.create_task(_close_later(retired, grace)))
+        log.info(
+            "config_reloaded",
+            servers=len(servers),
+            routes=len(new.routes),
+            retired_clients=len(retired),
+        )
+        self.notifier.ready(self.status_line())
+        return True
+
     async def stop(self, grace: float = 10.0) -> None:
         log.info("daemon_stopping")
+        self.stopping = True
+        self.notifier.stopping()
         deadline = time.monotonic() + grace
         await self.dispatcher.stop(deadline)
         await self.forwarder.stop()
@@ -165,6 +246,11 @@ class Daemon:
         await self.ledger.close()
         self.stopped.set()
         log.info("daemon_stopped")
+
+
+async def _close_later(clients: list[GoipClient], delay: float) -> None:
+    await asyncio.sleep(delay)
+    await asyncio.gather(*(client.close() for client in clients))
 
 
 def open_ledger(settings: Settings) -> Ledger:
@@ -215,6 +301,14 @@ async def run_daemon(settings: Settings) -> int:
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(daemon.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start()
     except (OSError, LedgerError) as exc:

@@ -93,6 +93,15 @@ class Router:
         self._recent: dict[tuple[str, str], deque[float]] = {}
         self._synced_generation = -1
 
+    def reconfigure(
+        self, settings: RoutingSettings, rules: Sequence[RouteRule], servers: Mapping[str, Server]
+    ) -> None:
+        """Adopt a reloaded config; LRU order and rate windows of surviving lines are kept."""
+        self.settings = settings
+        self.rules = tuple(rules)
+        self.servers = dict(servers)
+        self._synced_generation = -1
+
     def targets_for(self, number: str) -> tuple[RouteTarget, ...]:
         targets = match_rule(self.rules, number)
         if not self.rules:
