@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit services clean
+.PHONY: install demo test lint typecheck unit tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,17 +20,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m goipd.demo
 
+# System tools the tests use for real (no fakes): promtool/prometheus, systemd-analyze.
+tools:
+	bash scripts/ensure-prometheus.sh
+	bash scripts/ensure-systemd.sh
+
 lint: $(STAMP)
-	$(BIN)/ruff check goipd tests bench
-	$(BIN)/ruff format --check goipd tests bench
+	$(BIN)/ruff check goipd tests
+	$(BIN)/ruff format --check goipd tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy goipd
 
-unit: $(STAMP)
-	$(BIN)/pytest -q
+unit: $(STAMP) tools
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-test: $(STAMP) lint typecheck unit
+test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var

@@ -6,7 +6,6 @@ import asyncio
 import signal
 import time
 from dataclasses import replace
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,6 +20,7 @@ from goipd.forwarder import InboundForwarder
 from goipd.ledger.base import Ledger, LedgerError, State
 from goipd.logs import scrubber
 from goipd.metrics import Metrics
+from goipd.netutil import bound_port
 from goipd.problems import Handler, problem_middleware, problem_response
 from goipd.reconcile import Reconciler
 from goipd.routing import Router
@@ -127,7 +127,7 @@ class Daemon:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
         await site.start()
-        self.port = _bound_port(site)
+        self.port = bound_port(site)
         log.info(
             "http_listening",
             listen=f"{self.settings.http.host}:{self.port}",
@@ -260,12 +260,6 @@ def open_ledger(settings: Settings) -> Ledger:
     from goipd.ledger.sqlite import SqliteLedger
 
     return SqliteLedger(path)
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp exposes no public accessor for the bound socket
-    sockets: Any = getattr(server, "sockets", None) or []
-    return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
 def _secrets(settings: Settings) -> list[str]:

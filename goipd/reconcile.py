@@ -3,9 +3,13 @@
 - `submitted` longer than `query_after`: ask the SMS Server with querysms (per task), apply the
   answers exactly as if pushed; past `report_deadline` with no result: fail `report_timeout`.
 - `dispatching` (the claim was written, the answer was not): the process died, or its send task
-  did, inside the sendsms call. No task id was recorded, so the SMS Server cannot be asked;
-  the recipient is re-queued and counted in goipd_dispatch_ambiguous_total: this is the one
-  window in which a recipient can be sent twice.
+  did, inside the sendsms call, so no task id was recorded. GoIP task ids are global increasing
+  integers per server, so the task, if the server created one, is among the next few ids after
+  the highest one goipd recorded: those are asked for with querysms, and a task that holds the
+  recipient's number is adopted instead of sending again. Only a claim whose task is not found
+  that way is re-queued, counted in goipd_dispatch_ambiguous_total: the one window in which a
+  recipient can be sent twice (another client of the same SMS Server sending in between can
+  push the task beyond the scanned ids).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from goipd.upstream.goip import GoipClient
 
 log = structlog.get_logger("goipd.reconcile")
 BATCH = 500
+TASK_SCAN_MARGIN = 8
+"""Task ids scanned beyond the claims to recover, for other clients of the same SMS Server."""
 
 
 class Reconciler:
@@ -58,17 +64,63 @@ class Reconciler:
             stale = await self.ctx.ledger.in_state(State.DISPATCHING, older_than, BATCH)
             if not stale:
                 return
-            now = self.ctx.clock()
-            outcomes = [
-                _after_lost_claim(r, settings.max_attempts, now, retry_delay(settings, r.attempts))
-                for r in stale
-            ]
-            await self.ctx.ledger.record(outcomes, now)
-            self.ctx.metrics.dispatch_ambiguous.inc(len(stale))
-            log.warning("claims_requeued", recipients=len(stale))
-            self.ctx.wake_dispatch()
+            by_server: dict[str, list[Recipient]] = {}
+            for recipient in stale:
+                by_server.setdefault(recipient.server or "", []).append(recipient)
+            lost: list[Recipient] = []
+            for server, recipients in by_server.items():
+                lost.extend(await self._adopt_tasks(server, recipients))
+            if lost:
+                now = self.ctx.clock()
+                outcomes = [
+                    _after_lost_claim(
+                        r, settings.max_attempts, now, retry_delay(settings, r.attempts)
+                    )
+                    for r in lost
+                ]
+                await self.ctx.ledger.record(outcomes, now)
+                self.ctx.metrics.dispatch_ambiguous.inc(len(lost))
+                log.warning("claims_requeued", recipients=len(lost))
+                self.ctx.wake_dispatch()
             if len(stale) < BATCH:
                 return
+
+    async def _adopt_tasks(self, server: str, recipients: list[Recipient]) -> list[Recipient]:
+        """Find the tasks the SMS Server created for interrupted sends; returns the rest."""
+        client = self.clients(server)
+        last = await self.ctx.ledger.max_task_id(server)
+        if client is None or last is None:
+            return recipients
+        waiting = {r.number: r for r in recipients}
+        waiting.update({r.number.lstrip("+"): r for r in recipients})
+        adopted: list[Outcome] = []
+        for task_id in range(last + 1, last + 1 + len(recipients) + TASK_SCAN_MARGIN):
+            try:
+                reports = await client.query_sms(str(task_id))
+            except UpstreamError as exc:
+                log.warning("claim_scan_failed", server=server, reason=exc.reason.value)
+                break
+            if not reports:
+                break  # ids are handed out in order: no task beyond this one exists yet
+            for report in reports:
+                recipient = waiting.pop(report.number, None)
+                if recipient is None:
+                    continue
+                waiting.pop(recipient.number, None)
+                waiting.pop(recipient.number.lstrip("+"), None)
+                adopted.append(
+                    Outcome(
+                        recipient.id,
+                        State.SUBMITTED,
+                        task_id=report.task_id,
+                        upstream_id=report.sub_task_id,
+                    )
+                )
+        if adopted:
+            await self.ctx.ledger.record(adopted, self.ctx.clock())
+            log.info("claims_adopted", server=server, recipients=len(adopted))
+        remaining = {id(r): r for r in waiting.values()}
+        return list(remaining.values())
 
     async def _query_submitted(self, older_than: float, now: float) -> None:
         deadline = self.settings().report_deadline

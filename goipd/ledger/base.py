@@ -198,6 +198,9 @@ class Ledger(Protocol):
     async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
         """Recipients in `state` whose last update is older than `older_than` (reconciliation)."""
 
+    async def max_task_id(self, server: str) -> int | None:
+        """The highest GoIP task id recorded for `server` (task ids are integers)."""
+
     async def counts(self) -> dict[State, int]:
         """Recipients by state (for goipd_queue_messages)."""
 

@@ -1,0 +1,1 @@
+"""Simulators of the upstream APIs, used by tests, `make demo` and the benchmarks."""
