@@ -207,7 +207,7 @@ class Daemon:
                 log.warning("config_reload_needs_restart", key=key)
         new = replace(
             new,
-            http=replace(new.http, listen=self.settings.http.listen),
+            http=new.http.model_copy(update={"listen": self.settings.http.listen}),
             storage=self.settings.storage,
         )
         self.settings = new
