@@ -102,8 +102,8 @@ class Dispatcher:
             groups.setdefault((recipient.message_id, recipient.excluded_lines), []).append(
                 recipient
             )
-        started = 0
         deferred: list[Outcome] = []
+        plans: list[tuple[Choice, Body, list[Recipient]]] = []
         for (message_id, excluded), recipients in groups.items():
             body = bodies.get(message_id)
             if body is None:
@@ -138,13 +138,34 @@ class Dispatcher:
                 take = same_route[: choice.capacity]
                 pending = [r for r in pending if r not in take]
                 self.router.record_use(choice, len(take), now)
-                await self._slots.acquire()
-                task = asyncio.create_task(self._send(choice, body, take))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
-                started += 1
+                plans.append((choice, body, take))
         if deferred:
             await self.ledger.record(deferred, now)
+        if not plans:
+            return 0
+        # Claim everything of this pass in one durable write *before* any upstream call: the
+        # next pass then no longer sees these recipients as queued, and a crash from here on
+        # leaves them `dispatching`, which reconciliation understands.
+        claimed = set(
+            await self.ledger.claim(
+                [
+                    Claim(r.id, _route_name(choice), _server(choice), _line(choice))
+                    for choice, _, recipients in plans
+                    for r in recipients
+                ],
+                now,
+            )
+        )
+        started = 0
+        for choice, body, recipients in plans:
+            batch = [r for r in recipients if r.id in claimed]
+            if not batch:
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._send(choice, body, batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            started += 1
         return started
 
     def _no_route(self, recipient: Recipient, now: float) -> Outcome:
@@ -178,15 +199,7 @@ class Dispatcher:
         finally:
             self._slots.release()
 
-    async def _send_goip(
-        self, choice: LineChoice, body: Body, recipients: Sequence[Recipient]
-    ) -> None:
-        now = self.clock()
-        claims = [Claim(r.id, "goip", choice.server, choice.line) for r in recipients]
-        claimed_ids = set(await self.ledger.claim(claims, now))
-        batch = [r for r in recipients if r.id in claimed_ids]
-        if not batch:
-            return
+    async def _send_goip(self, choice: LineChoice, body: Body, batch: Sequence[Recipient]) -> None:
         client = self.clients(choice.server)
         if client is None:
             await self._requeue(batch, choice, "server_removed", "server no longer configured", 0)
@@ -304,6 +317,18 @@ class Dispatcher:
                     self._bodies.popitem(last=False)
             found[message_id] = body
         return found
+
+
+def _route_name(choice: Choice) -> str:
+    return choice.provider if isinstance(choice, CloudChoice) else "goip"
+
+
+def _server(choice: Choice) -> str | None:
+    return choice.server if isinstance(choice, LineChoice) else None
+
+
+def _line(choice: Choice) -> str | None:
+    return choice.line if isinstance(choice, LineChoice) else None
 
 
 def _targets(route: str | None) -> tuple[RouteTarget, ...] | None:

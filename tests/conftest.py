@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from goipd.sim.goip import RunningSimulator, SimFleet, start_simulator
 from prometheus_client.parser import text_string_to_metric_families
 
 from goipd.app import Daemon
 from goipd.config import load_settings
+from goipd.sim.goip import RunningSimulator, SimFleet, start_simulator
 
 API_TOKEN = "test-token-0123456789abcdef"
 POLL = 0.5

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from goipd.sim.goip import RunningSimulator
 
 from goipd.app import Daemon
+from goipd.sim.goip import RunningSimulator
 from tests.conftest import POLL, control, daemon_config, eventually, fleet_spec, sample
 
 WITHIN = POLL + 0.3 + 0.7  # one interval + request timeout + scheduling slack

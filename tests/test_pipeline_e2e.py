@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from goipd.sim.goip import RunningSimulator
 
 from goipd.app import Daemon
+from goipd.sim.goip import RunningSimulator
 from tests.conftest import control, daemon_config, eventually, fleet_spec, sample
 
 Pipeline = tuple[RunningSimulator, Daemon, str]
