@@ -37,16 +37,23 @@ class SecretScrubber:
                 text = text.replace(secret, REDACTED)
         return text
 
+    def scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, list | tuple):
+            return [self.scrub_value(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self.scrub_value(item) for key, item in value.items()}
+        return self.scrub(str(value))
+
     def __call__(
         self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if not self._secrets:
-            return event_dict
-        for key, value in event_dict.items():
-            if isinstance(value, str):
-                event_dict[key] = self.scrub(value)
-            elif not isinstance(value, int | float | bool) and value is not None:
-                event_dict[key] = self.scrub(str(value))
+        if self._secrets:
+            for key, value in event_dict.items():
+                event_dict[key] = self.scrub_value(value)
         return event_dict
 
 

@@ -29,7 +29,7 @@ from goipd.upstream.errors import ErrorReason
 
 # `*_created` series double the series count of every counter and histogram for a timestamp
 # nobody graphs: with 32,000 lines that is scrape time and Prometheus memory for nothing.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 POLL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
