@@ -185,6 +185,13 @@ async def test_server_faults_are_classified_and_recovered(
     assert sample(metrics, "goipd_server_up", server="branch") == 1
     lines = await fetch(http, daemon, "/api/v1/lines?server=hq")
     assert lines["servers"][0]["last_error_reason"] == reason
+    if mode == "timeout":
+        # Failing servers are polled with exponential backoff: scheduled polls get skipped.
+        async def backing_off() -> bool:
+            metrics = await fetch(http, daemon, "/metrics")
+            return (sample(metrics, "goipd_server_polls_skipped_total", server="hq") or 0) >= 1
+
+        await eventually(backing_off, 4 * POLL + 2, "polls skipped during backoff")
     await control(http, sim, "PUT", "servers/hq/fault", {"mode": "none"})
 
     async def up() -> bool:

@@ -409,3 +409,30 @@ async def test_scheduled_message_can_be_cancelled(
         assert (await resp.json())["recipients"][0]["state"] == "cancelled"
     async with http.delete(f"{base}/api/v1/messages/{reply['id']}") as resp:
         assert resp.status == 409
+
+
+async def test_recipients_of_one_message_are_batched_on_one_line(
+    pipeline: Pipeline, http: aiohttp.ClientSession
+) -> None:
+    sim, _, base = pipeline
+    numbers = [f"+8869123456{i:02d}" for i in range(5)]
+    reply = await send(http, base, {"to": numbers, "text": "batch"})
+    done = await wait_states(http, base, reply["id"], {"delivered"})
+    assert len({(r["server"], r["line"], r["task_id"]) for r in done["recipients"]}) == 1
+    entries = (await sent_log(http, sim, "hq")) + (await sent_log(http, sim, "branch"))
+    assert sorted(e["number"] for e in entries) == numbers
+
+
+async def test_hook_allowlist_refuses_other_addresses(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    sim = await simulator(fleet_spec(hq=[{"line_id": "G101"}]))
+    config = daemon_config(sim, ["hq"], tmp_path)
+    config["servers"][0]["hook_allow"] = ["192.0.2.0/24"]  # not loopback: pushes are refused
+    daemon = await daemon_factory(config)
+    hook = f"http://127.0.0.1:{daemon.port}/hooks/goip/hq/status?token=hook-hq-0123456789"
+    async with http.post(hook, json={"taskID": "1.1", "send": "succeeded"}) as resp:
+        assert resp.status == 401
