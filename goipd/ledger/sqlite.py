@@ -10,9 +10,7 @@ thread: WAL lets them run while the writer commits.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +20,6 @@ from typing import Any, TypeVar
 import structlog
 
 from goipd.ledger.base import (
-    FINAL_STATES,
-    RANK,
     AcceptResult,
     Claim,
     InboundRecord,
@@ -36,35 +32,20 @@ from goipd.ledger.base import (
     State,
 )
 from goipd.ledger.migrations import migrate
+from goipd.ledger.rows import (
+    MESSAGE_COLUMNS,
+    PENDING,
+    RECIPIENT_COLUMNS,
+    message_from_row,
+    new_message_id,
+    recipient_from_row,
+    text_hash,
+)
+from goipd.ledger.rules import transition
 
 log = structlog.get_logger("goipd.ledger")
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_RECIPIENT_COLUMNS = (
-    "id, message_id, number, state, attempts, next_attempt_at, route, server, line, task_id, "
-    "upstream_id, error_code, error_meaning, excluded_lines, created_at, updated_at, "
-    "submitted_at, sent_at, delivered_at"
-)
-_MESSAGE_COLUMNS = (
-    "id, text, segments, encoding, route, idempotency_key, send_at, created_at, client"
-)
-_PENDING = (State.QUEUED.value, State.DISPATCHING.value, State.SUBMITTED.value)
-
-
-def new_message_id(now: float) -> str:
-    """26 characters, Crockford base32: 48 bits of milliseconds, then 80 random bits. Sorting
-    ids sorts messages by time; guessing one is hopeless."""
-    value = (int(now * 1000) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -75,45 +56,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
-
-
-def _recipient(row: sqlite3.Row | tuple[Any, ...]) -> Recipient:
-    return Recipient(
-        id=row[0],
-        message_id=row[1],
-        number=row[2],
-        state=State(row[3]),
-        attempts=row[4],
-        next_attempt_at=row[5],
-        route=row[6],
-        server=row[7],
-        line=row[8],
-        task_id=row[9],
-        upstream_id=row[10],
-        error_code=row[11],
-        error_meaning=row[12],
-        excluded_lines=tuple(json.loads(row[13])),
-        created_at=row[14],
-        updated_at=row[15],
-        submitted_at=row[16],
-        sent_at=row[17],
-        delivered_at=row[18],
-    )
-
-
-def _message(row: tuple[Any, ...], recipients: Sequence[Recipient]) -> Message:
-    return Message(
-        id=row[0],
-        text=row[1],
-        segments=row[2],
-        encoding=row[3],
-        route=row[4],
-        idempotency_key=row[5],
-        send_at=row[6],
-        created_at=row[7],
-        client=row[8],
-        recipients=tuple(recipients),
-    )
 
 
 def _short(exc: BaseException) -> str:
@@ -308,9 +250,9 @@ class SqliteLedger:
     async def due(self, now: float, limit: int) -> list[Recipient]:
         return await self._read(
             lambda conn: [
-                _recipient(row)
+                recipient_from_row(row)
                 for row in conn.execute(
-                    f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' "
+                    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' "
                     "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
                     (now, limit),
                 )
@@ -341,20 +283,20 @@ class SqliteLedger:
 
         def op(conn: sqlite3.Connection) -> Recipient | None:
             row = conn.execute(
-                f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE server = ? "
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = ? "
                 "AND task_id = ? AND number IN (?, ?) LIMIT 1",
                 (server, task_id, number, plus),
             ).fetchone()
-            return _recipient(row) if row else None
+            return recipient_from_row(row) if row else None
 
         return await self._read(op)
 
     async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
         return await self._read(
             lambda conn: [
-                _recipient(row)
+                recipient_from_row(row)
                 for row in conn.execute(
-                    f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE state = ? "
+                    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = ? "
                     "AND updated_at < ? ORDER BY updated_at LIMIT ?",
                     (state.value, older_than, limit),
                 )
@@ -386,7 +328,7 @@ class SqliteLedger:
     async def oldest_pending(self) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(created_at) FROM recipients WHERE state IN (?, ?, ?)", _PENDING
+                "SELECT MIN(created_at) FROM recipients WHERE state IN (?, ?, ?)", PENDING
             ).fetchone()
             return float(row[0]) if row and row[0] is not None else None
 
@@ -544,17 +486,17 @@ def _load_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Message
         return []
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})",
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})",
         tuple(ids),
     ).fetchall()
     by_message: dict[str, list[Recipient]] = {row[0]: [] for row in rows}
     for row in conn.execute(
-        f"SELECT {_RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN ({marks}) ORDER BY id",
+        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN ({marks}) ORDER BY id",
         tuple(ids),
     ):
-        by_message[row[1]].append(_recipient(row))
+        by_message[row[1]].append(recipient_from_row(row))
     order = {message_id: index for index, message_id in enumerate(ids)}
-    messages = [_message(row, by_message[row[0]]) for row in rows]
+    messages = [message_from_row(row, by_message[row[0]]) for row in rows]
     return sorted(messages, key=lambda m: order[m.id])
 
 
@@ -565,43 +507,17 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
         ).fetchone()
         if row is None:
             continue
-        current, new = State(row[0]), outcome.state
-        if current in FINAL_STATES or new is State.CANCELLED:
-            continue  # final means final; cancelling goes through cancel()
-        sets: dict[str, Any] = {"updated_at": now}
-        if new is State.QUEUED:
-            if current not in (State.QUEUED, State.DISPATCHING, State.SUBMITTED):
-                continue  # a sent SMS is never queued again
-            excluded = json.loads(row[1])
-            if outcome.exclude_line and outcome.exclude_line not in excluded:
-                excluded.append(outcome.exclude_line)
-            sets.update(
-                state=new.value,
-                next_attempt_at=outcome.retry_at or now,
-                excluded_lines=json.dumps(excluded),
-            )
-        elif new is State.FAILED:
-            sets["state"] = new.value
-        elif RANK[new] > RANK[current]:
-            sets["state"] = new.value
-            if new is State.SUBMITTED:
-                sets["submitted_at"] = now
-            elif new is State.SENT:
-                sets["sent_at"] = now
-            elif new is State.DELIVERED:
-                sets["delivered_at"] = now
-        else:
-            continue  # duplicate or out of order: never backwards
-        for name in ("task_id", "upstream_id", "error_code", "error_meaning"):
-            value = getattr(outcome, name)
-            if value is not None:
-                sets[name] = value
+        sets = transition(State(row[0]), json.loads(row[1]), outcome, now)
+        if sets is None:
+            continue
+        if "excluded_lines" in sets:
+            sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
         assignments = ", ".join(f"{name} = ?" for name in sets)
         conn.execute(
             f"UPDATE recipients SET {assignments} WHERE id = ?",
             (*sets.values(), outcome.recipient_id),
         )
-        if new is State.DELIVERED:
+        if outcome.state is State.DELIVERED:
             conn.execute(
                 "UPDATE recipients SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
                 (now, outcome.recipient_id),
