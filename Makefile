@@ -20,10 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m goipd.demo
 
-# System tools the tests use for real (no fakes): promtool/prometheus, systemd-analyze.
+# System tools and services the tests use for real (no fakes): promtool/prometheus,
+# systemd-analyze, and the PostgreSQL server on 127.0.0.1:5432.
 tools:
 	bash scripts/ensure-prometheus.sh
 	bash scripts/ensure-systemd.sh
+	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	pg_isready -h 127.0.0.1 -p 5432 -t 30
 
 lint: $(STAMP)
 	$(BIN)/ruff check goipd tests

@@ -255,11 +255,13 @@ async def _close_later(clients: list[GoipClient], delay: float) -> None:
 
 def open_ledger(settings: Settings) -> Ledger:
     path = settings.storage.sqlite_path
-    if path is None:
-        raise LedgerError("only sqlite:/// storage is supported by this build")
-    from goipd.ledger.sqlite import SqliteLedger
+    if path is not None:
+        from goipd.ledger.sqlite import SqliteLedger
 
-    return SqliteLedger(path)
+        return SqliteLedger(path)
+    from goipd.ledger.postgres import PostgresLedger
+
+    return PostgresLedger(settings.storage.url, schema=settings.storage.pg_schema)
 
 
 def _secrets(settings: Settings) -> list[str]:

@@ -104,6 +104,16 @@ class HttpSettings(_Strict):
 
 class StorageSettings(_Strict):
     url: str = "sqlite:///var/lib/goipd/goipd.db"
+    pg_schema: str = "goipd"
+    """PostgreSQL only: the schema goipd's tables live in (instances sharing a ledger use the
+    same one)."""
+
+    @field_validator("pg_schema")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError(f"expected a lower-case SQL identifier, got {_show(value)}")
+        return value
 
     @field_validator("url")
     @classmethod

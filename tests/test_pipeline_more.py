@@ -1,4 +1,4 @@
-"""Inbound forwarding, report deadlines, the `goipd send` command and refusal while stopping."""
+"""Inbound forwarding, report deadlines, `goipd send`, refusal while stopping, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import aiohttp
 from aiohttp import web
 
 from goipd.app import Daemon
+from goipd.ledger.postgres import PostgresLedger
 from goipd.netutil import bound_port
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import API_TOKEN, control, daemon_config, eventually, fleet_spec
+from tests.test_ledger import PG_URL
 from tests.test_pipeline_e2e import connect_push, message, send, wait_states
 
 
@@ -152,3 +155,27 @@ async def test_send_command_and_refusal_while_stopping(
         assert resp.status == 503
         assert resp.headers["Retry-After"] == "5"
     daemon.stopping = False
+
+
+async def test_daemon_on_postgresql(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    sim = await simulator(fleet_spec(hq=[{"line_id": "G101"}]))
+    daemon = await daemon_factory(
+        daemon_config(sim, ["hq"], tmp_path, storage={"url": PG_URL, "pg_schema": schema})
+    )
+    try:
+        await connect_push(http, sim, daemon, ["hq"])
+        base = f"http://127.0.0.1:{daemon.port}"
+        reply = await send(
+            http, base, {"to": ["+886912345678", "+886912345679"], "text": "via postgres"}
+        )
+        done = await wait_states(http, base, reply["id"], {"delivered"})
+        assert {r["server"] for r in done["recipients"]} == {"hq"}
+    finally:
+        await daemon.stop(grace=2.0)
+        await PostgresLedger(PG_URL, schema=schema).drop_schema()

@@ -1,17 +1,24 @@
-"""The SQLite ledger against its interface: durability, group commit, idempotency, and the
-monotonic state machine (a recipient never moves backwards or out of a final state)."""
+"""Both ledger backends against one interface: durability, group commit, idempotency, and the
+monotonic state machine (a recipient never moves backwards or out of a final state). The
+PostgreSQL runs use the real server on 127.0.0.1:5432, one schema per test, dropped after."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from goipd.ledger.base import Claim, LedgerError, NewMessage, Outcome, State
+from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger, new_message_id
+
+PG_URL = os.environ.get("GOIPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+Ledger = SqliteLedger | PostgresLedger
 
 NOW = 1_800_000_000.0
 
@@ -33,27 +40,46 @@ def new(
 
 
 @pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
-    store = SqliteLedger(tmp_path / "state" / "goipd.db")
+def make_ledger(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], Ledger]:
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+
+    def make() -> Ledger:
+        if request.param == "sqlite":
+            return SqliteLedger(tmp_path / "state" / "goipd.db")
+        return PostgresLedger(PG_URL, schema=schema)
+
+    return make
+
+
+@pytest.fixture
+async def ledger(make_ledger: Callable[[], Ledger]) -> AsyncIterator[Ledger]:
+    store = make_ledger()
     await store.open()
     yield store
     await store.close()
+    if isinstance(store, PostgresLedger):
+        await store.drop_schema()
 
 
-async def test_accept_get_and_reopen(ledger: SqliteLedger, tmp_path: Path) -> None:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "make_ledger" in metafunc.fixturenames:
+        metafunc.parametrize("make_ledger", ["sqlite", "postgresql"], indirect=True)
+
+
+async def test_accept_get_and_reopen(ledger: Ledger, make_ledger: Callable[[], Ledger]) -> None:
     result = await ledger.accept(new(("+886912345678", "+886912345679")), NOW)
     assert result.created
     message = await ledger.get_message(result.message.id)
     assert message == result.message
     assert [r.state for r in message.recipients] == [State.QUEUED, State.QUEUED]
     await ledger.close()
-    again = SqliteLedger(tmp_path / "state" / "goipd.db")
+    again = make_ledger()
     await again.open()
     assert await again.get_message(result.message.id) == message
     await again.close()
 
 
-async def test_concurrent_accepts_are_group_committed(ledger: SqliteLedger) -> None:
+async def test_concurrent_accepts_are_group_committed(ledger: Ledger) -> None:
     results = await asyncio.gather(
         *(ledger.accept(new((f"+8869123{i:05d}",)), NOW) for i in range(200))
     )
@@ -63,7 +89,7 @@ async def test_concurrent_accepts_are_group_committed(ledger: SqliteLedger) -> N
 
 
 async def test_idempotency_key_returns_the_original_even_within_one_batch(
-    ledger: SqliteLedger,
+    ledger: Ledger,
 ) -> None:
     results = await asyncio.gather(*(ledger.accept(new(key="order-1"), NOW) for _ in range(20)))
     assert len({r.message.id for r in results}) == 1
@@ -71,7 +97,7 @@ async def test_idempotency_key_returns_the_original_even_within_one_batch(
     assert (await ledger.counts())[State.QUEUED] == 1
 
 
-async def test_claim_is_compare_and_set(ledger: SqliteLedger) -> None:
+async def test_claim_is_compare_and_set(ledger: Ledger) -> None:
     message = (await ledger.accept(new(), NOW)).message
     rid = message.recipients[0].id
     assert await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW) == [rid]
@@ -80,13 +106,13 @@ async def test_claim_is_compare_and_set(ledger: SqliteLedger) -> None:
     assert (recipient.state, recipient.line, recipient.attempts) == (State.DISPATCHING, "G101", 1)
 
 
-async def state_of(ledger: SqliteLedger, message_id: str) -> State:
+async def state_of(ledger: Ledger, message_id: str) -> State:
     message = await ledger.get_message(message_id)
     assert message is not None
     return message.recipients[0].state
 
 
-async def test_state_machine_never_moves_backwards(ledger: SqliteLedger) -> None:
+async def test_state_machine_never_moves_backwards(ledger: Ledger) -> None:
     message = (await ledger.accept(new(), NOW)).message
     rid = message.recipients[0].id
     await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW)
@@ -103,7 +129,7 @@ async def test_state_machine_never_moves_backwards(ledger: SqliteLedger) -> None
     assert recipient.error_code is None
 
 
-async def test_retry_path_and_excluded_lines(ledger: SqliteLedger) -> None:
+async def test_retry_path_and_excluded_lines(ledger: Ledger) -> None:
     message = (await ledger.accept(new(), NOW)).message
     rid = message.recipients[0].id
     await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW)
@@ -132,7 +158,7 @@ async def test_retry_path_and_excluded_lines(ledger: SqliteLedger) -> None:
     assert await state_of(ledger, message.id) is State.SENT
 
 
-async def test_find_by_task_with_and_without_plus(ledger: SqliteLedger) -> None:
+async def test_find_by_task_with_and_without_plus(ledger: Ledger) -> None:
     message = (await ledger.accept(new(), NOW)).message
     rid = message.recipients[0].id
     await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW)
@@ -144,7 +170,7 @@ async def test_find_by_task_with_and_without_plus(ledger: SqliteLedger) -> None:
     assert await ledger.max_task_id("other") is None
 
 
-async def test_scheduled_due_and_cancel(ledger: SqliteLedger) -> None:
+async def test_scheduled_due_and_cancel(ledger: Ledger) -> None:
     later = (await ledger.accept(new(send_at=NOW + 60), NOW)).message
     now_msg = (await ledger.accept(new(("+886912345670",)), NOW)).message
     assert [r.message_id for r in await ledger.due(NOW, 10)] == [now_msg.id]
@@ -156,7 +182,7 @@ async def test_scheduled_due_and_cancel(ledger: SqliteLedger) -> None:
     assert await ledger.cancel("01NOSUCHMESSAGE0000000000", NOW) is None
 
 
-async def test_duplicate_guard_and_queue_figures(ledger: SqliteLedger) -> None:
+async def test_duplicate_guard_and_queue_figures(ledger: Ledger) -> None:
     first = (await ledger.accept(new(text="code 1234"), NOW)).message
     assert await ledger.recent_duplicate("+886912345678", "code 1234", NOW - 600) == first.id
     assert await ledger.recent_duplicate("+886912345678", "code 9999", NOW - 600) is None
@@ -167,7 +193,7 @@ async def test_duplicate_guard_and_queue_figures(ledger: SqliteLedger) -> None:
     assert counts[State.QUEUED] == 1
 
 
-async def test_inbound_and_outbox(ledger: SqliteLedger) -> None:
+async def test_inbound_and_outbox(ledger: Ledger) -> None:
     inbound_id = await ledger.add_inbound(
         "hq",
         "G101",
@@ -191,7 +217,7 @@ async def test_inbound_and_outbox(ledger: SqliteLedger) -> None:
     assert await ledger.outbox_due(NOW + 1000, 10) == []
 
 
-async def test_list_messages_paging_and_filters(ledger: SqliteLedger) -> None:
+async def test_list_messages_paging_and_filters(ledger: Ledger) -> None:
     ids = [(await ledger.accept(new((f"+88691234567{i}",)), NOW + i)).message.id for i in range(5)]
     page = await ledger.list_messages(None, None, 2, None)
     assert [m.id for m in page] == ids[::-1][:2]
@@ -218,9 +244,9 @@ async def test_future_schema_version_is_refused(tmp_path: Path) -> None:
         await store.open()
 
 
-async def test_write_errors_become_ledger_errors_and_the_ledger_recovers(
-    ledger: SqliteLedger,
-) -> None:
+async def test_write_errors_become_ledger_errors_and_the_ledger_recovers(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "goipd.db")
+    await ledger.open()
     # Root ignores file permissions, so make the writer connection itself refuse writes: the
     # same sqlite3.OperationalError path as a read-only or full disk.
     assert ledger._writer is not None
@@ -231,6 +257,7 @@ async def test_write_errors_become_ledger_errors_and_the_ledger_recovers(
     await loop.run_in_executor(ledger._writer_pool, ledger._writer.execute, "PRAGMA query_only=OFF")
     assert (await ledger.accept(new(), NOW)).created
     assert (await ledger.counts())[State.QUEUED] == 1
+    await ledger.close()
 
 
 def test_message_ids_sort_by_time() -> None:

@@ -1,0 +1,593 @@
+"""The ledger on PostgreSQL (asyncpg), for operators who run several goipd instances.
+
+Same shape as the SQLite backend: writes are group-committed on one writer connection (one
+transaction per batch, a SAVEPOINT per caller), reads use a small pool. Claims are
+compare-and-set (`... WHERE state = 'queued'`), so two instances never both claim a recipient.
+Everything lives in one schema (default `goipd`), created and migrated at start under an
+advisory lock so instances starting together do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from goipd.ledger.base import (
+    AcceptResult,
+    Claim,
+    InboundRecord,
+    LedgerError,
+    Message,
+    NewMessage,
+    OutboxItem,
+    Outcome,
+    Recipient,
+    State,
+)
+from goipd.ledger.rows import (
+    MESSAGE_COLUMNS,
+    PENDING,
+    RECIPIENT_COLUMNS,
+    message_from_row,
+    new_message_id,
+    recipient_from_row,
+    text_hash,
+)
+from goipd.ledger.rules import transition
+
+log = structlog.get_logger("goipd.ledger")
+T = TypeVar("T")
+Op = Callable[[asyncpg.Connection], Awaitable[Any]]
+MIGRATION_LOCK = 0x60_1D_00_01
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        created_at DOUBLE PRECISION NOT NULL,
+        text TEXT NOT NULL,
+        segments INTEGER NOT NULL,
+        encoding TEXT NOT NULL,
+        route TEXT,
+        idempotency_key TEXT UNIQUE,
+        send_at DOUBLE PRECISION,
+        client TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE recipients (
+        id BIGSERIAL PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        number TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        route TEXT,
+        server TEXT,
+        line TEXT,
+        task_id TEXT,
+        upstream_id TEXT,
+        error_code TEXT,
+        error_meaning TEXT,
+        excluded_lines TEXT NOT NULL DEFAULT '[]',
+        text_hash TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        submitted_at DOUBLE PRECISION,
+        sent_at DOUBLE PRECISION,
+        delivered_at DOUBLE PRECISION
+    );
+    CREATE INDEX recipients_due ON recipients (state, next_attempt_at);
+    CREATE INDEX recipients_task ON recipients (server, task_id);
+    CREATE INDEX recipients_duplicate ON recipients (number, text_hash, created_at);
+    CREATE INDEX recipients_stale ON recipients (state, updated_at);
+    CREATE INDEX recipients_message ON recipients (message_id);
+    CREATE TABLE inbound (
+        id BIGSERIAL PRIMARY KEY,
+        source TEXT NOT NULL,
+        line TEXT,
+        from_number TEXT NOT NULL,
+        to_number TEXT,
+        content TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        upstream_time TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id BIGSERIAL PRIMARY KEY,
+        inbound_id BIGINT NOT NULL REFERENCES inbound(id),
+        url TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at DOUBLE PRECISION NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT FALSE,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (done, next_at);
+    """,
+)
+
+
+def _short(exc: BaseException) -> str:
+    """The server's reason, never SQL parameters (they may hold numbers or text)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"{exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:160]
+    return exc.__class__.__name__
+
+
+class PostgresLedger:
+    def __init__(self, url: str, schema: str = "goipd") -> None:
+        if not SCHEMA_NAME.match(schema):
+            raise LedgerError(f"schema name must match {SCHEMA_NAME.pattern}")
+        self.url = url
+        self.schema = schema
+        self._pool: asyncpg.Pool | None = None
+        self._writer: asyncpg.Connection | None = None
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def open(self) -> None:
+        try:
+            setup = await asyncpg.connect(self.url)
+            try:
+                await setup.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+                await setup.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await setup.execute(f'SET search_path TO "{self.schema}"')
+                version = await _migrate(setup)
+                await setup.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+            finally:
+                await setup.close()
+            settings = {"search_path": self.schema}
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=8, server_settings=settings
+            )
+            self._writer = await asyncpg.connect(self.url, server_settings=settings)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LedgerError(f"cannot open the PostgreSQL ledger: {_short(exc)}") from None
+        log.info("ledger_opened", backend="postgresql", schema=self.schema, schema_version=version)
+        self._queue = asyncio.Queue()
+        self._committer = asyncio.create_task(self._commit_loop(), name="ledger-commit")
+
+    async def close(self) -> None:
+        if self._committer is not None and self._queue is not None:
+            await self._queue.join()
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+            self._committer = None
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def drop_schema(self) -> None:
+        """For tests: remove everything this ledger created."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    # --- group commit ------------------------------------------------------------------------
+
+    async def _write(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        if self._queue is None:
+            raise LedgerError("ledger is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put((op, future))
+        return await future
+
+    async def _commit_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._run_batch([op for op, _ in batch])
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                error = LedgerError(_short(exc))
+                log.error("ledger_commit_failed", reason=str(error), writes=len(batch))
+                results = [error] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+                self._queue.task_done()
+
+    async def _run_batch(self, ops: list[Op]) -> list[Any]:
+        conn = self._writer
+        assert conn is not None
+        results: list[Any] = []
+        async with conn.transaction():
+            for op in ops:
+                try:
+                    async with conn.transaction():  # a SAVEPOINT inside the batch
+                        results.append(await op(conn))
+                except asyncpg.IntegrityConstraintViolationError as exc:
+                    results.append(LedgerError(_short(exc)))
+        self.commits += 1
+        return results
+
+    async def _read(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        if self._pool is None:
+            raise LedgerError("ledger is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                return await op(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise LedgerError(_short(exc)) from None
+
+    # --- messages ----------------------------------------------------------------------------
+
+    async def accept(self, message: NewMessage, now: float) -> AcceptResult:
+        return await self._write(lambda conn: _accept(conn, message, now))
+
+    async def get_message(self, message_id: str) -> Message | None:
+        async def op(conn: asyncpg.Connection) -> Message | None:
+            found = await _load_messages(conn, [message_id])
+            return found[0] if found else None
+
+        return await self._read(op)
+
+    async def list_messages(
+        self, state: State | None, since: float | None, limit: int, after: str | None
+    ) -> list[Message]:
+        async def op(conn: asyncpg.Connection) -> list[Message]:
+            clauses: list[str] = []
+            params: list[Any] = []
+            if after is not None:
+                params.append(after)
+                clauses.append(f"m.id < ${len(params)}")
+            if since is not None:
+                params.append(since)
+                clauses.append(f"m.created_at >= ${len(params)}")
+            if state is not None:
+                states = [state.value]
+                if state is State.SUBMITTED:
+                    states.append(State.DISPATCHING.value)  # shown as submitted by the API
+                params.append(states)
+                clauses.append(
+                    "EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+                    f"AND r.state = ANY(${len(params)}::text[]))"
+                )
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            params.append(limit)
+            rows = await conn.fetch(
+                f"SELECT m.id FROM messages m {where} ORDER BY m.id DESC LIMIT ${len(params)}",
+                *params,
+            )
+            return await _load_messages(conn, [row[0] for row in rows])
+
+        return await self._read(op)
+
+    async def recent_duplicate(self, number: str, text: str, since: float) -> str | None:
+        digest = text_hash(text)
+
+        async def op(conn: asyncpg.Connection) -> str | None:
+            value = await conn.fetchval(
+                "SELECT message_id FROM recipients WHERE number = $1 AND text_hash = $2 "
+                "AND created_at >= $3 AND state NOT IN ('cancelled', 'failed') LIMIT 1",
+                number,
+                digest,
+                since,
+            )
+            return str(value) if value is not None else None
+
+        return await self._read(op)
+
+    async def cancel(self, message_id: str, now: float) -> Message | None:
+        async def op(conn: asyncpg.Connection) -> Message | None:
+            await conn.execute(
+                "UPDATE recipients SET state = 'cancelled', updated_at = $1 "
+                "WHERE message_id = $2 AND state = 'queued'",
+                now,
+                message_id,
+            )
+            found = await _load_messages(conn, [message_id])
+            return found[0] if found else None
+
+        return await self._write(op)
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    async def due(self, now: float, limit: int) -> list[Recipient]:
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' "
+                "AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
+                now,
+                limit,
+            )
+            return [recipient_from_row(row) for row in rows]
+
+        return await self._read(op)
+
+    async def claim(self, claims: Sequence[Claim], now: float) -> list[int]:
+        async def op(conn: asyncpg.Connection) -> list[int]:
+            rows = await conn.fetch(
+                "UPDATE recipients AS r SET state = 'dispatching', route = c.route, "
+                "server = c.server, line = c.line, attempts = r.attempts + 1, task_id = NULL, "
+                "upstream_id = NULL, updated_at = $5 "
+                "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) "
+                "AS c(id, route, server, line) WHERE r.id = c.id AND r.state = 'queued' "
+                "RETURNING r.id",
+                [c.recipient_id for c in claims],
+                [c.route for c in claims],
+                [c.server for c in claims],
+                [c.line for c in claims],
+                now,
+            )
+            claimed = {int(row[0]) for row in rows}
+            return [c.recipient_id for c in claims if c.recipient_id in claimed]
+
+        return await self._write(op)
+
+    async def record(self, outcomes: Sequence[Outcome], now: float) -> None:
+        await self._write(lambda conn: _record(conn, outcomes, now))
+
+    async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
+        plus = number if number.startswith("+") else f"+{number}"
+
+        async def op(conn: asyncpg.Connection) -> Recipient | None:
+            row = await conn.fetchrow(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = $1 "
+                "AND task_id = $2 AND number IN ($3, $4) LIMIT 1",
+                server,
+                task_id,
+                number,
+                plus,
+            )
+            return recipient_from_row(row) if row else None
+
+        return await self._read(op)
+
+    async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = $1 "
+                "AND updated_at < $2 ORDER BY updated_at LIMIT $3",
+                state.value,
+                older_than,
+                limit,
+            )
+            return [recipient_from_row(row) for row in rows]
+
+        return await self._read(op)
+
+    async def max_task_id(self, server: str) -> int | None:
+        async def op(conn: asyncpg.Connection) -> int | None:
+            value = await conn.fetchval(
+                "SELECT MAX(task_id::bigint) FROM recipients WHERE server = $1 "
+                "AND task_id ~ '^[0-9]{1,18}$'",
+                server,
+            )
+            return int(value) if value is not None else None
+
+        return await self._read(op)
+
+    async def counts(self) -> dict[State, int]:
+        async def op(conn: asyncpg.Connection) -> dict[State, int]:
+            counts = dict.fromkeys(State, 0)
+            for row in await conn.fetch("SELECT state, COUNT(*) FROM recipients GROUP BY state"):
+                counts[State(row[0])] = int(row[1])
+            return counts
+
+        return await self._read(op)
+
+    async def oldest_pending(self) -> float | None:
+        async def op(conn: asyncpg.Connection) -> float | None:
+            value = await conn.fetchval(
+                "SELECT MIN(created_at) FROM recipients WHERE state = ANY($1::text[])",
+                list(PENDING),
+            )
+            return float(value) if value is not None else None
+
+        return await self._read(op)
+
+    # --- inbound -----------------------------------------------------------------------------
+
+    async def add_inbound(
+        self,
+        source: str,
+        line: str | None,
+        from_number: str,
+        to_number: str | None,
+        content: str,
+        upstream_time: str,
+        now: float,
+        forward_to: Sequence[str] = (),
+    ) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            inbound_id = int(
+                await conn.fetchval(
+                    "INSERT INTO inbound (source, line, from_number, to_number, content,"
+                    " received_at, upstream_time) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " RETURNING id",
+                    source,
+                    line,
+                    from_number,
+                    to_number,
+                    content,
+                    now,
+                    upstream_time,
+                )
+            )
+            if forward_to:
+                await conn.executemany(
+                    "INSERT INTO outbox (inbound_id, url, next_at) VALUES ($1, $2, $3)",
+                    [(inbound_id, url, now) for url in forward_to],
+                )
+            return inbound_id
+
+        return await self._write(op)
+
+    async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]:
+        async def op(conn: asyncpg.Connection) -> list[InboundRecord]:
+            rows = await conn.fetch(
+                "SELECT id, source, line, from_number, to_number, content, received_at, "
+                "upstream_time FROM inbound WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                before_id if before_id is not None else 2**62,
+                limit,
+            )
+            return [InboundRecord(*row) for row in rows]
+
+        return await self._read(op)
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxItem]:
+        async def op(conn: asyncpg.Connection) -> list[OutboxItem]:
+            rows = await conn.fetch(
+                "SELECT o.id, o.url, o.attempts, i.id, i.source, i.line, i.from_number, "
+                "i.to_number, i.content, i.received_at, i.upstream_time FROM outbox o "
+                "JOIN inbound i ON i.id = o.inbound_id WHERE NOT o.done AND o.next_at <= $1 "
+                "ORDER BY o.next_at LIMIT $2",
+                now,
+                limit,
+            )
+            return [OutboxItem(row[0], InboundRecord(*row[3:]), row[1], row[2]) for row in rows]
+
+        return await self._read(op)
+
+    async def outbox_result(
+        self, item_id: int, *, done: bool, retry_at: float | None, error: str | None, now: float
+    ) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            if done or retry_at is None:
+                await conn.execute(
+                    "UPDATE outbox SET done = TRUE, attempts = attempts + $1, last_error = $2 "
+                    "WHERE id = $3",
+                    0 if done else 1,
+                    error,
+                    item_id,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 "
+                    "WHERE id = $3",
+                    retry_at,
+                    error,
+                    item_id,
+                )
+
+        await self._write(op)
+
+
+# --- operations run inside the writer's transaction ---------------------------------------------
+
+
+async def _migrate(conn: asyncpg.Connection) -> int:
+    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    current = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+    if current > len(MIGRATIONS):
+        raise LedgerError(
+            f"ledger schema version {current} is newer than this goipd supports "
+            f"({len(MIGRATIONS)}); upgrade goipd"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        async with conn.transaction():
+            await conn.execute(MIGRATIONS[version - 1])
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    return len(MIGRATIONS)
+
+
+async def _accept(conn: asyncpg.Connection, message: NewMessage, now: float) -> AcceptResult:
+    if message.idempotency_key is not None:
+        existing = await conn.fetchval(
+            "SELECT id FROM messages WHERE idempotency_key = $1", message.idempotency_key
+        )
+        if existing is not None:
+            return AcceptResult((await _load_messages(conn, [existing]))[0], created=False)
+    message_id = new_message_id(now)
+    await conn.execute(
+        "INSERT INTO messages (id, created_at, text, segments, encoding, route, idempotency_key,"
+        " send_at, client) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        message_id,
+        now,
+        message.text,
+        message.segments,
+        message.encoding,
+        message.route,
+        message.idempotency_key,
+        message.send_at,
+        message.client,
+    )
+    start = message.send_at if message.send_at is not None else now
+    rows = await conn.fetch(
+        f"INSERT INTO recipients (message_id, number, state, attempts, next_attempt_at,"
+        f" excluded_lines, text_hash, created_at, updated_at)"
+        f" SELECT $1, n, 'queued', 0, $2, '[]', $3, $4, $4 FROM unnest($5::text[]) AS n"
+        f" RETURNING {RECIPIENT_COLUMNS}",
+        message_id,
+        start,
+        text_hash(message.text),
+        now,
+        list(message.recipients),
+    )
+    recipients = sorted((recipient_from_row(row) for row in rows), key=lambda r: r.id)
+    stored = Message(
+        id=message_id,
+        text=message.text,
+        segments=message.segments,
+        encoding=message.encoding,
+        route=message.route,
+        idempotency_key=message.idempotency_key,
+        send_at=message.send_at,
+        created_at=now,
+        client=message.client,
+        recipients=tuple(recipients),
+    )
+    return AcceptResult(stored, created=True)
+
+
+async def _load_messages(conn: asyncpg.Connection, ids: Sequence[str]) -> list[Message]:
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::text[])", list(ids)
+    )
+    by_message: dict[str, list[Recipient]] = {row[0]: [] for row in rows}
+    for row in await conn.fetch(
+        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = ANY($1::text[]) "
+        "ORDER BY id",
+        list(ids),
+    ):
+        by_message[row[1]].append(recipient_from_row(row))
+    order = {message_id: index for index, message_id in enumerate(ids)}
+    messages = [message_from_row(row, by_message[row[0]]) for row in rows]
+    return sorted(messages, key=lambda m: order[m.id])
+
+
+async def _record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], now: float) -> None:
+    for outcome in outcomes:
+        # FOR UPDATE: another instance applying a report for the same recipient waits here, so
+        # the transition is decided on the state it will actually change.
+        row = await conn.fetchrow(
+            "SELECT state, excluded_lines FROM recipients WHERE id = $1 FOR UPDATE",
+            outcome.recipient_id,
+        )
+        if row is None:
+            continue
+        sets = transition(State(row[0]), json.loads(row[1]), outcome, now)
+        if sets is None:
+            continue
+        if "excluded_lines" in sets:
+            sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
+        assignments = ", ".join(f"{name} = ${index}" for index, name in enumerate(sets, 1))
+        await conn.execute(
+            f"UPDATE recipients SET {assignments} WHERE id = ${len(sets) + 1}",
+            *sets.values(),
+            outcome.recipient_id,
+        )
+        if outcome.state is State.DELIVERED:
+            await conn.execute(
+                "UPDATE recipients SET sent_at = $1 WHERE id = $2 AND sent_at IS NULL",
+                now,
+                outcome.recipient_id,
+            )
