@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,35 @@ def write_demo_files(state_dir: Path, sim_port: int, goipd_port: int) -> Path:
     return config
 
 
+def prometheus_command(state_dir: Path, goipd_port: int, port: int) -> list[str] | None:
+    """A Prometheus scraping the demo goipd with the shipped alert rules, if installed."""
+    binary = shutil.which("prometheus")
+    rules = Path("prometheus/alerts.yml").resolve()
+    if binary is None:
+        return None
+    config = state_dir / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+                "rule_files": [str(rules)] if rules.exists() else [],
+                "scrape_configs": [
+                    {
+                        "job_name": "goipd",
+                        "static_configs": [{"targets": [f"127.0.0.1:{goipd_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={state_dir / 'prometheus'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+
+
 def _wait_http(url: str, deadline: float) -> bool:
     while time.monotonic() < deadline:
         try:
@@ -98,6 +128,11 @@ def main() -> int:
         [sys.executable, "-m", "goipd.cli", "run", "--config", str(config)]
     )
     children = [daemon, sim]
+    prom_port = int(os.environ.get("GOIPD_DEMO_PROMETHEUS_PORT", "9099"))
+    prom_command = prometheus_command(DEMO_DIR, goipd_port, prom_port)
+    if prom_command is not None:
+        log = (DEMO_DIR / "prometheus.log").open("ab")
+        children.append(subprocess.Popen(prom_command, stdout=log, stderr=subprocess.STDOUT))  # noqa: S603
     try:
         if not _wait_http(f"{goipd_url}/readyz", time.monotonic() + 30):
             print("goipd did not become ready within 30 s; see its log above", file=sys.stderr)
@@ -113,7 +148,12 @@ def main() -> int:
             f"  Health:   {goipd_url}/readyz\n"
             f"  Config:   {config}\n"
             f"  Simulator control API: http://127.0.0.1:{sim_port}/_control/servers\n"
-            "  Lines change state every minute. Ctrl-C stops both.\n",
+            + (
+                f"  Prometheus: http://127.0.0.1:{prom_port}/alerts (log in {DEMO_DIR})\n"
+                if prom_command
+                else "  (install Debian's prometheus to get alerts in the demo)\n"
+            )
+            + "  Lines change state every minute. Ctrl-C stops everything.\n",
             flush=True,
         )
         while all(child.poll() is None for child in children):

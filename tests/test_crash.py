@@ -53,6 +53,11 @@ class Goipd:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -124,6 +129,15 @@ async def test_sigkill_loses_nothing_and_bounds_duplicates(
     daemon = Goipd(path, port, tmp_path / "goipd.log")
     accepted: dict[str, str] = {}
     rng = random.Random(1)
+    try:
+        await run_workload(daemon, sim, port, accepted, rng)
+    finally:
+        daemon.ensure_dead()
+
+
+async def run_workload(
+    daemon: Goipd, sim: RunningSimulator, port: int, accepted: dict[str, str], rng: random.Random
+) -> None:
     async with aiohttp.ClientSession(
         headers={"Authorization": f"Bearer {API_TOKEN}"},
         timeout=aiohttp.ClientTimeout(total=5),
