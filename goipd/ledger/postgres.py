@@ -9,7 +9,6 @@ advisory lock so instances starting together do not race.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +29,7 @@ from goipd.ledger.base import (
     Recipient,
     State,
 )
+from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
@@ -126,9 +126,9 @@ class PostgresLedger:
         self.schema = schema
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
-        self._committer: asyncio.Task[None] | None = None
-        self.commits = 0
+        self._committer: GroupCommitter[Op] = GroupCommitter(
+            self._run_batch, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError), _short
+        )
 
     async def open(self) -> None:
         try:
@@ -149,15 +149,10 @@ class PostgresLedger:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LedgerError(f"cannot open the PostgreSQL ledger: {_short(exc)}") from None
         log.info("ledger_opened", backend="postgresql", schema=self.schema, schema_version=version)
-        self._queue = asyncio.Queue()
-        self._committer = asyncio.create_task(self._commit_loop(), name="ledger-commit")
+        self._committer.start()
 
     async def close(self) -> None:
-        if self._committer is not None and self._queue is not None:
-            await self._queue.join()
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
-            self._committer = None
+        await self._committer.close()
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
@@ -175,32 +170,13 @@ class PostgresLedger:
 
     # --- group commit ------------------------------------------------------------------------
 
-    async def _write(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        if self._queue is None:
-            raise LedgerError("ledger is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, future))
-        return await future
+    @property
+    def commits(self) -> int:
+        return self._committer.commits
 
-    async def _commit_loop(self) -> None:
-        assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await self._run_batch([op for op, _ in batch])
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                error = LedgerError(_short(exc))
-                log.error("ledger_commit_failed", reason=str(error), writes=len(batch))
-                results = [error] * len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-                self._queue.task_done()
+    async def _write(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        result: T = await self._committer.submit(op)
+        return result
 
     async def _run_batch(self, ops: list[Op]) -> list[Any]:
         conn = self._writer
@@ -213,7 +189,6 @@ class PostgresLedger:
                         results.append(await op(conn))
                 except asyncpg.IntegrityConstraintViolationError as exc:
                     results.append(LedgerError(_short(exc)))
-        self.commits += 1
         return results
 
     async def _read(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

@@ -31,6 +31,7 @@ from goipd.ledger.base import (
     Recipient,
     State,
 )
+from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.migrations import migrate
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
@@ -71,10 +72,9 @@ class SqliteLedger:
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-read")
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
-        self._committer: asyncio.Task[None] | None = None
-        self.commits = 0
-        """Transactions committed; with group commit, fewer than write calls."""
+        self._committer: GroupCommitter[Op] = GroupCommitter(
+            self._run_batch_in_thread, (sqlite3.Error, OSError), _short
+        )
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -85,8 +85,7 @@ class SqliteLedger:
             self._reader = await loop.run_in_executor(self._reader_pool, _connect, self.path)
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {_short(exc)}") from None
-        self._queue = asyncio.Queue()
-        self._committer = asyncio.create_task(self._commit_loop(), name="ledger-commit")
+        self._committer.start()
 
     def _open_writer(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -96,11 +95,7 @@ class SqliteLedger:
         self._writer = conn
 
     async def close(self) -> None:
-        if self._committer is not None and self._queue is not None:
-            await self._queue.join()
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
-            self._committer = None
+        await self._committer.close()
         loop = asyncio.get_running_loop()
         if self._writer is not None:
             await loop.run_in_executor(self._writer_pool, self._writer.close)
@@ -113,35 +108,18 @@ class SqliteLedger:
 
     # --- group commit ------------------------------------------------------------------------
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._queue is None:
-            raise LedgerError("ledger is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, future))
-        return await future
+    @property
+    def commits(self) -> int:
+        """Transactions committed; with group commit, fewer than write calls."""
+        return self._committer.commits
 
-    async def _commit_loop(self) -> None:
-        assert self._queue is not None
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._committer.submit(op)
+        return result
+
+    async def _run_batch_in_thread(self, ops: list[Op]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await loop.run_in_executor(
-                    self._writer_pool, self._run_batch, [op for op, _ in batch]
-                )
-            except (sqlite3.Error, OSError) as exc:
-                error = LedgerError(_short(exc))
-                log.error("ledger_commit_failed", reason=str(error), writes=len(batch))
-                results = [error] * len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-                self._queue.task_done()
+        return await loop.run_in_executor(self._writer_pool, self._run_batch, ops)
 
     def _run_batch(self, ops: list[Op]) -> list[Any]:
         conn = self._writer
@@ -163,7 +141,6 @@ class SqliteLedger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.commits += 1
         return results
 
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:

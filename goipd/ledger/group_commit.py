@@ -1,0 +1,76 @@
+"""Group commit: whatever writes callers queue while a transaction is being written go into the
+next transaction together, so N concurrent callers cost one commit (one fsync), not N."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from goipd.ledger.base import LedgerError
+
+log = structlog.get_logger("goipd.ledger")
+Op = TypeVar("Op")
+T = TypeVar("T")
+
+
+class GroupCommitter(Generic[Op]):
+    """Runs queued ops in batches through `run_batch`, which executes them in one transaction
+    and returns one result (or exception, for that caller alone) per op."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[Op]], Awaitable[list[Any]]],
+        errors: tuple[type[BaseException], ...],
+        describe: Callable[[BaseException], str],
+    ) -> None:
+        self._run_batch = run_batch
+        self._errors = errors
+        self._describe = describe
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop(), name="ledger-commit")
+
+    async def submit(self, op: Op) -> Any:
+        if self._queue is None:
+            raise LedgerError("ledger is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((op, future))
+        return await future
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._task is not None and self._queue is not None:
+            await self._queue.join()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = self._queue = None
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._run_batch([op for op, _ in batch])
+                self.commits += 1
+            except self._errors as exc:
+                # The whole transaction is gone; every caller hears why, and the next batch
+                # starts afresh (a disk that was full may have room again).
+                error = LedgerError(self._describe(exc))
+                log.error("ledger_commit_failed", reason=str(error), writes=len(batch))
+                results = [error] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+                self._queue.task_done()
