@@ -381,7 +381,8 @@ async def get_message(request: web.Request) -> web.Response:
 
 def _limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    # isdigit() would accept "²"; only ASCII digits, and few of them, reach int().
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= maximum:
         raise Problem(400, f"limit: expected an integer from 1 to {maximum}")
     return int(raw)
 
@@ -431,7 +432,7 @@ async def list_inbound(request: web.Request) -> web.Response:
     ctx = request.app[API_KEY]
     limit = _limit(request)
     before_raw = request.query.get("before")
-    if before_raw is not None and not before_raw.isdigit():
+    if before_raw is not None and not re.fullmatch(r"[0-9]{1,18}", before_raw):
         raise Problem(400, "before: expected an inbound id")
     records = await ctx.ledger.list_inbound(limit, int(before_raw) if before_raw else None)
     return web.json_response(

@@ -82,7 +82,7 @@ class _Strict(BaseModel):
 
 def _check_listen(value: str) -> str:
     host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise ValueError(f'expected "host:port" like "127.0.0.1:8080", got {_show(value)}')
     return value
 

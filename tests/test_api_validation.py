@@ -167,6 +167,9 @@ async def test_flood_guard_refuses_the_same_text_to_the_same_number(
         ("/api/v1/messages?limit=abc", 400, "limit: expected an integer from 1 to 1000"),
         ("/api/v1/messages?after=%20x", 400, "after: not a message id"),
         ("/api/v1/inbound?before=x", 400, "before: expected an inbound id"),
+        ("/api/v1/inbound?before=99999999999999999999999", 400, "before: expected an inbound id"),
+        ("/api/v1/inbound?before=%C2%B2", 400, "before: expected an inbound id"),
+        ("/api/v1/messages?limit=%C2%B2", 400, "limit: expected an integer from 1 to 1000"),
         ("/api/v1/nothing", 404, "no resource at /api/v1/nothing"),
     ],
 )

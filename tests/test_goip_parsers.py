@@ -253,3 +253,10 @@ def test_parsers_raise_only_parse_error_on_json(value: object) -> None:
             parser(body)
         except ParseError:
             pass
+
+
+def test_task_ids_are_ascii_digits_only() -> None:
+    with pytest.raises(ParseError, match="taskID must be an integer"):
+        parse_sendsms('{"result":"ACCEPT","taskID":"²"}'.encode())
+    with pytest.raises(ParseError, match="taskID must look like"):
+        parse_status_push('{"taskID":"٣.136","send":"failed"}'.encode())

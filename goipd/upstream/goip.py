@@ -222,7 +222,7 @@ def parse_sendsms(body: bytes | str) -> SendReply:
     result = _text(data, "result")
     if result == "ACCEPT":
         task_id = _required(data, "taskID")
-        if not task_id.isdigit():
+        if not (task_id.isascii() and task_id.isdigit()):
             raise ParseError(f"sendsms: taskID must be an integer, got {task_id[:20]!r}")
         return SendAccepted(task_id)
     if result == "REJECT":
@@ -249,7 +249,7 @@ def parse_report(obj: Any) -> SendReport:
         raise ParseError(f"report: expected a JSON object, got {type(obj).__name__}")
     sub_task_id = _required(obj, "taskID")
     task_id, dot, number = sub_task_id.partition(".")
-    if not dot or not task_id.isdigit() or not number:
+    if not dot or not (task_id.isascii() and task_id.isdigit()) or not number:
         raise ParseError(f"report: taskID must look like <task>.<number>, got {sub_task_id!r}")
     send_raw = _text(obj, "send")
     send = _SEND_STATES.get(send_raw or "")
