@@ -173,7 +173,7 @@ class Daemon:
         counts = self.queue_counts = await self.ledger.counts()
         for state in State:
             self.metrics.queue_messages.labels(state.value).set(counts.get(state, 0))
-        oldest = await self.ledger.oldest_pending()
+        oldest = await self.ledger.oldest_pending(time.time())
         self.metrics.queue_oldest_age.set(max(time.time() - oldest, 0.0) if oldest else 0.0)
 
     def status_line(self) -> str:

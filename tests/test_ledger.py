@@ -187,10 +187,13 @@ async def test_duplicate_guard_and_queue_figures(ledger: Ledger) -> None:
     assert await ledger.recent_duplicate("+886912345678", "code 1234", NOW - 600) == first.id
     assert await ledger.recent_duplicate("+886912345678", "code 9999", NOW - 600) is None
     assert await ledger.recent_duplicate("+886912345678", "code 1234", NOW + 1) is None
-    assert await ledger.oldest_pending() == NOW
+    assert await ledger.oldest_pending(NOW) == NOW
     counts = await ledger.counts()
     assert set(counts) == set(State)
     assert counts[State.QUEUED] == 1
+    await ledger.accept(new(("+886912345670",), send_at=NOW + 3600), NOW - 100)
+    assert await ledger.oldest_pending(NOW) == NOW  # scheduled for later: not backlog
+    assert await ledger.oldest_pending(NOW + 3600) == NOW - 100
 
 
 async def test_inbound_and_outbox(ledger: Ledger) -> None:

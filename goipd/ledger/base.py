@@ -204,8 +204,9 @@ class Ledger(Protocol):
     async def counts(self) -> dict[State, int]:
         """Recipients by state (for goipd_queue_messages)."""
 
-    async def oldest_pending(self) -> float | None:
-        """created_at of the oldest recipient not in a final state (sent counts as done)."""
+    async def oldest_pending(self, now: float) -> float | None:
+        """created_at of the oldest recipient not yet sent; a scheduled recipient whose time
+        has not come is not backlog and does not count."""
 
     async def add_inbound(
         self,

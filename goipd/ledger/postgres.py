@@ -357,11 +357,13 @@ class PostgresLedger:
 
         return await self._read(op)
 
-    async def oldest_pending(self) -> float | None:
+    async def oldest_pending(self, now: float) -> float | None:
         async def op(conn: asyncpg.Connection) -> float | None:
             value = await conn.fetchval(
-                "SELECT MIN(created_at) FROM recipients WHERE state = ANY($1::text[])",
+                "SELECT MIN(created_at) FROM recipients WHERE state = ANY($1::text[]) "
+                "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > $2)",
                 list(PENDING),
+                now,
             )
             return float(value) if value is not None else None
 

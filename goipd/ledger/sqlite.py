@@ -302,10 +302,12 @@ class SqliteLedger:
 
         return await self._read(op)
 
-    async def oldest_pending(self) -> float | None:
+    async def oldest_pending(self, now: float) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT MIN(created_at) FROM recipients WHERE state IN (?, ?, ?)", PENDING
+                "SELECT MIN(created_at) FROM recipients WHERE state IN (?, ?, ?) "
+                "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > ?)",
+                (*PENDING, now),
             ).fetchone()
             return float(row[0]) if row and row[0] is not None else None
 
