@@ -312,6 +312,76 @@ class InboundSettings(_Strict):
         return value
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, BeforeValidator(lambda v: _http_url(v) if isinstance(v, str) else v)]
+
+
+class _CloudBase(_Strict):
+    timeout: Duration = 10.0
+    balance_interval: Duration = 300.0
+    hook_token: SecretStr | None = None
+    hook_token_env: str | None = None
+    hook_token_file: str | None = None
+
+
+class SmsgoSettings(_CloudBase):
+    username: str
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    url: HttpUrl = "https://www.smsgo.com.tw/sms_gw"
+    backup_url: HttpUrl = "http://www2.smsgo.com.tw/sms_gw"
+
+
+class PaasooSettings(_CloudBase):
+    key: str
+    secret: SecretStr | None = None
+    secret_env: str | None = None
+    secret_file: str | None = None
+    url: HttpUrl = "http://api.paasoo.com"
+
+
+class C123Settings(_CloudBase):
+    uid: str
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    url: HttpUrl = "http://http.c123.com"
+    reply_poll_interval: Duration = 600.0
+    """c123 hands out each reply once and asks clients not to poll more often than this."""
+
+    @field_validator("reply_poll_interval")
+    @classmethod
+    def _not_too_often(cls, value: float) -> float:
+        if value < 600.0:
+            raise ValueError(
+                f"c123 allows at most one reply poll per 10m, got {format_duration(value)}"
+            )
+        return value
+
+
+class ProvidersSettings(_Strict):
+    smsgo: SmsgoSettings | None = None
+    paasoo: PaasooSettings | None = None
+    c123: C123Settings | None = None
+
+
+@dataclass(frozen=True)
+class CloudProviderConfig:
+    """A configured cloud provider with its secrets resolved."""
+
+    name: Literal["smsgo", "paasoo", "c123"]
+    settings: SmsgoSettings | PaasooSettings | C123Settings
+    secret: SecretStr
+    hook_token: SecretStr | None
+
+
 class RawSettings(_Strict):
     http: HttpSettings = HttpSettings(listen="127.0.0.1:8080")
     storage: StorageSettings = StorageSettings()
@@ -323,6 +393,7 @@ class RawSettings(_Strict):
     api: ApiSettings = ApiSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     inbound: InboundSettings = InboundSettings()
+    providers: ProvidersSettings = ProvidersSettings()
 
 
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
@@ -355,6 +426,7 @@ class Settings:
     api: ApiSettings
     reconcile: ReconcileSettings
     inbound: InboundSettings
+    providers: tuple[CloudProviderConfig, ...] = ()
     warnings: tuple[str, ...] = ()
     inline_secrets: bool = False
     """Some secret is written in the config file itself (not via _env/_file)."""
@@ -524,6 +596,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             problems.append(
                 (f"http.api_tokens[{index}]", "tokens must be at least 16 characters long")
             )
+    providers = _resolve_providers(raw.providers, base, env, problems)
     problems.extend(_route_problems(raw, seen))
     if problems:
         raise ConfigError(source, problems)
@@ -540,9 +613,36 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         api=raw.api,
         reconcile=raw.reconcile,
         inbound=raw.inbound,
+        providers=providers,
         inline_secrets=bool(raw.http.api_tokens)
-        or any(s.password is not None or s.hook_token is not None for s in raw.servers),
+        or any(s.password is not None or s.hook_token is not None for s in raw.servers)
+        or any(
+            p.settings.model_dump().get(k) is not None
+            for p in providers
+            for k in ("password", "secret", "hook_token")
+        ),
     )
+
+
+def _resolve_providers(
+    raw: ProvidersSettings, base: Path, env: Mapping[str, str], problems: list[tuple[str, str]]
+) -> tuple[CloudProviderConfig, ...]:
+    resolved = []
+    kinds: tuple[tuple[Literal["smsgo", "paasoo", "c123"], str], ...] = (
+        ("smsgo", "password"),
+        ("paasoo", "secret"),
+        ("c123", "password"),
+    )
+    for name, secret_key in kinds:
+        settings = getattr(raw, name)
+        if settings is None:
+            continue
+        path = f"providers.{name}"
+        secret = _secret(settings, secret_key, path, base, env, problems, required=True)
+        hook = _secret(settings, "hook_token", path, base, env, problems, required=False)
+        if secret is not None:
+            resolved.append(CloudProviderConfig(name, settings, secret, hook))
+    return tuple(resolved)
 
 
 def _route_problems(raw: RawSettings, servers: Mapping[str, int]) -> list[tuple[str, str]]:
@@ -550,6 +650,13 @@ def _route_problems(raw: RawSettings, servers: Mapping[str, int]) -> list[tuple[
     for r_index, rule in enumerate(raw.routes):
         for t_index, target in enumerate(rule.via):
             path = f"routes[{r_index}].via[{t_index}]"
+            if target.cloud is not None and getattr(raw.providers, target.cloud) is None:
+                problems.append(
+                    (
+                        f"{path}.cloud",
+                        f"provider {target.cloud} is not configured under providers.{target.cloud}",
+                    )
+                )
             if target.server is None or target.server == "*":
                 continue
             if target.server not in servers:

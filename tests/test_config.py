@@ -172,6 +172,21 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
         ),
         # 23 top level not a mapping
         ("- a\n- b", "goipd.yaml: expected a mapping at the top level"),
+        # 25 cloud route without that provider configured
+        (
+            "routes:\n- via: [{cloud: smsgo}]",
+            "goipd.yaml: routes[0].via[0].cloud: provider smsgo is not configured under providers.smsgo",
+        ),
+        # 26 provider without its secret
+        (
+            "providers:\n  paasoo: {key: k}",
+            "goipd.yaml: providers.paasoo.secret: required: set one of secret / secret_env / secret_file",
+        ),
+        # 27 c123 polled too often
+        (
+            "providers:\n  c123: {uid: u, password: p, reply_poll_interval: 1m}",
+            "goipd.yaml: providers.c123.reply_poll_interval: c123 allows at most one reply poll per 10m",
+        ),
         # 24 bad enum
         ("logging:\n  level: loud", "goipd.yaml: logging.level: input should be"),
     ],

@@ -121,6 +121,10 @@ servers:
   - {name: tw, url: "http://h/tw", username: u, password: p,
      groups: {Chunghwa: [G1], FarEasTone: [G2]}}
   - {name: cn, url: "http://h/cn", username: u, password: p}
+providers:
+  smsgo: {username: u, password: p, url: "http://127.0.0.1:1", backup_url: "http://127.0.0.1:2"}
+  paasoo: {key: k, secret: s, url: "http://127.0.0.1:3"}
+  c123: {uid: u, password: p, url: "http://127.0.0.1:4"}
 routes:
   - match: {prefix: ["+8869"]}
     via: [{server: tw, provider: FarEasTone}, {server: tw}, {cloud: smsgo}]
