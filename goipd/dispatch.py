@@ -22,6 +22,7 @@ from goipd.ledger.base import Claim, Ledger, LedgerError, Outcome, Recipient, St
 from goipd.metrics import Metrics
 from goipd.outcomes import retry_delay
 from goipd.routing import Choice, CloudChoice, LineChoice, Router
+from goipd.upstream.cloud import CloudProvider, Verdict
 from goipd.upstream.errors import ErrorReason, UpstreamError
 from goipd.upstream.goip import GoipClient, SendAccepted
 from goipd.wakeup import Wakeup
@@ -47,6 +48,7 @@ class Dispatcher:
         settings: RoutingSettings,
         metrics: Metrics,
         *,
+        clouds: Callable[[str], CloudProvider | None] = lambda _name: None,
         batch: int = 500,
         concurrency: int = 64,
         clock: Callable[[], float] = time.time,
@@ -55,6 +57,7 @@ class Dispatcher:
         self.router = router
         self.registry = registry
         self.clients = clients
+        self.clouds = clouds
         self.settings = settings
         self.metrics = metrics
         self.batch = batch
@@ -267,6 +270,79 @@ class Dispatcher:
             f"SMS Server rejected the send: {reply.reason}",
             0,
         )
+
+    async def _send_cloud(
+        self, choice: CloudChoice, body: Body, batch: Sequence[Recipient]
+    ) -> None:
+        provider = self.clouds(choice.provider)
+        if provider is None:
+            await self._requeue(
+                batch,
+                choice,
+                "cloud_unavailable",
+                f"cloud provider {choice.provider} is not configured",
+                0,
+            )
+            return
+        by_number = {r.number: r for r in batch}
+        results = []
+        for start in range(0, len(batch), provider.max_batch):
+            chunk = batch[start : start + provider.max_batch]
+            results.extend(await provider.send([r.number for r in chunk], body.text))
+        now = self.clock()
+        outcomes: list[Outcome] = []
+        retry: list[Recipient] = []
+        for result in results:
+            recipient = by_number.pop(result.number, None)
+            if recipient is None:
+                continue
+            counted = {Verdict.ACCEPTED: "succeeded", Verdict.FAILED: "failed"}.get(
+                result.verdict, "rejected"
+            )
+            self.metrics.sms_sent.labels(choice.provider, "", "", counted).inc()
+            if result.verdict is Verdict.ACCEPTED:
+                outcomes.append(
+                    Outcome(recipient.id, State.SUBMITTED, upstream_id=result.upstream_id)
+                )
+            elif result.verdict is Verdict.FAILED:
+                outcomes.append(
+                    Outcome(
+                        recipient.id,
+                        State.FAILED,
+                        error_code=result.code,
+                        error_meaning=result.meaning,
+                    )
+                )
+            else:
+                if result.verdict is Verdict.DISABLE and self.router.cloud_enabled.get(
+                    choice.provider, False
+                ):
+                    # Credentials, credit or account: nothing a retry fixes. Stop routing there
+                    # until an operator acts (reload re-enables), and say so loudly.
+                    self.router.cloud_enabled[choice.provider] = False
+                    self.metrics.provider_disabled.labels(choice.provider).set(1)
+                    log.error(
+                        "provider_disabled",
+                        provider=choice.provider,
+                        code=result.code,
+                        reason=result.meaning,
+                    )
+                retry.append(recipient)
+        # A provider that answered for fewer numbers than asked: the rest were not taken.
+        retry.extend(by_number.values())
+        if outcomes:
+            await self.ledger.record(outcomes, now)
+        if retry:
+            refusal = next(
+                (r for r in results if r.verdict in (Verdict.RETRY, Verdict.DISABLE)), None
+            )
+            await self._requeue(
+                retry,
+                choice,
+                (refusal.code if refusal else None) or "no_answer",
+                (refusal.meaning if refusal else None) or "the provider gave no result",
+                1,
+            )
 
     async def _requeue(
         self,

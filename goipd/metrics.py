@@ -179,6 +179,13 @@ class Metrics:
             ["provider"],
             registry=self.registry,
         )
+        self.provider_disabled = Gauge(
+            "goipd_provider_disabled",
+            "1 while a cloud provider is taken out of routing (auth failed, no credit, account "
+            "frozen); a config reload puts it back.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.queue_messages = Gauge(
             "goipd_queue_messages",
             "Recipients in the ledger by state.",
