@@ -170,6 +170,38 @@ async def test_find_by_task_with_and_without_plus(ledger: Ledger) -> None:
     assert await ledger.max_task_id("other") is None
 
 
+async def test_find_by_upstream_id(ledger: Ledger) -> None:
+    message = (await ledger.accept(new(("+886912345678", "+886912345679")), NOW)).message
+    ids = [r.id for r in message.recipients]
+    await ledger.claim([Claim(rid, "smsgo", None, None) for rid in ids], NOW)
+    await ledger.record(
+        [Outcome(rid, State.SUBMITTED, upstream_id="1504280910499665") for rid in ids], NOW
+    )
+    found = await ledger.find_by_upstream("smsgo", "1504280910499665")
+    assert [r.id for r in found] == ids
+    assert await ledger.find_by_upstream("paasoo", "1504280910499665") == []
+
+
+async def test_upgrade_from_schema_1(tmp_path: Path) -> None:
+    from goipd.ledger.migrations import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.commit()
+    conn.close()
+    store = SqliteLedger(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "recipients_upstream" in indexes
+    conn.close()
+
+
 async def test_scheduled_due_and_cancel(ledger: Ledger) -> None:
     later = (await ledger.accept(new(send_at=NOW + 60), NOW)).message
     now_msg = (await ledger.accept(new(("+886912345670",)), NOW)).message

@@ -195,6 +195,9 @@ class Ledger(Protocol):
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None: ...
 
+    async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
+        """Recipients a cloud provider knows by `upstream_id` (one id may cover a batch)."""
+
     async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
         """Recipients in `state` whose last update is older than `older_than` (reconciliation)."""
 

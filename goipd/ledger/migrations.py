@@ -68,6 +68,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_due ON outbox (done, next_at);
     """,
+    # 2: delivery reports of cloud providers are matched by their message id
+    """
+    CREATE INDEX recipients_upstream ON recipients (route, upstream_id);
+    """,
 )
 
 

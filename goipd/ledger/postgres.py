@@ -108,6 +108,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX outbox_due ON outbox (done, next_at);
     """,
+    # 2: delivery reports of cloud providers are matched by their message id
+    """
+    CREATE INDEX recipients_upstream ON recipients (route, upstream_id);
+    """,
 )
 
 
@@ -321,6 +325,18 @@ class PostgresLedger:
                 plus,
             )
             return recipient_from_row(row) if row else None
+
+        return await self._read(op)
+
+    async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE route = $1 "
+                "AND upstream_id = $2 ORDER BY id",
+                route,
+                upstream_id,
+            )
+            return [recipient_from_row(row) for row in rows]
 
         return await self._read(op)
 

@@ -268,6 +268,18 @@ class SqliteLedger:
 
         return await self._read(op)
 
+    async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
+        return await self._read(
+            lambda conn: [
+                recipient_from_row(row)
+                for row in conn.execute(
+                    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE route = ? "
+                    "AND upstream_id = ? ORDER BY id",
+                    (route, upstream_id),
+                )
+            ]
+        )
+
     async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
         return await self._read(
             lambda conn: [
