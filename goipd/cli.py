@@ -1,4 +1,4 @@
-"""`goipd run|check-config|send|simulate|version`."""
+"""`goipd run|check-config|send|lines|messages show|simulate|version`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config)
     if args.command == "send":
         return client_cli.run_send(args)
+    if args.command == "lines":
+        return client_cli.run_lines(args)
+    if args.command == "messages":
+        return client_cli.run_show(args)
     parser.print_help()
     return 2
 
@@ -43,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, else 1")
     check.add_argument("path")
     client_cli.add_send_arguments(sub.add_parser("send", help="send an SMS through goipd's API"))
+    client_cli.add_lines_arguments(sub.add_parser("lines", help="every line and its state"))
+    messages = sub.add_parser("messages", help="look at messages").add_subparsers(
+        dest="messages_command", required=True
+    )
+    client_cli.add_show_arguments(messages.add_parser("show", help="one message, per recipient"))
     sub.add_parser("simulate", help="run a simulated GoIP fleet (see goipd simulate --help)")
     sub.add_parser("version", help="print the version")
     return parser

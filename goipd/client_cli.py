@@ -1,4 +1,5 @@
-"""Operator commands that talk to a running goipd over its HTTP API (`goipd send`)."""
+"""Operator commands that talk to a running goipd over its HTTP API: `goipd send`,
+`goipd lines`, `goipd messages show`. Human tables by default, the API's JSON with --json."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,75 @@ def run_send(args: argparse.Namespace) -> int:
         for recipient in reply["recipients"]:
             print(f"  {recipient['to']}  {recipient['state']}")
     return 0 if status < 400 else 1
+
+
+def add_lines_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", help="only this SMS Server")
+    parser.add_argument("--unhealthy", action="store_true", help="only lines routing avoids")
+    add_connection_arguments(parser)
+
+
+def _quota(value: int | None) -> str:
+    return "∞" if value is None else str(value)
+
+
+def run_lines(args: argparse.Namespace) -> int:
+    query = []
+    if args.server:
+        query.append(f"server={urllib.parse.quote(args.server)}")
+    if args.unhealthy:
+        query.append("healthy=false")
+    status, reply = call(args, "GET", "/api/v1/lines" + ("?" + "&".join(query) if query else ""))
+    if status >= 400:
+        print(f"error {status}: {reply.get('detail', reply)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reply, ensure_ascii=False, indent=2))
+        return 0
+    for server in reply["servers"]:
+        state = "up" if server["up"] else f"DOWN ({server['last_error_reason']})"
+        print(f"{server['server']}: {state}, {server['lines']} lines")
+    rows = [("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "NOTE")]
+    for line in reply["lines"]:
+        rows.append(
+            (
+                line["server"],
+                line["line"],
+                line["state"],
+                "yes" if line["healthy"] else "no",
+                _quota(line["remain_sms"]),
+                _quota(line["day_remain_sms"]),
+                line["quarantine_reason"] or "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def add_show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="message id")
+    add_connection_arguments(parser)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    status, reply = call(args, "GET", f"/api/v1/messages/{urllib.parse.quote(args.id, safe='')}")
+    if status >= 400:
+        print(f"error {status}: {reply.get('detail', reply)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reply, ensure_ascii=False, indent=2))
+        return 0
+    print(
+        f"message {reply['id']}  {reply['created_at']}  {reply['segments']} segment(s) "
+        f"{reply['encoding']}"
+    )
+    print(f"  text: {reply['text']}")
+    for r in reply["recipients"]:
+        where = f"{r['server']}/{r['line']}" if r["server"] else (r["route"] or "-")
+        error = f"  error {r['error']['code']}: {r['error']['meaning']}" if r["error"] else ""
+        print(f"  {r['to']}  {r['state']}  via {where}  attempts {r['attempts']}{error}")
+    return 0

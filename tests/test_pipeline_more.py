@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -179,3 +180,45 @@ async def test_daemon_on_postgresql(
     finally:
         await daemon.stop(grace=2.0)
         await PostgresLedger(PG_URL, schema=schema).drop_schema()
+
+
+async def test_lines_and_messages_show_commands(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    sim = await simulator(
+        fleet_spec(
+            hq=[{"line_id": "G101", "day_remain_sms": 7}, {"line_id": "G102", "reg": "LOGOUT"}]
+        )
+    )
+    daemon = await daemon_factory(daemon_config(sim, ["hq"], tmp_path))
+    await connect_push(http, sim, daemon, ["hq"])
+    base = f"http://127.0.0.1:{daemon.port}"
+    token = tmp_path / "token"
+    token.write_text(API_TOKEN)
+    common = ["--url", base, "--token-file", str(token)]
+
+    def goipd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "goipd.cli", *args], capture_output=True, text=True, check=False
+        )
+
+    lines = await asyncio.to_thread(goipd, "lines", *common)
+    assert lines.returncode == 0, lines.stderr
+    assert "hq: up, 2 lines" in lines.stdout
+    assert [row.split()[:5] for row in lines.stdout.splitlines()[2:]] == [
+        ["hq", "G101", "registered", "yes", "∞"],
+        ["hq", "G102", "logged_out", "no", "∞"],
+    ]
+    unhealthy = await asyncio.to_thread(goipd, "lines", "--unhealthy", "--json", *common)
+    assert [line["line"] for line in json.loads(unhealthy.stdout)["lines"]] == ["G102"]
+    reply = await send(http, base, {"to": ["+886912345678"], "text": "show me"})
+    await wait_states(http, base, reply["id"], {"delivered"})
+    shown = await asyncio.to_thread(goipd, "messages", "show", reply["id"], *common)
+    assert shown.returncode == 0, shown.stderr
+    assert "+886912345678  delivered  via hq/G101  attempts 1" in shown.stdout
+    missing = await asyncio.to_thread(goipd, "messages", "show", "NOPE", *common)
+    assert missing.returncode == 1
+    assert "error 404: no message with that id" in missing.stderr
