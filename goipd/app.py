@@ -118,6 +118,11 @@ class Daemon:
         return await handler(request)
 
     async def start(self) -> None:
+        if self.settings.providers:
+            # The provider clients are not wired into this build yet: refuse rather than
+            # accept routes that would silently never be used.
+            raise ConfigError(self.settings.source, [(
+                "providers", "cloud providers are not supported by this build of goipd yet")])
         scrubber.set_secrets(_secrets(self.settings))
         for warning in self.settings.warnings:
             log.warning("config_warning", detail=warning)
@@ -307,7 +312,7 @@ async def run_daemon(settings: Settings) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await daemon.start()
-    except (OSError, LedgerError) as exc:
+    except (OSError, LedgerError, ConfigError) as exc:
         log.error("daemon_start_failed", detail=str(exc))
         await daemon.stop()
         return 1
