@@ -121,8 +121,10 @@ class Daemon:
         if self.settings.providers:
             # The provider clients are not wired into this build yet: refuse rather than
             # accept routes that would silently never be used.
-            raise ConfigError(self.settings.source, [(
-                "providers", "cloud providers are not supported by this build of goipd yet")])
+            raise ConfigError(
+                self.settings.source,
+                [("providers", "cloud providers are not supported by this build of goipd yet")],
+            )
         scrubber.set_secrets(_secrets(self.settings))
         for warning in self.settings.warnings:
             log.warning("config_warning", detail=warning)

@@ -1,30 +1,46 @@
 """A simulated GoIP SMS Server fleet: many servers on one port, told apart by a path prefix.
 
-Server `hq` answers at `http://HOST:PORT/hq/goip/<api>/` exactly as the vendor document shows,
-quirks included (string numbers, trailing commas, `text/html`), pushes send results and inbound
-SMS to configured URLs, and can be told to misbehave. Tests, the demo and benchmarks drive it
-through its control API under `/_control/` (no auth: it only ever listens on loopback).
+Server `hq` answers at `http://HOST:PORT/hq/goip/<api>/` the way the vendor document
+(`specs/goip-sms-server-json-api.md`) shows, quirks included: every value a string, arrays
+ending in `},\\n]`, replies labelled `text/html`. It pushes send results and inbound SMS to
+configured URLs and can be told to misbehave (faults, dropped reports, line churn). Tests, the
+demo and the benchmarks drive it through its control API under `/_control/` (no auth: it only
+ever listens on loopback) or, in-process, through the same methods on `SimFleet`/`SimServer`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
 import random
+import re
+import socket
+import struct
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections import Counter, deque
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+)
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from goipd.netutil import bound_port
-
 log = structlog.get_logger("goipd.sim")
-FAULT_MODES = (
+
+FAULT_MODES: Final = (
     "none",
     "timeout",
     "slow",
@@ -35,8 +51,52 @@ FAULT_MODES = (
     "reset",
     "down",
 )
-PUSH_ATTEMPTS = 4
-HTML_PAGE = "<html><head><title>SMS Server</title></head><body>Please login</body></html>"
+REG_STATES: Final = ("LOGIN", "LOGOUT", "")
+APIS: Final = frozenset({"sendsms", "querysms", "querylines"})
+MAX_NUMBERS: Final = 9999
+LINE_LOST_CODE: Final = "331"
+"""err_code when the assigned line stopped being usable before its turn came ("no network
+service"): goipd classes it as a line fault and retries elsewhere, which is what it should do."""
+NO_LINE_CODE: Final = "302"
+"""err_code for a recipient no line had quota left for ("operation not allowed")."""
+HTML_ERROR_PAGE: Final = (
+    "<html><head><title>SMS Server</title></head>"
+    "<body><h1>Error</h1><p>Please login again.</p></body></html>"
+)
+SERVER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+SERVER_SPEC_KEYS: Final = frozenset(
+    {
+        "name",
+        "username",
+        "password",
+        "lines",
+        "status_push_url",
+        "inbound_push_url",
+        "send_delay",
+        "receipt_delay",
+        "quirks",
+        "drop_reports",
+        "fault",
+    }
+)
+
+
+class SimError(ValueError):
+    """A control request the simulator refuses (bad field, bad value); becomes HTTP 400."""
+
+
+class SimConflict(SimError):
+    """The thing to add exists already; becomes HTTP 409."""
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET
+
+
+# --- data model ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -50,7 +110,7 @@ class SimLine:
     fail_code: str | None = None
     """Every send on this line fails with this CMS error code."""
     receipt: bool = True
-    """Push a delivery receipt after each successful send."""
+    """Push a delivery receipt report shortly after each successful send."""
 
     @property
     def usable(self) -> bool:
@@ -58,10 +118,10 @@ class SimLine:
             self.online
             and self.reg == "LOGIN"
             and self.remain_sms != 0
-            and (self.day_remain_sms != 0)
+            and self.day_remain_sms != 0
         )
 
-    def json(self) -> dict[str, str]:
+    def querylines_entry(self) -> dict[str, str]:
         return {
             "goip_line": self.line_id,
             "online": "1" if self.online else "0",
@@ -70,11 +130,57 @@ class SimLine:
             "day_remain_sms": str(self.day_remain_sms),
         }
 
+    def state(self) -> dict[str, Any]:
+        return {**asdict(self), "usable": self.usable}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> SimLine:
+        if not isinstance(spec, Mapping):
+            raise SimError("a line must be an object")
+        unknown = set(spec) - _LINE_FIELDS
+        if unknown:
+            raise SimError(f"unknown line fields: {', '.join(sorted(unknown))}")
+        if "line_id" not in spec:
+            raise SimError("a line needs a line_id")
+        return cls(**{key: _line_value(key, value) for key, value in spec.items()})
+
+
+_LINE_FIELDS: Final = frozenset(f.name for f in fields(SimLine))
+
+
+def _line_value(key: str, value: Any) -> Any:
+    """Checks one line field; the control API is how tests break things, so typos must fail."""
+    if key == "line_id":
+        if not isinstance(value, str) or not value or "/" in value:
+            raise SimError("line_id must be a non-empty string without '/'")
+    elif key in ("online", "receipt"):
+        if not isinstance(value, bool):
+            raise SimError(f"{key} must be true or false")
+    elif key == "reg":
+        if value not in REG_STATES:
+            raise SimError(f"reg must be one of {list(REG_STATES)}")
+    elif key in ("remain_sms", "day_remain_sms"):
+        # bool is an int subclass; `true` as a quota is a mistake, not 1.
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+            raise SimError(f"{key} must be an integer >= -1 (-1 = unlimited)")
+    elif key == "provider":
+        if not isinstance(value, str):
+            raise SimError("provider must be a string")
+    elif key == "fail_code":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SimError("fail_code must be a CMS code string or null")
+    else:
+        raise SimError(f"unknown line field {key!r}")
+    return value
+
 
 @dataclass
 class Fault:
     mode: str = "none"
     delay: float = 30.0
+    """Seconds the `timeout` and `slow` modes sit on a request before answering."""
 
 
 @dataclass
@@ -82,7 +188,8 @@ class SubTask:
     task_id: str
     number: str
     content: str
-    goip_line: str | None = None
+    goip_line: str | None
+    """The line this recipient was given at accept time; None when no line had quota left."""
     send: str = "unsend"
     err_code: str | None = None
     receipt: bool = False
@@ -92,461 +199,757 @@ class SubTask:
         return f"{self.task_id}.{self.number}"
 
     def report(self) -> dict[str, str]:
-        body = {
-            "taskID": self.sub_task_id,
-            "goip_line": self.goip_line or "null",
-            "send": self.send,
-        }
-        if self.err_code:
+        """The report object of the vendor doc (§2.3), as pushed and as listed by querysms."""
+        shown = self.goip_line if self.send != "unsend" and self.goip_line else "null"
+        body = {"taskID": self.sub_task_id, "goip_line": shown, "send": self.send}
+        if self.err_code is not None:
             body["err_code"] = self.err_code
         if self.receipt:
             body["receipt"] = "1"
         return body
 
 
-@dataclass
+@dataclass(eq=False)
 class SimServer:
     name: str
     username: str
-    password: str
+    password: str = field(repr=False)
     lines: dict[str, SimLine] = field(default_factory=dict)
     status_push_url: str | None = None
     inbound_push_url: str | None = None
     send_delay: float = 0.05
+    fault: Fault = field(default_factory=Fault)
     quirks: bool = True
     drop_reports: bool = False
-    fault: Fault = field(default_factory=Fault)
-    next_task: int = 1000
-    tasks: dict[str, list[SubTask]] = field(default_factory=dict)
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    queue: list[str] = field(default_factory=list)
-    """Round-robin order of line ids: a line that sends goes to the back."""
-    pushes: int = 0
+    receipt_delay: float = 0.05
+    tasks: dict[str, list[SubTask]] = field(default_factory=dict, repr=False)
+    sent: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """Every finished recipient send, in order: what tests assert duplicates against."""
+    counters: Counter[str] = field(default_factory=Counter, repr=False)
+    next_task_id: int = 1000
+    _queue: list[str] = field(default_factory=list, init=False, repr=False)
+    """Round-robin order of line ids: the doc's "a line that sent goes to the back"."""
+    _pending: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    """Recipients assigned to a line but not yet sent; counted against its quota so one
+    request cannot hand a line with 1 SMS left 50 recipients."""
+    _outbox: dict[str, deque[SubTask]] = field(default_factory=dict, init=False, repr=False)
+    _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False, repr=False)
+    _baseline: dict[str, SimLine] = field(default_factory=dict, init=False, repr=False)
+    _fleet: SimFleet | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.queue = list(self.lines)
-
-    def set_line(self, line_id: str, **changes: Any) -> SimLine:
-        line = self.lines[line_id]
-        for key, value in changes.items():
-            if key not in SimLine.__dataclass_fields__ or key == "line_id":
-                raise KeyError(key)
-            setattr(line, key, value)
-        return line
-
-    def add_line(self, line: SimLine) -> None:
-        self.lines[line.line_id] = line
-        self.queue.append(line.line_id)
-
-    def remove_line(self, line_id: str) -> None:
-        del self.lines[line_id]
-        self.queue.remove(line_id)
-
-    def pick_line(self, provider: str | None) -> SimLine | None:
-        for line_id in self.queue:
-            line = self.lines[line_id]
-            if line.usable and (provider is None or line.provider == provider):
-                self.queue.remove(line_id)
-                self.queue.append(line_id)
-                return line
-        return None
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "lines": [asdict(line) for line in self.lines.values()],
-            "fault": asdict(self.fault),
-            "status_push_url": self.status_push_url,
-            "inbound_push_url": self.inbound_push_url,
-            "drop_reports": self.drop_reports,
-            "tasks": len(self.tasks),
-            "sent": len(self.sent),
-            "pushes": self.pushes,
-        }
-
-
-def _line_from_spec(spec: dict[str, Any]) -> SimLine:
-    known = SimLine.__dataclass_fields__
-    unknown = set(spec) - set(known)
-    if unknown:
-        raise ValueError(f"unknown line fields: {', '.join(sorted(unknown))}")
-    return SimLine(**spec)
-
-
-def _server_from_spec(spec: dict[str, Any]) -> SimServer:
-    lines = [_line_from_spec(item) for item in spec.get("lines", [])]
-    return SimServer(
-        name=spec["name"],
-        username=spec.get("username", "root"),
-        password=spec["password"],
-        lines={line.line_id: line for line in lines},
-        status_push_url=spec.get("status_push_url"),
-        inbound_push_url=spec.get("inbound_push_url"),
-        send_delay=float(spec.get("send_delay", 0.05)),
-        quirks=bool(spec.get("quirks", True)),
-    )
-
-
-class SimFleet:
-    def __init__(self, servers: dict[str, SimServer] | None = None, seed: int = 7) -> None:
-        self.servers: dict[str, SimServer] = servers or {}
-        self.rng = random.Random(seed)
-        self._session: aiohttp.ClientSession | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        if not SERVER_NAME.match(self.name) or self.name.startswith("_"):
+            raise SimError(f"bad server name {self.name!r}: use [A-Za-z0-9_.-], no leading '_'")
+        if self.fault.mode not in FAULT_MODES:
+            raise SimError(f"fault mode must be one of {list(FAULT_MODES)}")
+        for line_id, line in self.lines.items():
+            if line_id != line.line_id:
+                raise SimError(f"line key {line_id!r} differs from its line_id {line.line_id!r}")
+            self._queue.append(line_id)
+            self._baseline[line_id] = replace(line)
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], seed: int = 7) -> SimFleet:
-        servers = [_server_from_spec(item) for item in spec.get("servers", [])]
-        return cls({server.name: server for server in servers}, seed)
+    def from_spec(cls, spec: Mapping[str, Any]) -> SimServer:
+        if not isinstance(spec, Mapping):
+            raise SimError("a server spec must be an object")
+        unknown = set(spec) - SERVER_SPEC_KEYS
+        if unknown:
+            raise SimError(f"unknown server fields: {', '.join(sorted(unknown))}")
+        for key in ("name", "password"):
+            if not isinstance(spec.get(key), str):
+                raise SimError(f"a server needs a string {key}")
+        lines = [SimLine.from_spec(item) for item in spec.get("lines") or []]
+        by_id = {line.line_id: line for line in lines}
+        if len(by_id) != len(lines):
+            raise SimError("duplicate line_id")
+        fault = spec.get("fault") or {}
+        if not isinstance(fault, Mapping):
+            raise SimError("fault must be an object")
+        return cls(
+            name=spec["name"],
+            username=str(spec.get("username", "root")),
+            password=spec["password"],
+            lines=by_id,
+            status_push_url=_opt_url(spec.get("status_push_url"), "status_push_url"),
+            inbound_push_url=_opt_url(spec.get("inbound_push_url"), "inbound_push_url"),
+            send_delay=_seconds(spec.get("send_delay", 0.05), "send_delay"),
+            receipt_delay=_seconds(spec.get("receipt_delay", 0.05), "receipt_delay"),
+            quirks=bool(spec.get("quirks", True)),
+            drop_reports=bool(spec.get("drop_reports", False)),
+            fault=Fault(
+                str(fault.get("mode", "none")), _seconds(fault.get("delay", 30.0), "fault.delay")
+            ),
+        )
 
-    def add_server(self, spec: dict[str, Any]) -> SimServer:
-        server = _server_from_spec(spec)
-        if server.name in self.servers:
-            raise ValueError(f"server {server.name} exists")
-        self.servers[server.name] = server
-        return server
+    # --- state changes (mirrors the control API) -------------------------------------------
 
-    # --- sending and pushing ---------------------------------------------------------------
+    def line(self, line_id: str) -> SimLine:
+        try:
+            return self.lines[line_id]
+        except KeyError:
+            raise LookupError(f"server {self.name} has no line {line_id}") from None
 
-    def send(
+    def set_line(self, line_id: str, **changes: Any) -> SimLine:
+        line = self.line(line_id)
+        if "line_id" in changes:
+            raise SimError("line_id cannot change; delete and add the line instead")
+        checked = {key: _line_value(key, value) for key, value in changes.items()}
+        for key, value in checked.items():
+            setattr(line, key, value)
+        log.info("sim_line_changed", server=self.name, line=line_id, **checked)
+        return line
+
+    def add_line(self, line: SimLine | Mapping[str, Any]) -> SimLine:
+        new = line if isinstance(line, SimLine) else SimLine.from_spec(line)
+        if new.line_id in self.lines:
+            raise SimConflict(f"line {new.line_id} exists")
+        self.lines[new.line_id] = new
+        self._queue.append(new.line_id)
+        self._baseline[new.line_id] = replace(new)
+        return new
+
+    def remove_line(self, line_id: str) -> SimLine:
+        line = self.line(line_id)
+        del self.lines[line_id]
+        self._queue.remove(line_id)
+        self._baseline.pop(line_id, None)
+        return line
+
+    def set_fault(self, mode: str, delay: float | None = None) -> Fault:
+        if mode not in FAULT_MODES:
+            raise SimError(f"fault mode must be one of {list(FAULT_MODES)}")
+        self.fault = Fault(mode, self.fault.delay if delay is None else _seconds(delay, "delay"))
+        log.info("sim_fault_set", server=self.name, mode=mode, delay=self.fault.delay)
+        return self.fault
+
+    def set_push(
         self,
-        server: SimServer,
-        numbers: list[str],
-        content: str,
-        provider: str | None,
-        goip_line: str | None,
+        status_url: str | _Unset | None = UNSET,
+        inbound_url: str | _Unset | None = UNSET,
+        drop_reports: bool | None = None,
+    ) -> dict[str, Any]:
+        if status_url is not UNSET:
+            self.status_push_url = _opt_url(status_url, "status_url")
+        if inbound_url is not UNSET:
+            self.inbound_push_url = _opt_url(inbound_url, "inbound_url")
+        if drop_reports is not None:
+            self.drop_reports = drop_reports
+        return self.push_state()
+
+    def push_state(self) -> dict[str, Any]:
+        return {
+            "status_url": self.status_push_url,
+            "inbound_url": self.inbound_push_url,
+            "drop_reports": self.drop_reports,
+        }
+
+    def restore_line(self, line_id: str) -> SimLine:
+        """Back to the state the line was created with (what churn's "restore" does)."""
+        line = self.line(line_id)
+        base = self._baseline.get(line_id)
+        if base is not None:
+            line.online, line.reg = base.online, base.reg
+            line.remain_sms, line.day_remain_sms = base.remain_sms, base.day_remain_sms
+        return line
+
+    # --- the vendor API, minus HTTP --------------------------------------------------------
+
+    def check_auth(self, body: Any) -> bool:
+        auth = body.get("auth") if isinstance(body, dict) else None
+        return (
+            isinstance(auth, dict)
+            and auth.get("username") == self.username
+            and auth.get("password") == self.password
+        )
+
+    def query_lines(self) -> list[dict[str, str]]:
+        return [line.querylines_entry() for line in self.lines.values()]
+
+    def query_sms(self, task_id: Any) -> list[dict[str, str]]:
+        task, _, number = str(task_id).strip().partition(".")
+        return [
+            sub.report() for sub in self.tasks.get(task, ()) if not number or sub.number == number
+        ]
+
+    def send_sms(
+        self,
+        number: Any,
+        content: Any,
+        provider: Any = None,
+        goip_line: Any = None,
     ) -> dict[str, str]:
-        if goip_line is not None:
-            line = server.lines.get(goip_line)
-            if line is None or not line.usable:
-                return {"result": "REJECT", "reason": "none_line"}
-            chosen: list[SimLine] = [line]
-        else:
-            if provider is not None and not any(
-                line.provider == provider for line in server.lines.values()
-            ):
-                return {"result": "REJECT", "reason": "none_provider"}
-            chosen = []
-        if goip_line is None and not any(
-            line.usable and (provider is None or line.provider == provider)
-            for line in server.lines.values()
+        """The sendsms decision: accept (and queue every recipient on a line) or reject.
+
+        Needs a running event loop once accepted: the sends happen in the background.
+        """
+        numbers = _numbers(number)
+        if not numbers or len(numbers) > MAX_NUMBERS or not isinstance(content, str) or not content:
+            return self._reject("unknown")
+        line_id = str(goip_line) if goip_line not in (None, "") else None
+        group = str(provider) if provider not in (None, "") else None
+        if line_id is not None:
+            # The doc: goip_line wins and provider is ignored.
+            line = self.lines.get(line_id)
+            if line is None or not self._can_take(line):
+                return self._reject("none_line")
+            group = None
+        elif group is not None and not any(line.provider == group for line in self.lines.values()):
+            return self._reject("none_provider")
+        elif not any(
+            self._can_take(line) and (group is None or line.provider == group)
+            for line in self.lines.values()
         ):
-            return {"result": "REJECT", "reason": "none_line"}
-        server.next_task += 1
-        task_id = str(server.next_task)
+            return self._reject("none_line")
+        fleet = self._require_fleet()
+        self.next_task_id += 1
+        task_id = str(self.next_task_id)
         subtasks = []
-        for number in numbers:
-            line = chosen[0] if chosen else server.pick_line(provider)
-            if line is None:  # quota ran out within this request
-                subtasks.append(SubTask(task_id, number, content, None, "failed", "302"))
-                continue
-            subtasks.append(SubTask(task_id, number, content, line.line_id, "sending"))
-        server.tasks[task_id] = subtasks
-        self._spawn(self._complete(server, subtasks))
+        for recipient in numbers:
+            chosen = self._pick(line_id, group)
+            sub = SubTask(task_id, recipient, content, chosen)
+            subtasks.append(sub)
+            if chosen is None:
+                fleet.spawn(self._fail_unassigned(sub))
+            else:
+                self._pending[chosen] += 1
+                self._outbox.setdefault(chosen, deque()).append(sub)
+        self.tasks[task_id] = subtasks
+        for chosen in {sub.goip_line for sub in subtasks if sub.goip_line is not None}:
+            worker = self._workers.get(chosen)
+            if worker is None or worker.done():
+                self._workers[chosen] = fleet.spawn(self._line_worker(chosen))
+        self.counters["tasks_accepted"] += 1
+        self.counters["recipients_accepted"] += len(subtasks)
+        log.debug("sim_task_accepted", server=self.name, task=task_id, recipients=len(subtasks))
         return {"result": "ACCEPT", "taskID": task_id}
 
-    async def _complete(self, server: SimServer, subtasks: list[SubTask]) -> None:
-        await asyncio.sleep(server.send_delay)
-        receipts = []
-        for sub in subtasks:
-            line = server.lines.get(sub.goip_line or "")
-            if sub.send == "sending":
-                if line is not None and line.fail_code is None and line.usable:
-                    sub.send = "succeeded"
-                    if line.remain_sms > 0:
-                        line.remain_sms -= 1
-                    if line.day_remain_sms > 0:
-                        line.day_remain_sms -= 1
-                    if line.receipt:
-                        receipts.append(sub)
-                else:
-                    sub.send = "failed"
-                    sub.err_code = line.fail_code if line is not None and line.fail_code else "331"
-            server.sent.append(
-                {
-                    "task_id": sub.task_id,
-                    "sub_task_id": sub.sub_task_id,
-                    "number": sub.number,
-                    "content": sub.content,
-                    "goip_line": sub.goip_line,
-                    "result": sub.send,
-                    "err_code": sub.err_code,
-                    "at": time.time(),
-                }
-            )
-            await self.push(server, server.status_push_url, sub.report(), report=True)
-        if receipts:
-            await asyncio.sleep(server.send_delay)
-            for sub in receipts:
-                sub.receipt = True
-                await self.push(server, server.status_push_url, sub.report(), report=True)
+    def _reject(self, reason: str) -> dict[str, str]:
+        self.counters[f"rejected_{reason}"] += 1
+        return {"result": "REJECT", "reason": reason}
 
-    async def push(
-        self, server: SimServer, url: str | None, body: dict[str, Any], report: bool = False
-    ) -> str:
-        if url is None:
-            return "no_url"
-        if report and server.drop_reports:
-            return "dropped"
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        for attempt in range(PUSH_ATTEMPTS):
+    def _can_take(self, line: SimLine) -> bool:
+        if not line.usable:
+            return False
+        pending = self._pending[line.line_id]
+        return all(quota < 0 or quota > pending for quota in (line.remain_sms, line.day_remain_sms))
+
+    def _pick(self, line_id: str | None, group: str | None) -> str | None:
+        candidates = [line_id] if line_id is not None else self._queue
+        for candidate in candidates:
+            line = self.lines[candidate]
+            if self._can_take(line) and (group is None or line.provider == group):
+                self._queue.remove(candidate)
+                self._queue.append(candidate)
+                return candidate
+        return None
+
+    async def _line_worker(self, line_id: str) -> None:
+        """One line sends one SMS at a time, in the order recipients were given to it."""
+        outbox = self._outbox[line_id]
+        while outbox:
+            sub = outbox.popleft()
+            sub.send = "sending"
             try:
-                async with self._session.post(
-                    url,
-                    data=json.dumps(body, ensure_ascii=False),
-                    headers={"Content-Type": "application/json"},
-                ) as resp:
-                    if resp.status < 300:
-                        server.pushes += 1
-                        return "ok"
-                    outcome = f"http_{resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                outcome = exc.__class__.__name__
-            await asyncio.sleep(0.1 * 2**attempt)
-        log.warning("sim_push_dropped", server=server.name, outcome=outcome)
-        return outcome
+                await asyncio.sleep(self.send_delay)
+            finally:
+                self._pending[line_id] -= 1
+                if self._pending[line_id] <= 0:
+                    del self._pending[line_id]
+            # Looked up again: the line may have been deleted or changed during the send.
+            line = self.lines.get(line_id)
+            if line is None or not line.usable:
+                self._finish(sub, line, LINE_LOST_CODE)
+            elif line.fail_code is not None:
+                self._finish(sub, line, line.fail_code)
+            else:
+                if line.remain_sms > 0:
+                    line.remain_sms -= 1
+                if line.day_remain_sms > 0:
+                    line.day_remain_sms -= 1
+                self._finish(sub, line, None)
+        self._outbox.pop(line_id, None)
+        self._workers.pop(line_id, None)
+
+    async def _fail_unassigned(self, sub: SubTask) -> None:
+        await asyncio.sleep(self.send_delay)
+        self._finish(sub, None, NO_LINE_CODE)
+
+    def _finish(self, sub: SubTask, line: SimLine | None, err_code: str | None) -> None:
+        sub.send = "failed" if err_code is not None else "succeeded"
+        sub.err_code = err_code
+        self.counters[f"sends_{sub.send}"] += 1
+        self.sent.append(
+            {
+                "task_id": sub.task_id,
+                "sub_task_id": sub.sub_task_id,
+                "number": sub.number,
+                "content": sub.content,
+                "goip_line": sub.goip_line,
+                "result": sub.send,
+                "err_code": err_code,
+                "at": time.time(),
+            }
+        )
+        receipt = err_code is None and line is not None and line.receipt
+        self._require_fleet().spawn(self._report(sub, receipt))
+
+    async def _report(self, sub: SubTask, receipt: bool) -> None:
+        fleet = self._require_fleet()
+        # Snapshot now: the receipt below must not leak into the first report.
+        first = fleet.spawn(self._push_report(fleet, sub.report()))
+        if receipt:
+            await asyncio.sleep(self.receipt_delay)
+            sub.receipt = True
+            # The receipt report must not overtake the send report it follows.
+            await first
+            await self._push_report(fleet, sub.report())
+        else:
+            await first
+
+    async def _push_report(self, fleet: SimFleet, body: dict[str, str]) -> str:
+        if self.drop_reports:
+            self.counters["reports_dropped_on_purpose"] += 1
+            return "dropped"
+        return await fleet.push(self, self.status_push_url, body, kind="status")
 
     async def push_inbound(
-        self, server: SimServer, goip_line: str, from_number: str, content: str
-    ) -> str:
+        self, goip_line: str, from_number: str, content: str, recv_time: str | None = None
+    ) -> dict[str, Any]:
+        """A line "receives" an SMS: push it to inbound_push_url now (doc §5)."""
+        self.line(goip_line)
         body = {
             "goip_line": goip_line,
             "from_number": from_number,
             "content": content,
-            "recv_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+            # The doc specifies the server's local time, without a zone.
+            "recv_time": recv_time or datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         }
-        return await self.push(server, server.inbound_push_url, body)
+        self.counters["inbound"] += 1
+        outcome = await self._require_fleet().push(self, self.inbound_push_url, body, "inbound")
+        return {"push": outcome, "report": body}
+
+    def encode(self, payload: Any) -> tuple[str, str]:
+        """Reply text and content type, with or without the vendor's quirks."""
+        if not self.quirks:
+            return json.dumps(payload, ensure_ascii=False), "application/json"
+        if isinstance(payload, list):
+            # As the doc's examples (and, reportedly, real servers) write arrays: "},\n]".
+            items = "".join(f"{json.dumps(item, ensure_ascii=False)},\n" for item in payload)
+            return f"[\n{items}]", "text/html"
+        return json.dumps(payload, ensure_ascii=False), "text/html"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "username": self.username,
+            "lines": [line.state() for line in self.lines.values()],
+            "fault": asdict(self.fault),
+            "status_push_url": self.status_push_url,
+            "inbound_push_url": self.inbound_push_url,
+            "drop_reports": self.drop_reports,
+            "quirks": self.quirks,
+            "send_delay": self.send_delay,
+            "receipt_delay": self.receipt_delay,
+            "next_task_id": self.next_task_id,
+            "tasks": len(self.tasks),
+            "sent": len(self.sent),
+            "queued": sum(self._pending.values()),
+            "counters": dict(self.counters),
+        }
+
+    def _require_fleet(self) -> SimFleet:
+        if self._fleet is None:
+            raise RuntimeError(f"server {self.name} is not part of a SimFleet")
+        return self._fleet
+
+
+def _numbers(number: Any) -> list[str]:
+    if isinstance(number, int) and not isinstance(number, bool):
+        number = str(number)
+    if not isinstance(number, str):
+        return []
+    # The doc: repeats within one request are merged into one recipient.
+    return list(dict.fromkeys(n.strip() for n in number.split(",") if n.strip()))
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise SimError(f"{what} must be a number of seconds >= 0")
+    return float(value)
+
+
+def _opt_url(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise SimError(f"{what} must be an http(s) URL or null")
+    return value
+
+
+def _url_for_log(url: str) -> str:
+    # Push URLs carry the hook token in their query string: never log it.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+# --- the fleet ----------------------------------------------------------------------------------
+
+
+class SimFleet:
+    def __init__(
+        self,
+        servers: Iterable[SimServer] = (),
+        *,
+        seed: int = 7,
+        churn_interval: float = 0.0,
+        push_attempts: int = 4,
+        push_backoff: float = 0.1,
+        push_timeout: float = 5.0,
+    ) -> None:
+        self.servers: dict[str, SimServer] = {}
+        self.rng = random.Random(seed)
+        self.churn_interval = churn_interval
+        self.push_attempts = max(1, push_attempts)
+        self.push_backoff = push_backoff
+        self.push_timeout = push_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._churn: asyncio.Task[None] | None = None
+        for server in servers:
+            self.add_server(server)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], seed: int | None = None) -> SimFleet:
+        if not isinstance(spec, Mapping):
+            raise SimError("a fleet spec must be an object")
+        unknown = set(spec) - {"servers", "seed", "churn_interval"}
+        if unknown:
+            raise SimError(f"unknown fleet fields: {', '.join(sorted(unknown))}")
+        return cls(
+            [SimServer.from_spec(item) for item in spec.get("servers") or []],
+            seed=int(spec.get("seed", 7)) if seed is None else seed,
+            churn_interval=_seconds(spec.get("churn_interval", 0.0), "churn_interval"),
+        )
+
+    def add_server(self, server: SimServer | Mapping[str, Any]) -> SimServer:
+        new = server if isinstance(server, SimServer) else SimServer.from_spec(server)
+        if new.name in self.servers:
+            raise SimConflict(f"server {new.name} exists")
+        new._fleet = self
+        self.servers[new.name] = new
+        return new
+
+    def remove_server(self, name: str) -> SimServer:
+        server = self.server(name)
+        del self.servers[name]
+        return server
+
+    def server(self, name: str) -> SimServer:
+        try:
+            return self.servers[name]
+        except KeyError:
+            raise LookupError(f"no server {name}") from None
+
+    # --- background work -------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        # Held here because the loop keeps only weak references to tasks.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def push(
+        self, server: SimServer, url: str | None, body: dict[str, str], kind: str
+    ) -> str:
+        """POST one JSON report; retry a few times, then drop it as a real server would."""
+        if url is None:
+            return "no_url"
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.push_timeout)
+            )
+        data = json.dumps(body, ensure_ascii=False).encode()
+        outcome = "not_tried"
+        for attempt in range(1, self.push_attempts + 1):
+            try:
+                async with self._session.post(
+                    url, data=data, headers={"Content-Type": "application/json"}
+                ) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        server.counters[f"push_{kind}_ok"] += 1
+                        log.info(
+                            "report_pushed",
+                            server=server.name,
+                            kind=kind,
+                            task=body.get("taskID"),
+                            send=body.get("send"),
+                            receipt=body.get("receipt") == "1",
+                            attempt=attempt,
+                        )
+                        return "ok"
+                    outcome = f"http_{resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                outcome = f"error:{type(exc).__name__}"
+            if attempt < self.push_attempts:
+                await asyncio.sleep(self.push_backoff * 2 ** (attempt - 1))
+        server.counters[f"push_{kind}_failed"] += 1
+        log.warning(
+            "report_push_dropped",
+            server=server.name,
+            kind=kind,
+            url=_url_for_log(url),
+            task=body.get("taskID"),
+            outcome=outcome,
+            attempts=self.push_attempts,
+        )
+        return outcome
 
     # --- churn -------------------------------------------------------------------------------
 
-    async def churn(self, interval: float) -> None:
-        """Every `interval`, one random line changes state (seeded: reproducible)."""
+    def churn_step(self) -> dict[str, str] | None:
+        """One random line changes state; seeded, so a run can be replayed."""
+        candidates = [server for server in self.servers.values() if server.lines]
+        if not candidates:
+            return None
+        server = self.rng.choice(candidates)
+        line = server.lines[self.rng.choice(list(server.lines))]
+        change = self.rng.choice(("online", "reg", "quota", "restore"))
+        if change == "online":
+            line.online = not line.online
+        elif change == "reg":
+            line.reg = "LOGOUT" if line.reg == "LOGIN" else "LOGIN"
+        elif change == "quota":
+            line.day_remain_sms = 0
+        else:
+            server.restore_line(line.line_id)
+        log.info("sim_churn", server=server.name, line=line.line_id, change=change)
+        return {"server": server.name, "line": line.line_id, "change": change}
+
+    def start_churn(self, interval: float) -> None:
+        self.stop_churn()
+        self.churn_interval = interval
+        if interval > 0:
+            self._churn = self.spawn(self._churn_loop(interval))
+
+    def stop_churn(self) -> None:
+        if self._churn is not None:
+            self._churn.cancel()
+            self._churn = None
+
+    async def _churn_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if not self.servers:
-                continue
-            server = self.servers[self.rng.choice(sorted(self.servers))]
-            if not server.lines:
-                continue
-            line = server.lines[self.rng.choice(sorted(server.lines))]
-            change = self.rng.choice(["online", "reg", "quota", "restore"])
-            if change == "online":
-                line.online = not line.online
-            elif change == "reg":
-                line.reg = "LOGOUT" if line.reg == "LOGIN" else "LOGIN"
-            elif change == "quota":
-                line.day_remain_sms = 0
-            else:
-                line.online, line.reg = True, "LOGIN"
-                if line.day_remain_sms == 0:
-                    line.day_remain_sms = 100
-            log.info("sim_churn", server=server.name, line=line.line_id, change=change)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            self.churn_step()
 
     async def close(self) -> None:
-        for task in list(self._background):
+        self.stop_churn()
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
 
-# --- HTTP: the vendor API ----------------------------------------------------------------------
+# --- HTTP: the vendor API -----------------------------------------------------------------------
 
-FLEET_KEY = web.AppKey("fleet", SimFleet)
+FLEET_KEY: Final = web.AppKey("goipd_sim_fleet", SimFleet)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _encode(server: SimServer, payload: Any) -> web.Response:
-    text = json.dumps(payload, ensure_ascii=False)
-    if server.quirks and isinstance(payload, list) and payload:
-        # The vendor's own examples end arrays with "},\n]"; real servers are reported to as well.
-        text = "[\n" + ",\n".join(json.dumps(item, ensure_ascii=False) for item in payload) + ",\n]"
-    content_type = "text/html" if server.quirks else "application/json"
-    return web.Response(text=text, content_type=content_type, charset="utf-8")
+def _abort(request: web.Request, rst: bool) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    if rst:
+        # SO_LINGER 0 makes close() send a TCP RST: "connection reset by peer" for the client.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
 
 
 async def goip_api(request: web.Request) -> web.StreamResponse:
     fleet = request.app[FLEET_KEY]
     server = fleet.servers.get(request.match_info["server"])
     api = request.match_info["api"]
-    if server is None or api not in ("sendsms", "querysms", "querylines"):
+    if server is None or api not in APIS:
         raise web.HTTPNotFound()
+    server.counters[f"requests_{api}"] += 1
     mode = server.fault.mode
     if mode in ("reset", "down"):
-        # Gone away: the connection dies without an HTTP answer.
-        assert request.transport is not None
-        request.transport.close()
-        raise web.HTTPInternalServerError()
+        _abort(request, rst=mode == "reset")
+        # Nothing reaches the client: aiohttp's write to the dead transport fails quietly.
+        raise web.HTTPServiceUnavailable()
     if mode in ("timeout", "slow"):
         await asyncio.sleep(server.fault.delay)
     if mode == "http_500":
-        return web.Response(status=500, text="Internal Server Error")
+        return web.Response(status=500, text="500 Internal Server Error", content_type="text/html")
     if mode == "html":
-        return web.Response(text=HTML_PAGE, content_type="text/html")
+        return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
     try:
         body = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return web.Response(status=400, text="bad request")
-    auth = body.get("auth") if isinstance(body, dict) else None
-    if (
-        mode == "wrong_auth"
-        or not isinstance(auth, dict)
-        or auth.get("username") != server.username
-        or auth.get("password") != server.password
-    ):
-        return web.Response(status=401, text="Unauthorized")
+    except ValueError:
+        return web.Response(status=400, text="400 Bad Request", content_type="text/html")
+    if mode == "wrong_auth" or not server.check_auth(body):
+        return web.Response(status=401, text="401 Unauthorized", content_type="text/html")
+    reply: Any
     if api == "querylines":
-        reply: Any = [line.json() for line in server.lines.values()]
+        reply = server.query_lines()
     elif api == "querysms":
-        task = str(body.get("taskID", ""))
-        task_id, _, number = task.partition(".")
-        reply = [
-            sub.report()
-            for sub in server.tasks.get(task_id, [])
-            if not number or sub.number == number
-        ]
+        reply = server.query_sms(body.get("taskID", ""))
     else:
-        number_field = str(body.get("number", "")).strip()
-        content = body.get("content")
-        if not number_field or not isinstance(content, str) or not content:
-            reply = {"result": "REJECT", "reason": "unknown"}
-        else:
-            numbers = list(dict.fromkeys(n.strip() for n in number_field.split(",") if n.strip()))
-            reply = fleet.send(
-                server, numbers[:9999], content, body.get("provider"), body.get("goip_line")
-            )
-    response = _encode(server, reply)
-    if mode == "truncated_json":
-        text = response.text or ""
-        return web.Response(text=text[: max(len(text) // 2, 1)], content_type="text/html")
-    return response
-
-
-# --- HTTP: the control API ---------------------------------------------------------------------
-
-
-def _server(request: web.Request) -> SimServer:
-    server = request.app[FLEET_KEY].servers.get(request.match_info["server"])
-    if server is None:
-        raise web.HTTPNotFound(
-            text=json.dumps({"error": "no such server"}), content_type="application/json"
+        reply = server.send_sms(
+            body.get("number"), body.get("content"), body.get("provider"), body.get("goip_line")
         )
-    return server
+    text, content_type = server.encode(reply)
+    if mode == "truncated_json":
+        # The request was handled (a sendsms really was accepted); only the reply is cut.
+        text = text[: len(text) // 2]
+    return web.Response(text=text, content_type=content_type, charset="utf-8")
+
+
+# --- HTTP: the control API ----------------------------------------------------------------------
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _control_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turns the model's exceptions into JSON errors, for /_control/ only."""
+    if not request.path.startswith("/_control/"):
+        response: web.StreamResponse = await handler(request)
+        return response
+    try:
+        response = await handler(request)
+    except LookupError as exc:
+        return _error(404, str(exc).strip("'\""))
+    except SimConflict as exc:
+        return _error(409, str(exc))
+    except SimError as exc:
+        return _error(400, str(exc))
+    return response
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(
-            text='{"error": "bad JSON"}', content_type="application/json"
-        ) from None
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        raise SimError("body must be JSON") from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text='{"error": "expected an object"}', content_type="application/json"
-        )
+        raise SimError("body must be a JSON object")
     return body
 
 
+def _server(request: web.Request) -> SimServer:
+    return request.app[FLEET_KEY].server(request.match_info["server"])
+
+
 async def control_servers(request: web.Request) -> web.Response:
-    return web.json_response(sorted(request.app[FLEET_KEY].servers))
+    return web.json_response(list(request.app[FLEET_KEY].servers))
+
+
+async def control_add_server(request: web.Request) -> web.Response:
+    server = request.app[FLEET_KEY].add_server(await _body(request))
+    return web.json_response(server.state(), status=201)
 
 
 async def control_server(request: web.Request) -> web.Response:
     return web.json_response(_server(request).state())
 
 
-async def control_add_server(request: web.Request) -> web.Response:
-    try:
-        server = request.app[FLEET_KEY].add_server(await _body(request))
-    except (KeyError, ValueError, TypeError) as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    return web.json_response(server.state(), status=201)
-
-
-async def control_patch_line(request: web.Request) -> web.Response:
-    server = _server(request)
-    line_id = request.match_info["line"]
-    if line_id not in server.lines:
-        return web.json_response({"error": "no such line"}, status=404)
-    try:
-        line = server.set_line(line_id, **await _body(request))
-    except (KeyError, TypeError) as exc:
-        return web.json_response({"error": f"unknown field {exc}"}, status=400)
-    return web.json_response(asdict(line))
+async def control_delete_server(request: web.Request) -> web.Response:
+    server = request.app[FLEET_KEY].remove_server(request.match_info["server"])
+    return web.json_response({"deleted": server.name})
 
 
 async def control_add_line(request: web.Request) -> web.Response:
-    server = _server(request)
-    try:
-        line = _line_from_spec(await _body(request))
-    except (ValueError, TypeError) as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    if line.line_id in server.lines:
-        return web.json_response({"error": "line exists"}, status=409)
-    server.add_line(line)
-    return web.json_response(asdict(line), status=201)
+    line = _server(request).add_line(await _body(request))
+    return web.json_response(line.state(), status=201)
+
+
+async def control_patch_line(request: web.Request) -> web.Response:
+    line = _server(request).set_line(request.match_info["line"], **await _body(request))
+    return web.json_response(line.state())
 
 
 async def control_delete_line(request: web.Request) -> web.Response:
-    server = _server(request)
-    line_id = request.match_info["line"]
-    if line_id not in server.lines:
-        return web.json_response({"error": "no such line"}, status=404)
-    server.remove_line(line_id)
-    return web.json_response({"deleted": line_id})
+    line = _server(request).remove_line(request.match_info["line"])
+    return web.json_response({"deleted": line.line_id})
 
 
 async def control_fault(request: web.Request) -> web.Response:
     server = _server(request)
     body = await _body(request)
-    mode = body.get("mode", "none")
-    if mode not in FAULT_MODES:
-        return web.json_response({"error": f"mode must be one of {FAULT_MODES}"}, status=400)
-    server.fault = Fault(mode, float(body.get("delay", server.fault.delay)))
-    return web.json_response(asdict(server.fault))
+    fault = server.set_fault(str(body.get("mode", "none")), body.get("delay"))
+    return web.json_response(asdict(fault))
 
 
 async def control_push(request: web.Request) -> web.Response:
     server = _server(request)
     body = await _body(request)
-    if "status_url" in body:
-        server.status_push_url = body["status_url"]
-    if "inbound_url" in body:
-        server.inbound_push_url = body["inbound_url"]
-    if "drop_reports" in body:
-        server.drop_reports = bool(body["drop_reports"])
-    return web.json_response(server.state())
+    unknown = set(body) - {"status_url", "inbound_url", "drop_reports"}
+    if unknown:
+        raise SimError(f"unknown push fields: {', '.join(sorted(unknown))}")
+    drop = body.get("drop_reports")
+    if drop is not None and not isinstance(drop, bool):
+        raise SimError("drop_reports must be true or false")
+    return web.json_response(
+        server.set_push(body.get("status_url", UNSET), body.get("inbound_url", UNSET), drop)
+    )
 
 
 async def control_inbound(request: web.Request) -> web.Response:
     server = _server(request)
     body = await _body(request)
-    outcome = await request.app[FLEET_KEY].push_inbound(
-        server,
-        str(body.get("goip_line", "")),
-        str(body.get("from_number", "")),
-        str(body.get("content", "")),
+    goip_line, from_number, content = (body.get(k) for k in ("goip_line", "from_number", "content"))
+    if not all(isinstance(v, str) and v for v in (goip_line, from_number, content)):
+        raise SimError("goip_line, from_number and content must be non-empty strings")
+    recv_time = body.get("recv_time")
+    if recv_time is not None and not isinstance(recv_time, str):
+        raise SimError("recv_time must be a string 'YYYY-MM-DD hh:mm:ss'")
+    outcome = await server.push_inbound(
+        str(goip_line), str(from_number), str(content), recv_time=recv_time
     )
-    return web.json_response({"push": outcome})
+    return web.json_response(outcome)
 
 
 async def control_sent(request: web.Request) -> web.Response:
     return web.json_response(_server(request).sent)
 
 
+async def control_churn(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET_KEY]
+    body = await _body(request)
+    fleet.start_churn(_seconds(body.get("interval", 0.0), "interval"))
+    return web.json_response({"interval": fleet.churn_interval})
+
+
 def build_app(fleet: SimFleet) -> web.Application:
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    # 9,999 recipients plus content fit easily; anything larger is a mistake.
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[_control_errors])
     app[FLEET_KEY] = fleet
+
+    async def churn_ctx(_app: web.Application) -> AsyncIterator[None]:
+        if fleet.churn_interval > 0:
+            fleet.start_churn(fleet.churn_interval)
+        yield
+        await fleet.close()
+
+    app.cleanup_ctx.append(churn_ctx)
     r = app.router
     r.add_get("/_control/servers", control_servers)
     r.add_post("/_control/servers", control_add_server)
     r.add_get("/_control/servers/{server}", control_server)
+    r.add_delete("/_control/servers/{server}", control_delete_server)
     r.add_post("/_control/servers/{server}/lines", control_add_line)
     r.add_patch("/_control/servers/{server}/lines/{line}", control_patch_line)
     r.add_delete("/_control/servers/{server}/lines/{line}", control_delete_line)
@@ -554,9 +957,23 @@ def build_app(fleet: SimFleet) -> web.Application:
     r.add_put("/_control/servers/{server}/push", control_push)
     r.add_post("/_control/servers/{server}/inbound", control_inbound)
     r.add_get("/_control/servers/{server}/sent", control_sent)
-    # The trailing slash is part of the vendor URL: without it the real server answers 404.
+    r.add_put("/_control/churn", control_churn)
+    # One dynamic route for every server: a dict lookup per request, however large the fleet.
+    # The trailing slash is part of the vendor URL; without it the real server answers 404.
     r.add_post("/{server}/goip/{api}/", goip_api)
     return app
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -566,74 +983,116 @@ class RunningSimulator:
     port: int
     host: str = "127.0.0.1"
 
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
     def base_url(self, server: str) -> str:
-        return f"http://{self.host}:{self.port}/{server}"
+        """What goipd's config calls the server's `url`."""
+        return f"{self.url}/{server}"
 
     async def stop(self) -> None:
-        await self.fleet.close()
         await self.runner.cleanup()
+        # Normally done by the app's cleanup; repeated here in case the app never started.
+        await self.fleet.close()
 
 
 async def start_simulator(
     fleet: SimFleet, host: str = "127.0.0.1", port: int = 0
 ) -> RunningSimulator:
+    if not is_loopback(host):
+        raise ValueError(f"the simulator listens on loopback only, not {host!r}")
     runner = web.AppRunner(
         build_app(fleet), access_log=None, handle_signals=False, shutdown_timeout=0.5
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    return RunningSimulator(fleet, runner, bound_port(site), host)
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return RunningSimulator(fleet, runner, int(bound), host)
 
 
-# --- fleets for the demo and benchmarks --------------------------------------------------------
+# --- fleets for the demo and benchmarks ---------------------------------------------------------
 
 
-def _lines(prefix: int, count: int, providers: list[str]) -> Iterator[dict[str, Any]]:
-    for index in range(count):
-        yield {
-            "line_id": f"G{prefix}{index + 1:02d}",
-            "provider": providers[index % len(providers)],
-        }
+def demo_spec(status_push_base: str | None, seed: int = 7) -> dict[str, Any]:
+    """Three SMS Servers (8, 16 and 32 lines) with a few sick lines, as a rack really looks.
 
-
-def demo_spec(status_push_base: str | None) -> dict[str, Any]:
-    """Three SMS Servers (8, 16 and 32 lines) with a few sick lines, as a rack really looks."""
-    layout = [
-        ("taipei", 1, 8, ["Chunghwa", "FarEasTone"]),
-        ("kaohsiung", 2, 16, ["Chunghwa", "Taiwan Mobile"]),
-        ("shenzhen", 3, 32, ["移动", "联通"]),
+    Which lines are sick is drawn from `seed`, always sparing each server's first two lines so
+    the demo can send from the start.
+    """
+    rng = random.Random(seed)
+    layout: list[tuple[str, int, int, list[str], dict[str, int]]] = [
+        (
+            "taipei",
+            1,
+            8,
+            ["Chunghwa", "FarEasTone"],
+            {"logout": 1, "offline": 1, "day0": 1, "finite": 2},
+        ),
+        (
+            "kaohsiung",
+            2,
+            16,
+            ["Chunghwa", "FarEasTone", "Taiwan Mobile"],
+            {"logout": 1, "noreg": 1, "offline": 1, "day0": 1, "finite": 3},
+        ),
+        (
+            "shenzhen",
+            3,
+            32,
+            ["移动", "联通"],
+            {"logout": 2, "noreg": 1, "offline": 2, "finite": 4, "fail": 1},
+        ),
     ]
     servers = []
-    for name, prefix, count, providers in layout:
-        lines = list(_lines(prefix, count, providers))
-        lines[1]["reg"] = "LOGOUT"  # a dead SIM
-        lines[2]["reg"] = ""  # never registered
-        lines[3].update(online=False, reg="")  # module offline
-        lines[4].update(day_remain_sms=0, remain_sms=420)  # today's quota used up
-        lines[5].update(remain_sms=900, day_remain_sms=60)  # finite quotas
-        if name == "shenzhen":
-            lines[6]["fail_code"] = "331"  # no network service
+    for name, prefix, count, providers, sick in layout:
+        lines: list[dict[str, Any]] = [
+            {"line_id": f"G{prefix}{index + 1:02d}", "provider": providers[index % len(providers)]}
+            for index in range(count)
+        ]
+        spare = list(range(2, count))
+        rng.shuffle(spare)
+        for role, how_many in sick.items():
+            for _ in range(how_many):
+                line = lines[spare.pop()]
+                if role == "logout":
+                    line["reg"] = "LOGOUT"  # a dead SIM: the module is up, the SIM is not
+                elif role == "noreg":
+                    line["reg"] = ""  # never registered
+                elif role == "offline":
+                    line.update(online=False, reg="")
+                elif role == "day0":
+                    line.update(remain_sms=rng.randrange(300, 900), day_remain_sms=0)
+                elif role == "finite":
+                    line.update(
+                        remain_sms=rng.randrange(200, 1000), day_remain_sms=rng.randrange(20, 100)
+                    )
+                else:
+                    line["fail_code"] = "331"  # no network service: every send fails
         server: dict[str, Any] = {
             "name": name,
             "username": "root",
             "password": f"demo-{name}",
             "lines": lines,
             "send_delay": 1.0,
+            "receipt_delay": 2.0,
         }
         if status_push_base:
-            server["status_push_url"] = (
-                f"{status_push_base}/hooks/goip/{name}/status?token=demo-hook-{name}"
-            )
-            server["inbound_push_url"] = (
-                f"{status_push_base}/hooks/goip/{name}/inbound?token=demo-hook-{name}"
-            )
+            base = status_push_base.rstrip("/")
+            server["status_push_url"] = f"{base}/hooks/goip/{name}/status?token=demo-hook-{name}"
+            server["inbound_push_url"] = f"{base}/hooks/goip/{name}/inbound?token=demo-hook-{name}"
         servers.append(server)
     return {"servers": servers}
 
 
 def synthetic_spec(servers: int, lines_per_server: int, send_delay: float = 0.0) -> dict[str, Any]:
-    """A large uniform fleet for benchmarks: s0001..sNNNN, every line registered, no limits."""
+    """A large uniform fleet for benchmarks: s0001.., lines G101.., all registered, no limits."""
     return {
         "servers": [
             {
@@ -641,7 +1100,7 @@ def synthetic_spec(servers: int, lines_per_server: int, send_delay: float = 0.0)
                 "username": "root",
                 "password": f"pw-s{index + 1:04d}",
                 "send_delay": send_delay,
-                "lines": [{"line_id": f"G{100 + line}"} for line in range(lines_per_server)],
+                "lines": [{"line_id": f"G{101 + line}"} for line in range(lines_per_server)],
             }
             for index in range(servers)
         ]
