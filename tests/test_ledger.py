@@ -1,26 +1,49 @@
 """Both ledger backends against one interface: durability, group commit, idempotency, and the
 monotonic state machine (a recipient never moves backwards or out of a final state). The
-PostgreSQL runs use the real server on 127.0.0.1:5432, one schema per test, dropped after."""
+PostgreSQL runs use the real server on 127.0.0.1:5432, one schema per test, dropped after.
+
+SQLite-only tests (files, migrations, a SIGKILLed writer, a full disk, a read-only file) come
+last and say so in their names."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from goipd.ledger.base import Claim, LedgerError, NewMessage, Outcome, State
+from goipd.ledger.base import (
+    FINAL_STATES,
+    RANK,
+    Claim,
+    LedgerError,
+    NewMessage,
+    Outcome,
+    Recipient,
+    State,
+)
+from goipd.ledger.migrations import LATEST, MIGRATIONS
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger, new_message_id
 
 PG_URL = os.environ.get("GOIPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REPO = Path(__file__).resolve().parent.parent
 Ledger = SqliteLedger | PostgresLedger
 
 NOW = 1_800_000_000.0
+MESSAGE_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
 def new(
@@ -66,12 +89,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("make_ledger", ["sqlite", "postgresql"], indirect=True)
 
 
+async def only_recipient(ledger: Ledger, message_id: str) -> Recipient:
+    message = await ledger.get_message(message_id)
+    assert message is not None
+    (r,) = message.recipients
+    return r
+
+
+async def state_of(ledger: Ledger, message_id: str) -> State:
+    return (await only_recipient(ledger, message_id)).state
+
+
+# --- accepting -------------------------------------------------------------------------------
+
+
 async def test_accept_get_and_reopen(ledger: Ledger, make_ledger: Callable[[], Ledger]) -> None:
     result = await ledger.accept(new(("+886912345678", "+886912345679")), NOW)
     assert result.created
+    assert MESSAGE_ID.match(result.message.id)
     message = await ledger.get_message(result.message.id)
     assert message == result.message
     assert [r.state for r in message.recipients] == [State.QUEUED, State.QUEUED]
+    assert [r.next_attempt_at for r in message.recipients] == [NOW, NOW]
+    assert await ledger.get_message("01ARZ3NDEKTSV4RRFFQ69G5FAV") is None
     await ledger.close()
     again = make_ledger()
     await again.open()
@@ -86,6 +126,16 @@ async def test_concurrent_accepts_are_group_committed(ledger: Ledger) -> None:
     assert len({r.message.id for r in results}) == 200
     assert ledger.commits < 200  # fewer fsyncs than callers
     assert (await ledger.counts())[State.QUEUED] == 200
+    for result in results[::37]:
+        assert await ledger.get_message(result.message.id) == result.message
+
+
+async def test_idempotency_key_returns_the_original(ledger: Ledger) -> None:
+    first = await ledger.accept(new(("+886912345678", "+886912345679"), key="order-7"), NOW)
+    again = await ledger.accept(new(("+886900000000",), key="order-7", text="other"), NOW + 5)
+    assert first.created and not again.created
+    assert again.message == first.message
+    assert (await ledger.counts())[State.QUEUED] == 2
 
 
 async def test_idempotency_key_returns_the_original_even_within_one_batch(
@@ -94,7 +144,64 @@ async def test_idempotency_key_returns_the_original_even_within_one_batch(
     results = await asyncio.gather(*(ledger.accept(new(key="order-1"), NOW) for _ in range(20)))
     assert len({r.message.id for r in results}) == 1
     assert sum(r.created for r in results) == 1
+    assert all(r.message == results[0].message for r in results)
     assert (await ledger.counts())[State.QUEUED] == 1
+    # Mixed batch: a key already stored, a key new twice over, and no key at all.
+    mixed = await asyncio.gather(
+        ledger.accept(new(key="order-1"), NOW),
+        ledger.accept(new(key="order-2"), NOW),
+        ledger.accept(new(), NOW),
+        ledger.accept(new(key="order-2"), NOW),
+    )
+    assert [r.created for r in mixed] == [False, True, True, False]
+    assert mixed[0].message.id == results[0].message.id
+    assert mixed[3].message == mixed[1].message
+    assert (await ledger.counts())[State.QUEUED] == 3
+
+
+async def test_one_bad_write_fails_only_its_caller(ledger: Ledger) -> None:
+    bad = new(("+886912345670", None))  # type: ignore[arg-type]  # NOT NULL number
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(ledger.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(5)),
+            ledger.accept(bad, NOW),
+            *(ledger.accept(new((f"+88691235{i:04d}",)), NOW) for i in range(5)),
+            return_exceptions=True,
+        ),
+        timeout=10,
+    )
+    assert isinstance(results[5], LedgerError)
+    good = [r for i, r in enumerate(results) if i != 5]
+    assert all(not isinstance(r, BaseException) and r.created for r in good)
+    assert (await ledger.counts())[State.QUEUED] == 10
+    # The ledger goes on accepting.
+    assert (await ledger.accept(new(), NOW)).created
+
+
+async def test_close_finishes_queued_writes_then_refuses(
+    ledger: Ledger, make_ledger: Callable[[], Ledger]
+) -> None:
+    tasks = [
+        asyncio.create_task(ledger.accept(new((f"+88691234{i:04d}",)), NOW)) for i in range(50)
+    ]
+    await asyncio.sleep(0)  # every task has queued its write
+    await ledger.close()
+    ids = [(await task).message.id for task in tasks]
+    await ledger.close()  # twice is fine
+    with pytest.raises(LedgerError):
+        await ledger.accept(new(), NOW)
+    with pytest.raises(LedgerError):
+        await ledger.counts()
+    again = make_ledger()
+    await again.open()
+    try:
+        for message_id in ids:
+            assert await again.get_message(message_id) is not None
+    finally:
+        await again.close()
+
+
+# --- dispatch ----------------------------------------------------------------------------------
 
 
 async def test_claim_is_compare_and_set(ledger: Ledger) -> None:
@@ -102,31 +209,125 @@ async def test_claim_is_compare_and_set(ledger: Ledger) -> None:
     rid = message.recipients[0].id
     assert await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW) == [rid]
     assert await ledger.claim([Claim(rid, "goip", "hq", "G102")], NOW) == []
-    recipient = (await ledger.get_message(message.id)).recipients[0]  # type: ignore[union-attr]
+    recipient = await only_recipient(ledger, message.id)
     assert (recipient.state, recipient.line, recipient.attempts) == (State.DISPATCHING, "G101", 1)
+    assert (recipient.route, recipient.server) == ("goip", "hq")
 
 
-async def state_of(ledger: Ledger, message_id: str) -> State:
-    message = await ledger.get_message(message_id)
-    assert message is not None
-    return message.recipients[0].state
+async def test_concurrent_claims_of_one_recipient_win_once(ledger: Ledger) -> None:
+    message = (await ledger.accept(new(("+886912345678", "+886912345679")), NOW)).message
+    a, b = (r.id for r in message.recipients)
+    won = await asyncio.gather(
+        *(
+            ledger.claim([Claim(a, "goip", "hq", f"G{i}"), Claim(b, "goip", "hq", "G9")], NOW)
+            for i in range(10)
+        )
+    )
+    assert sorted(rid for claimed in won for rid in claimed) == [a, b]
 
 
-async def test_state_machine_never_moves_backwards(ledger: Ledger) -> None:
+async def reach(ledger: Ledger, state: State, number: str) -> tuple[str, int]:
+    """A new recipient driven to `state` the way dispatch and reports would."""
+    message = (await ledger.accept(new((number,)), NOW)).message
+    rid = message.recipients[0].id
+    if state is State.CANCELLED:
+        await ledger.cancel(message.id, NOW)
+    elif state is not State.QUEUED:
+        await ledger.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+        path = {
+            State.DISPATCHING: [],
+            State.FAILED: [State.FAILED],
+            State.SUBMITTED: [State.SUBMITTED],
+            State.SENT: [State.SUBMITTED, State.SENT],
+            State.DELIVERED: [State.SUBMITTED, State.SENT, State.DELIVERED],
+        }[state]
+        for step in path:
+            await ledger.record([Outcome(rid, step, task_id=number[-6:])], NOW + 1)
+    assert await state_of(ledger, message.id) is state
+    return message.id, rid
+
+
+def allowed(current: State, new: State) -> State | None:
+    """The rule as the interface states it, independent of the code under test."""
+    if current in FINAL_STATES or new is State.CANCELLED:
+        return None  # final is final; cancelling is Ledger.cancel's job
+    if new is State.QUEUED:
+        ok = current in (State.QUEUED, State.DISPATCHING, State.SUBMITTED)
+        return new if ok else None  # retry; never after the SMS went out
+    if new is State.FAILED:
+        return new
+    return new if RANK[new] > RANK[current] else None
+
+
+async def test_every_transition_follows_the_monotonic_rule(ledger: Ledger) -> None:
+    pairs = [(a, b) for a in State for b in State]
+    start = await asyncio.gather(
+        *(reach(ledger, a, f"+88690{i:07d}") for i, (a, _) in enumerate(pairs))
+    )
+    before = {rid: await only_recipient(ledger, mid) for mid, rid in start}
+    await ledger.record(
+        [
+            Outcome(rid, b, error_code="x1", retry_at=NOW + 60, exclude_line="hq/G1")
+            for (_, b), (_, rid) in zip(pairs, start, strict=True)
+        ],
+        NOW + 10,
+    )
+    for (a, b), (mid, rid) in zip(pairs, start, strict=True):
+        after = await only_recipient(ledger, mid)
+        expected = allowed(a, b)
+        if expected is None:
+            assert after == before[rid], f"{a} -> {b} must change nothing"
+            continue
+        assert after.state is expected, f"{a} -> {b}"
+        assert after.updated_at == NOW + 10
+        assert after.error_code == "x1"
+        if expected is State.QUEUED:
+            assert after.next_attempt_at == NOW + 60
+            assert after.excluded_lines == ("hq/G1",)
+        if expected is State.SUBMITTED:
+            assert after.submitted_at == NOW + 10
+        if expected is State.SENT:
+            assert after.sent_at == NOW + 10
+        if expected is State.DELIVERED:
+            assert after.delivered_at == NOW + 10
+            assert after.sent_at == (before[rid].sent_at or NOW + 10)
+
+
+async def test_receipt_before_succeeded_and_duplicates(ledger: Ledger) -> None:
     message = (await ledger.accept(new(), NOW)).message
     rid = message.recipients[0].id
     await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW)
     await ledger.record([Outcome(rid, State.SUBMITTED, task_id="7", upstream_id="7.x")], NOW)
+    await ledger.record([Outcome(rid, State.SUBMITTED, task_id="7")], NOW + 0.5)  # duplicate
+    assert (await only_recipient(ledger, message.id)).submitted_at == NOW
     # A receipt before the "succeeded" report: delivered, and the late report changes nothing.
     await ledger.record([Outcome(rid, State.DELIVERED)], NOW + 1)
     await ledger.record([Outcome(rid, State.SENT)], NOW + 2)
     await ledger.record([Outcome(rid, State.SUBMITTED)], NOW + 3)
     await ledger.record([Outcome(rid, State.QUEUED, retry_at=NOW)], NOW + 4)
     await ledger.record([Outcome(rid, State.FAILED, error_code="331")], NOW + 5)
-    recipient = (await ledger.get_message(message.id)).recipients[0]  # type: ignore[union-attr]
-    assert recipient.state is State.DELIVERED
-    assert recipient.sent_at == NOW + 1 and recipient.delivered_at == NOW + 1
-    assert recipient.error_code is None
+    r = await only_recipient(ledger, message.id)
+    assert r.state is State.DELIVERED
+    assert r.sent_at == NOW + 1 and r.delivered_at == NOW + 1 and r.updated_at == NOW + 1
+    assert r.error_code is None
+    assert (r.task_id, r.upstream_id) == ("7", "7.x")
+    # Outcomes for recipients the ledger never had are ignored.
+    await ledger.record([Outcome(10**9, State.SENT)], NOW)
+
+
+async def test_outcomes_in_one_call_apply_in_order(ledger: Ledger) -> None:
+    message = (await ledger.accept(new(), NOW)).message
+    rid = message.recipients[0].id
+    await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW)
+    await ledger.record(
+        [
+            Outcome(rid, State.SUBMITTED, task_id="9"),
+            Outcome(rid, State.SENT),
+            Outcome(rid, State.QUEUED, retry_at=NOW),
+        ],
+        NOW + 1,
+    )
+    assert await state_of(ledger, message.id) is State.SENT
 
 
 async def test_retry_path_and_excluded_lines(ledger: Ledger) -> None:
@@ -151,11 +352,51 @@ async def test_retry_path_and_excluded_lines(ledger: Ledger) -> None:
     (due,) = await ledger.due(NOW + 5, 10)
     assert due.excluded_lines == ("hq/G101",)
     assert due.error_code == "331"
+    # The next attempt goes elsewhere and fails the same way on a second line.
+    assert await ledger.claim([Claim(rid, "goip", "hq", "G102")], NOW + 6) == [rid]
+    r = await only_recipient(ledger, message.id)
+    assert (r.attempts, r.line, r.task_id) == (2, "G102", None)
+    # A late report for the first attempt's task no longer finds this recipient.
+    assert await ledger.find_by_task("hq", "7", "+886912345678") is None
+    again = Outcome(rid, State.QUEUED, retry_at=NOW + 7, exclude_line="hq/G102")
+    await ledger.record([again], NOW + 7)
+    await ledger.record([again], NOW + 7.5)  # the same line is not listed twice
+    assert (await only_recipient(ledger, message.id)).excluded_lines == ("hq/G101", "hq/G102")
     # A sent recipient is never queued again.
-    await ledger.claim([Claim(rid, "goip", "hq", "G102")], NOW + 6)
-    await ledger.record([Outcome(rid, State.SENT)], NOW + 7)
-    await ledger.record([Outcome(rid, State.QUEUED, retry_at=NOW)], NOW + 8)
+    await ledger.claim([Claim(rid, "goip", "hq", "G103")], NOW + 8)
+    await ledger.record([Outcome(rid, State.SENT)], NOW + 9)
+    await ledger.record([Outcome(rid, State.QUEUED, retry_at=NOW)], NOW + 10)
     assert await state_of(ledger, message.id) is State.SENT
+
+
+STEPS = st.lists(
+    st.one_of(st.just("claim"), st.sampled_from([s for s in State if s is not State.CANCELLED])),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=STEPS)
+async def test_any_sequence_of_claims_and_outcomes_follows_the_rule(
+    ledger: Ledger, steps: list[str | State]
+) -> None:
+    message = (await ledger.accept(new(), NOW)).message
+    rid = message.recipients[0].id
+    model = State.QUEUED
+    for step in steps:
+        if step == "claim":
+            claimed = await ledger.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+            assert claimed == ([rid] if model is State.QUEUED else [])
+            model = State.DISPATCHING if model is State.QUEUED else model
+        else:
+            assert isinstance(step, State)
+            await ledger.record([Outcome(rid, step, retry_at=NOW)], NOW)
+            model = allowed(model, step) or model
+        assert await state_of(ledger, message.id) is model
 
 
 async def test_find_by_task_with_and_without_plus(ledger: Ledger) -> None:
@@ -166,8 +407,21 @@ async def test_find_by_task_with_and_without_plus(ledger: Ledger) -> None:
     assert (await ledger.find_by_task("hq", "5689", "+886912345678")).id == rid  # type: ignore[union-attr]
     assert (await ledger.find_by_task("hq", "5689", "886912345678")).id == rid  # type: ignore[union-attr]
     assert await ledger.find_by_task("other", "5689", "886912345678") is None
+    assert await ledger.find_by_task("hq", "5690", "886912345678") is None
+    assert await ledger.find_by_task("hq", "5689", "886912345679") is None
     assert await ledger.max_task_id("hq") == 5689
     assert await ledger.max_task_id("other") is None
+
+
+async def test_max_task_id_compares_numbers_not_text(ledger: Ledger) -> None:
+    message = (await ledger.accept(new(("+886912345678", "+886912345679")), NOW)).message
+    a, b = (r.id for r in message.recipients)
+    await ledger.claim([Claim(a, "goip", "hq", "G1"), Claim(b, "goip", "hq", "G2")], NOW)
+    await ledger.record(
+        [Outcome(a, State.SUBMITTED, task_id="99"), Outcome(b, State.SUBMITTED, task_id="100")],
+        NOW,
+    )
+    assert await ledger.max_task_id("hq") == 100
 
 
 async def test_find_by_upstream_id(ledger: Ledger) -> None:
@@ -182,24 +436,30 @@ async def test_find_by_upstream_id(ledger: Ledger) -> None:
     assert await ledger.find_by_upstream("paasoo", "1504280910499665") == []
 
 
-async def test_upgrade_from_schema_1(tmp_path: Path) -> None:
-    from goipd.ledger.migrations import MIGRATIONS
+async def test_due_order_limit_and_scheduling(ledger: Ledger) -> None:
+    later = (await ledger.accept(new(("+886900000001",), send_at=NOW + 60), NOW)).message
+    first = (await ledger.accept(new(("+886900000002",)), NOW - 10)).message
+    second = (await ledger.accept(new(("+886900000003", "+886900000004")), NOW - 5)).message
+    assert later.recipients[0].next_attempt_at == NOW + 60
+    due = await ledger.due(NOW, 10)
+    assert [r.number for r in due] == ["+886900000002", "+886900000003", "+886900000004"]
+    assert [r.number for r in await ledger.due(NOW, 2)] == ["+886900000002", "+886900000003"]
+    assert await ledger.due(NOW - 11, 10) == []
+    assert [r.message_id for r in await ledger.due(NOW + 60, 10)][-1] == later.id
+    # Claimed recipients are no longer due.
+    await ledger.claim([Claim(first.recipients[0].id, "goip", "hq", "G1")], NOW)
+    assert [r.message_id for r in await ledger.due(NOW, 10)] == [second.id, second.id]
 
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.executescript(MIGRATIONS[0])
-    conn.execute("INSERT INTO schema_version VALUES (1)")
-    conn.commit()
-    conn.close()
-    store = SqliteLedger(path)
-    await store.open()
-    await store.close()
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
-    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert "recipients_upstream" in indexes
-    conn.close()
+
+async def test_in_state_is_by_last_update(ledger: Ledger) -> None:
+    message = (await ledger.accept(new(("+886912345678", "+886912345679")), NOW)).message
+    a, b = (r.id for r in message.recipients)
+    await ledger.claim([Claim(a, "goip", "hq", "G1")], NOW + 1)
+    await ledger.claim([Claim(b, "goip", "hq", "G2")], NOW + 2)
+    assert [r.id for r in await ledger.in_state(State.DISPATCHING, NOW + 3, 10)] == [a, b]
+    assert [r.id for r in await ledger.in_state(State.DISPATCHING, NOW + 2, 10)] == [a]
+    assert [r.id for r in await ledger.in_state(State.DISPATCHING, NOW + 3, 1)] == [a]
+    assert await ledger.in_state(State.SUBMITTED, NOW + 3, 10) == []
 
 
 async def test_scheduled_due_and_cancel(ledger: Ledger) -> None:
@@ -208,24 +468,76 @@ async def test_scheduled_due_and_cancel(ledger: Ledger) -> None:
     assert [r.message_id for r in await ledger.due(NOW, 10)] == [now_msg.id]
     cancelled = await ledger.cancel(later.id, NOW)
     assert cancelled is not None and cancelled.recipients[0].state is State.CANCELLED
-    assert await ledger.due(NOW + 120, 10) == [
-        r for r in await ledger.due(NOW + 120, 10) if r.message_id == now_msg.id
-    ]
+    assert [r.message_id for r in await ledger.due(NOW + 120, 10)] == [now_msg.id]
     assert await ledger.cancel("01NOSUCHMESSAGE0000000000", NOW) is None
+
+
+async def test_cancel_touches_only_queued_recipients(ledger: Ledger) -> None:
+    numbers = ("+886900000001", "+886900000002", "+886900000003")
+    message = (await ledger.accept(new(numbers), NOW)).message
+    queued, claimed, sent = (r.id for r in message.recipients)
+    await ledger.claim([Claim(claimed, "goip", "hq", "G1"), Claim(sent, "goip", "hq", "G2")], NOW)
+    await ledger.record([Outcome(sent, State.SENT, task_id="1")], NOW)
+    cancelled = await ledger.cancel(message.id, NOW + 1)
+    assert cancelled is not None
+    assert [r.state for r in cancelled.recipients] == [
+        State.CANCELLED,
+        State.DISPATCHING,
+        State.SENT,
+    ]
+    assert cancelled == await ledger.get_message(message.id)
+    assert cancelled.recipients[0].updated_at == NOW + 1
+    # Cancelled stays cancelled, whatever comes later.
+    await ledger.record([Outcome(queued, State.SENT)], NOW + 2)
+    assert (await ledger.cancel(message.id, NOW + 3)) == cancelled
+    assert await ledger.claim([Claim(queued, "goip", "hq", "G1")], NOW) == []
 
 
 async def test_duplicate_guard_and_queue_figures(ledger: Ledger) -> None:
     first = (await ledger.accept(new(text="code 1234"), NOW)).message
     assert await ledger.recent_duplicate("+886912345678", "code 1234", NOW - 600) == first.id
+    assert await ledger.recent_duplicate("+886912345678", "code 1234", NOW) == first.id
     assert await ledger.recent_duplicate("+886912345678", "code 9999", NOW - 600) is None
+    assert await ledger.recent_duplicate("+886912345670", "code 1234", NOW - 600) is None
     assert await ledger.recent_duplicate("+886912345678", "code 1234", NOW + 1) is None
     assert await ledger.oldest_pending(NOW) == NOW
     counts = await ledger.counts()
     assert set(counts) == set(State)
     assert counts[State.QUEUED] == 1
+    assert sum(counts.values()) == 1
     await ledger.accept(new(("+886912345670",), send_at=NOW + 3600), NOW - 100)
     assert await ledger.oldest_pending(NOW) == NOW  # scheduled for later: not backlog
     assert await ledger.oldest_pending(NOW + 3600) == NOW - 100
+
+
+async def test_duplicate_guard_ignores_cancelled_and_failed(ledger: Ledger) -> None:
+    cancelled = (await ledger.accept(new(text="otp 1", send_at=NOW + 60), NOW)).message
+    await ledger.cancel(cancelled.id, NOW)
+    failed = (await ledger.accept(new(text="otp 1"), NOW)).message
+    await ledger.record([Outcome(failed.recipients[0].id, State.FAILED, error_code="1")], NOW)
+    assert await ledger.recent_duplicate("+886912345678", "otp 1", NOW - 60) is None
+    sent = (await ledger.accept(new(text="otp 1"), NOW)).message
+    rid = sent.recipients[0].id
+    await ledger.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+    await ledger.record([Outcome(rid, State.SENT, task_id="3")], NOW)
+    assert await ledger.recent_duplicate("+886912345678", "otp 1", NOW - 60) == sent.id
+
+
+async def test_oldest_pending_and_counts_follow_the_states(ledger: Ledger) -> None:
+    assert await ledger.oldest_pending(NOW) is None
+    assert set((await ledger.counts()).values()) == {0}
+    old = (await ledger.accept(new(("+886900000001",)), NOW - 50)).message
+    await ledger.accept(new(("+886900000002",)), NOW - 20)
+    rid = old.recipients[0].id
+    await ledger.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+    assert await ledger.oldest_pending(NOW) == NOW - 50  # dispatching is still pending
+    await ledger.record([Outcome(rid, State.SENT, task_id="1")], NOW)
+    assert await ledger.oldest_pending(NOW) == NOW - 20  # sent counts as done
+    counts = await ledger.counts()
+    assert (counts[State.SENT], counts[State.QUEUED], counts[State.DISPATCHING]) == (1, 1, 0)
+
+
+# --- inbound -----------------------------------------------------------------------------------
 
 
 async def test_inbound_and_outbox(ledger: Ledger) -> None:
@@ -240,9 +552,17 @@ async def test_inbound_and_outbox(ledger: Ledger) -> None:
         forward_to=("http://127.0.0.1:1/a", "http://127.0.0.1:1/b"),
     )
     (record,) = await ledger.list_inbound(10, None)
-    assert (record.id, record.content) == (inbound_id, "餘額")
+    assert (record.id, record.content, record.line, record.to_number) == (
+        inbound_id,
+        "餘額",
+        "G101",
+        None,
+    )
+    assert (record.received_at, record.upstream_time) == (NOW, "2019-09-26 15:26:05")
+    assert await ledger.outbox_due(NOW - 1, 10) == []
     items = await ledger.outbox_due(NOW, 10)
     assert {item.url for item in items} == {"http://127.0.0.1:1/a", "http://127.0.0.1:1/b"}
+    assert all(item.inbound == record and item.attempts == 0 for item in items)
     await ledger.outbox_result(items[0].id, done=True, retry_at=None, error=None, now=NOW)
     await ledger.outbox_result(items[1].id, done=False, retry_at=NOW + 10, error="timeout", now=NOW)
     assert await ledger.outbox_due(NOW + 5, 10) == []
@@ -252,22 +572,145 @@ async def test_inbound_and_outbox(ledger: Ledger) -> None:
     assert await ledger.outbox_due(NOW + 1000, 10) == []
 
 
+async def test_inbound_without_forwarding_and_paging(ledger: Ledger) -> None:
+    ids = [
+        await ledger.add_inbound("hq", None, f"1008{i}", "+886900000000", f"m{i}", "", NOW + i)
+        for i in range(5)
+    ]
+    assert await ledger.outbox_due(NOW + 100, 10) == []
+    page = await ledger.list_inbound(2, None)
+    assert [r.id for r in page] == ids[::-1][:2]
+    page2 = await ledger.list_inbound(10, page[-1].id)
+    assert [r.id for r in page2] == ids[::-1][2:]
+    assert await ledger.list_inbound(10, ids[0]) == []
+
+
+async def test_concurrent_inbound_is_durable_with_its_outbox(
+    ledger: Ledger, make_ledger: Callable[[], Ledger]
+) -> None:
+    ids = await asyncio.gather(
+        *(
+            ledger.add_inbound("hq", "G1", "10086", None, f"m{i}", "", NOW, ("http://x/",))
+            for i in range(30)
+        )
+    )
+    assert len(set(ids)) == 30
+    await ledger.close()
+    again = make_ledger()
+    await again.open()
+    try:
+        items = await again.outbox_due(NOW, 100)
+        assert sorted(item.inbound.id for item in items) == sorted(ids)
+    finally:
+        await again.close()
+
+
 async def test_list_messages_paging_and_filters(ledger: Ledger) -> None:
     ids = [(await ledger.accept(new((f"+88691234567{i}",)), NOW + i)).message.id for i in range(5)]
     page = await ledger.list_messages(None, None, 2, None)
     assert [m.id for m in page] == ids[::-1][:2]
     page2 = await ledger.list_messages(None, None, 2, page[-1].id)
     assert [m.id for m in page2] == ids[::-1][2:4]
+    page3 = await ledger.list_messages(None, None, 2, page2[-1].id)
+    assert [m.id for m in page3] == ids[:1]
     assert [m.id for m in await ledger.list_messages(None, NOW + 3, 10, None)] == ids[::-1][:2]
+    assert [m.id for m in await ledger.list_messages(None, NOW + 3.0005, 10, None)] == ids[4:]
     rid = page[0].recipients[0].id
     await ledger.claim([Claim(rid, "goip", "hq", "G1")], NOW)
     # dispatching is shown as submitted
     assert [m.id for m in await ledger.list_messages(State.SUBMITTED, None, 10, None)] == [
         page[0].id
     ]
+    assert len(await ledger.list_messages(State.QUEUED, None, 10, None)) == 4
+    assert await ledger.list_messages(State.DELIVERED, None, 10, None) == []
 
 
-async def test_future_schema_version_is_refused(tmp_path: Path) -> None:
+async def test_list_messages_since_a_fraction_of_a_millisecond(ledger: Ledger) -> None:
+    at = NOW + 0.0004
+    message = (await ledger.accept(new(), at)).message
+    assert [m.id for m in await ledger.list_messages(None, at, 10, None)] == [message.id]
+    assert await ledger.list_messages(None, at + 0.0001, 10, None) == []
+
+
+def test_message_ids_sort_by_time() -> None:
+    ids = [new_message_id(NOW + i / 1000) for i in range(50)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 50
+    assert all(MESSAGE_ID.match(i) for i in ids)
+
+
+# --- SQLite only -------------------------------------------------------------------------------
+
+
+def schema_versions(path: Path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT version FROM schema_version ORDER BY 1")]
+    finally:
+        conn.close()
+
+
+async def test_sqlite_fresh_database_gets_every_migration_and_reopening_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "new" / "dir" / "goipd.db"
+    store = SqliteLedger(path)
+    await store.open()
+    message = (await store.accept(new(), NOW)).message
+    await store.close()
+    assert stat_mode(path.parent) == 0o700
+    assert schema_versions(path) == list(range(1, LATEST + 1))
+    store = SqliteLedger(path)
+    await store.open()
+    assert await store.get_message(message.id) == message
+    await store.close()
+    assert schema_versions(path) == list(range(1, LATEST + 1))
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+async def test_sqlite_upgrade_from_schema_1_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute(
+        "INSERT INTO messages (id, created_at, text, segments, encoding) "
+        "VALUES ('01JAAAAAAAAAAAAAAAAAAAAAAA', ?, 'hi', 1, 'GSM-7')",
+        (NOW,),
+    )
+    conn.execute(
+        "INSERT INTO recipients (message_id, number, state, next_attempt_at, server, task_id,"
+        " text_hash, created_at, updated_at) VALUES ('01JAAAAAAAAAAAAAAAAAAAAAAA',"
+        " '+886912345678', 'submitted', ?, 'hq', '41', 'h', ?, ?)",
+        (NOW, NOW, NOW),
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteLedger(path)
+    await store.open()
+    try:
+        found = await store.find_by_task("hq", "41", "886912345678")
+        assert found is not None and found.message_id == "01JAAAAAAAAAAAAAAAAAAAAAAA"
+        assert await store.max_task_id("hq") == 41
+    finally:
+        await store.close()
+    assert schema_versions(path) == list(range(1, LATEST + 1))
+    conn = sqlite3.connect(path)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    conn.close()
+    assert {"recipients_upstream", "recipients_task", "recipients_task_max"} <= indexes
+
+
+async def test_sqlite_future_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "goipd.db"
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -275,28 +718,253 @@ async def test_future_schema_version_is_refused(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = SqliteLedger(path)
-    with pytest.raises(LedgerError, match="schema version 99 is newer than this goipd supports"):
+    with pytest.raises(
+        LedgerError,
+        match=rf"ledger schema version 99 is newer than this goipd supports \({LATEST}\)",
+    ):
+        await store.open()
+    await store.close()  # nothing to release, and no error
+    assert schema_versions(path) == [99]
+
+
+async def test_sqlite_unusable_path_is_a_ledger_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    store = SqliteLedger(tmp_path / "file" / "goipd.db")
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        await store.open()
+    (tmp_path / "garbage.db").write_bytes(b"this is not an SQLite database" * 100)
+    store = SqliteLedger(tmp_path / "garbage.db")
+    with pytest.raises(LedgerError, match="cannot open ledger"):
         await store.open()
 
 
-async def test_write_errors_become_ledger_errors_and_the_ledger_recovers(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "goipd.db")
-    await ledger.open()
-    # Root ignores file permissions, so make the writer connection itself refuse writes: the
-    # same sqlite3.OperationalError path as a read-only or full disk.
-    assert ledger._writer is not None
+async def test_sqlite_group_commit_uses_fewer_transactions_than_callers(tmp_path: Path) -> None:
+    store = SqliteLedger(tmp_path / "goipd.db")
+    await store.open()
+    try:
+        before = store.commits
+        await asyncio.gather(
+            *(store.accept(new((f"+8869123{i:05d}",)), NOW) for i in range(200)),
+            *(store.add_inbound("hq", "G1", "10086", None, "x", "", NOW) for _ in range(50)),
+        )
+        assert 1 <= store.commits - before <= 10
+    finally:
+        await store.close()
+
+
+async def test_sqlite_write_errors_become_ledger_errors_and_the_ledger_recovers(
+    tmp_path: Path,
+) -> None:
+    store = SqliteLedger(tmp_path / "goipd.db")
+    await store.open()
+    # Works without privileges: the writer connection itself refuses writes, the same
+    # sqlite3.OperationalError path as a read-only file (see the chattr test for the real one).
+    writer, pool = store._writer, store._writer_pool
+    assert writer is not None and pool is not None
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(ledger._writer_pool, ledger._writer.execute, "PRAGMA query_only=ON")
-    with pytest.raises(LedgerError, match=r"readonly|read-only|query_only|attempt to write"):
-        await ledger.accept(new(), NOW)
-    await loop.run_in_executor(ledger._writer_pool, ledger._writer.execute, "PRAGMA query_only=OFF")
-    assert (await ledger.accept(new(), NOW)).created
-    assert (await ledger.counts())[State.QUEUED] == 1
-    await ledger.close()
+    await loop.run_in_executor(pool, writer.execute, "PRAGMA query_only=ON")
+    results = await asyncio.gather(
+        *(store.accept(new((f"+8869123{i:05d}",), text="secret"), NOW) for i in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, LedgerError) for r in results)
+    assert "readonly" in str(results[0])
+    assert "secret" not in str(results[0]) and "+886" not in str(results[0])
+    await loop.run_in_executor(pool, writer.execute, "PRAGMA query_only=OFF")
+    assert (await store.accept(new(), NOW)).created
+    assert (await store.counts())[State.QUEUED] == 1
+    await store.close()
 
 
-def test_message_ids_sort_by_time() -> None:
-    ids = [new_message_id(NOW + i / 1000) for i in range(50)]
-    assert ids == sorted(ids)
-    assert len(set(ids)) == 50
-    assert all(len(i) == 26 for i in ids)
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[bool], None]]:
+    """chattr +i: even root cannot write the file, through descriptors already open too."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("needs root on Linux for chattr")
+    probe = tmp_path / "probe"
+    probe.touch()
+    if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
+        pytest.skip("chattr +i not supported here")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    files: list[Path] = []
+
+    def set_immutable(on: bool) -> None:
+        for path in files:
+            if path.exists():
+                subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+    db = tmp_path / "goipd.db"
+    # Not the -shm file: SQLite writes it through mmap, and an immutable mapping is SIGBUS.
+    files.extend([db, Path(f"{db}-wal")])
+    try:
+        yield set_immutable
+    finally:
+        set_immutable(False)  # or pytest cannot remove tmp_path
+
+
+async def test_sqlite_read_only_file_fails_writes_and_recovers(
+    tmp_path: Path, immutable: Callable[[bool], None]
+) -> None:
+    store = SqliteLedger(tmp_path / "goipd.db")
+    await store.open()
+    try:
+        kept = (await store.accept(new(), NOW)).message
+        immutable(True)
+        big = tuple(f"+8869{i:08d}" for i in range(2000))
+        with pytest.raises(LedgerError) as caught:
+            await store.accept(new(big, text="private words"), NOW)
+        assert "private" not in str(caught.value) and "+8869" not in str(caught.value)
+        assert await store.get_message(kept.id) == kept  # reads still work
+        immutable(False)
+        assert (await store.accept(new(), NOW)).created
+        assert (await store.counts())[State.QUEUED] == 2
+    finally:
+        immutable(False)
+        await store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs: a disk that really fills up."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("needs root on Linux to mount a tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 16, 1 << 12, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+
+
+async def test_sqlite_full_disk_fails_the_batch_and_recovers_when_space_returns(
+    small_disk: Path,
+) -> None:
+    store = SqliteLedger(small_disk / "state" / "goipd.db")
+    await store.open()
+    try:
+        kept = (await store.accept(new(), NOW)).message
+        fill(small_disk / "filler")
+        big = tuple(f"+8869{i:08d}" for i in range(3000))
+        with pytest.raises(LedgerError, match="full") as caught:
+            await store.accept(new(big, text="private words"), NOW)
+        assert "private" not in str(caught.value) and "+8869" not in str(caught.value)
+        assert await store.get_message(kept.id) == kept
+        (small_disk / "filler").unlink()
+        again = await store.accept(new(big), NOW)
+        assert again.created and len(again.message.recipients) == 3000
+        assert (await store.counts())[State.QUEUED] == 3001
+    finally:
+        await store.close()
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    from goipd.ledger.base import NewMessage
+    from goipd.ledger.sqlite import SqliteLedger
+
+    async def main() -> None:
+        ledger = SqliteLedger(Path(sys.argv[1]))
+        await ledger.open()
+
+        async def client(c: int) -> None:
+            for i in range(10**9):
+                message = NewMessage(
+                    text=f"crash {c} {i}", recipients=(f"+88690{c:02d}{i:05d}",),
+                    segments=1, encoding="GSM-7", idempotency_key=f"{c}-{i}",
+                )
+                result = await ledger.accept(message, time.time())
+                # Printed only once accept has returned: the 202 moment.
+                sys.stdout.write(f"ACCEPTED {result.message.id}\\n")
+                sys.stdout.flush()
+
+        await asyncio.gather(*(client(c) for c in range(16)))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_sqlite_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
+    path = tmp_path / "goipd.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=REPO,
+        text=True,
+    )
+    assert child.stdout is not None
+    accepted: list[str] = []
+    try:
+        while len(accepted) < 400:
+            line = child.stdout.readline()
+            if not line:
+                raise AssertionError(f"child exited early with {child.wait()}")
+            if line.startswith("ACCEPTED "):
+                accepted.append(line.split()[1])
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # What was printed before the kill but not yet read counts too.
+        for line in child.stdout.read().splitlines():
+            if line.startswith("ACCEPTED ") and len(line.split()) == 2:
+                accepted.append(line.split()[1])
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+
+    async def check() -> int:
+        store = SqliteLedger(path)
+        await store.open()
+        try:
+            for message_id in accepted:
+                message = await store.get_message(message_id)
+                assert message is not None, "an accepted message was lost"
+                assert message.recipients[0].state is State.QUEUED
+            return sum((await store.counts()).values())
+        finally:
+            await store.close()
+
+    stored = asyncio.run(check())
+    assert stored >= len(accepted) >= 400
+
+
+async def test_a_crashing_write_does_not_stop_the_committer(ledger: Ledger) -> None:
+    def boom(_conn: object) -> None:
+        raise RuntimeError("bug in a write")
+
+    committer = ledger._committer
+    # SQLite isolates each item and hands the caller its own error; either way the caller
+    # fails and, the point of this test, later writes still go through.
+    with pytest.raises((LedgerError, RuntimeError)):
+        await committer.submit(boom if isinstance(ledger, SqliteLedger) else _async_boom)
+    assert (await asyncio.wait_for(ledger.accept(new(), NOW), 10)).created
+
+
+async def _async_boom(_conn: object) -> None:
+    raise RuntimeError("bug in a write")

@@ -67,6 +67,11 @@ class GroupCommitter(Generic[Op]):
                 error = LedgerError(self._describe(exc))
                 log.error("ledger_commit_failed", reason=str(error), writes=len(batch))
                 results = [error] * len(batch)
+            except Exception:
+                # A bug in one caller's work must not end this loop: every later write would
+                # wait forever. The batch fails; the loop goes on.
+                log.exception("ledger_commit_crashed", writes=len(batch))
+                results = [LedgerError("internal error in the ledger")] * len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     if isinstance(result, BaseException):

@@ -3,17 +3,21 @@
 All writes go through one writer thread and are group-committed: whatever callers queued while
 the previous transaction was being written is executed as one transaction and made durable
 with one fsync, then every caller is answered. Each caller's work runs inside its own
-SAVEPOINT, so one failing item fails only its caller. Reads use a second connection in another
-thread: WAL lets them run while the writer commits.
+SAVEPOINT, so one failing item fails only its caller; accepts queued together are inserted
+with one `executemany` per table and fall back to one savepoint each only if that fails.
+Reads use a second connection in another thread: WAL lets them run while the writer commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +38,7 @@ from goipd.ledger.base import (
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.migrations import migrate
 from goipd.ledger.rows import (
+    CROCKFORD,
     MESSAGE_COLUMNS,
     PENDING,
     RECIPIENT_COLUMNS,
@@ -44,67 +49,174 @@ from goipd.ledger.rows import (
 )
 from goipd.ledger.rules import transition
 
+__all__ = ["SqliteLedger", "new_message_id"]
+
 log = structlog.get_logger("goipd.ledger")
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
+# Errors that concern one caller's statement (a constraint, a bad binding): that caller fails,
+# the rest of the batch commits. Any other sqlite3.Error (disk full, read-only, I/O, corrupt)
+# means the transaction as a whole cannot be trusted, so the batch fails.
+ITEM_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+)
+BACKSTOP_CHECKPOINT_PAGES = 10_000
+"""The writer checkpoints itself only past ~40 MB of WAL; normally the reader thread does it
+(see `_maybe_checkpoint`), off the path of the next commit."""
+CHECKPOINT_EVERY_COMMITS = 64
+CHECKPOINT_EVERY_SECONDS = 1.0
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+WRITER_CACHE_KIB = 32 * 1024
+MAX_ID_TIME = 2**48 / 1000
+"""Message ids hold 48 bits of milliseconds."""
+VARIABLES_PER_QUERY = 500
+"""Bound on `IN (?, ...)` lists, well under SQLite's limit on host parameters."""
 
-def _connect(path: Path) -> sqlite3.Connection:
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, created_at, text, segments, encoding, route, idempotency_key,"
+    " send_at, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_RECIPIENT = (
+    "INSERT INTO recipients (id, message_id, number, state, attempts, next_attempt_at,"
+    " excluded_lines, text_hash, created_at, updated_at)"
+    " VALUES (?, ?, ?, 'queued', 0, ?, '[]', ?, ?, ?)"
+)
+
+
+def _connect(path: Path, *, reader: bool) -> sqlite3.Connection:
+    # Autocommit mode: transactions are begun and ended explicitly, never implicitly.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk (WAL fsync'd) before it returns, so a 202 survives power loss.
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            # Without WAL, readers block the writer and a commit is not one sequential append.
+            raise sqlite3.OperationalError(f"journal mode {mode} instead of wal")
+        # FULL: a commit is on disk (WAL fsync'd) before it returns, so a 202 survives power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        if reader:
+            conn.execute("PRAGMA query_only=ON")
+        else:
+            # Accepts insert into indexes at random places (idempotency keys, numbers): keep
+            # those pages in memory rather than read them back from the file.
+            conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-def _short(exc: BaseException) -> str:
-    """An error for operators: the SQLite reason, never SQL or data."""
-    text = str(exc).split("\n")[0]
-    return text[:120] if isinstance(exc, sqlite3.Error) else exc.__class__.__name__
+def _fsync_directory(path: Path) -> None:
+    """Make the database's directory entry durable: SQLite syncs the directory for its WAL,
+    not for the database file, which a power cut right after creating it could lose."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; nothing better to do there
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error for operators: SQLite's own words, never SQL or data."""
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).split("\n")[0][:120]
+        name = getattr(exc, "sqlite_errorname", None)
+        return f"{name}: {text}" if name else text
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return exc.__class__.__name__
+
+
+def _id_floor(since: float) -> str:
+    """The smallest message id made at or after `since`: ids start with their creation time
+    in milliseconds, so this turns a time filter into a range of the primary key."""
+    value = int(since * 1000) << 80
+    chars = []
+    for _ in range(26):
+        chars.append(CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
 
 
 class SqliteLedger:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-read")
+        self._writer_pool: ThreadPoolExecutor | None = None
+        self._reader_pool: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter[Op] = GroupCommitter(
-            self._run_batch_in_thread, (sqlite3.Error, OSError), _short
+            self._run_batch_in_thread, (sqlite3.Error, OSError), _reason
         )
+        self._checkpoint: Future[None] | None = None
+        self._commits_at_checkpoint = 0
+        self._checkpointed_at = 0.0
 
     # --- life cycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
+        if self._writer is not None:
+            return
         loop = asyncio.get_running_loop()
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-read")
         try:
-            await loop.run_in_executor(self._writer_pool, self._open_writer)
-            self._reader = await loop.run_in_executor(self._reader_pool, _connect, self.path)
-        except (sqlite3.Error, OSError) as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {_short(exc)}") from None
+            self._writer = await loop.run_in_executor(self._writer_pool, self._open_writer)
+            self._reader = await loop.run_in_executor(
+                self._reader_pool, lambda: _connect(self.path, reader=True)
+            )
+        except BaseException as exc:
+            await self._close_connections()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise LedgerError(f"cannot open ledger {self.path}: {_reason(exc)}") from None
+            raise
+        self._checkpointed_at = time.monotonic()
         self._committer.start()
 
-    def _open_writer(self) -> None:
+    def _open_writer(self) -> sqlite3.Connection:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        conn = _connect(self.path)
-        version = migrate(conn)
+        conn = _connect(self.path, reader=False)
+        try:
+            version = migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        # The directory may have just been created too: its own entry must last as well.
+        _fsync_directory(self.path.parent)
+        _fsync_directory(self.path.parent.parent)
         log.info("ledger_opened", path=str(self.path), schema_version=version)
-        self._writer = conn
+        return conn
 
     async def close(self) -> None:
+        """Finish the writes already queued, then release both connections and threads."""
         await self._committer.close()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self._checkpoint is not None:
+            await asyncio.wrap_future(self._checkpoint)
+            self._checkpoint = None
         loop = asyncio.get_running_loop()
-        if self._writer is not None:
-            await loop.run_in_executor(self._writer_pool, self._writer.close)
-            self._writer = None
-        if self._reader is not None:
-            await loop.run_in_executor(self._reader_pool, self._reader.close)
-            self._reader = None
-        self._writer_pool.shutdown(wait=True)
-        self._reader_pool.shutdown(wait=True)
+        for conn, pool in ((self._reader, self._reader_pool), (self._writer, self._writer_pool)):
+            if conn is not None and pool is not None:
+                await loop.run_in_executor(pool, conn.close)
+        self._reader = self._writer = None
+        for pool in (self._writer_pool, self._reader_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._writer_pool = self._reader_pool = None
 
     # --- group commit ------------------------------------------------------------------------
 
@@ -118,44 +230,74 @@ class SqliteLedger:
         return result
 
     async def _run_batch_in_thread(self, ops: list[Op]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_pool, self._run_batch, ops)
+        pool = self._writer_pool
+        if pool is None:
+            raise sqlite3.OperationalError("ledger is closed")
+        results = await asyncio.get_running_loop().run_in_executor(pool, self._run_batch, ops)
+        self._maybe_checkpoint()
+        return results
 
     def _run_batch(self, ops: list[Op]) -> list[Any]:
         conn = self._writer
-        assert conn is not None
-        results: list[Any] = []
+        if conn is None:
+            raise sqlite3.OperationalError("ledger is closed")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # left over when a failed batch could not roll back
         conn.execute("BEGIN IMMEDIATE")
         try:
+            results: list[Any] = []
+            accepts: list[_Accept] = []
             for op in ops:
-                conn.execute("SAVEPOINT item")
-                try:
-                    results.append(op(conn))
-                except sqlite3.IntegrityError as exc:
-                    conn.execute("ROLLBACK TO item")
-                    results.append(LedgerError(_short(exc)))
-                finally:
-                    conn.execute("RELEASE item")
+                if isinstance(op, _Accept):
+                    accepts.append(op)
+                    continue
+                if accepts:
+                    results.extend(_accept_together(conn, accepts))
+                    accepts = []
+                results.append(_run_one(conn, op))
+            if accepts:
+                results.extend(_accept_together(conn, accepts))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:
+                    log.error("ledger_rollback_failed", reason=_reason(exc))
             raise
         return results
 
+    def _maybe_checkpoint(self) -> None:
+        """Copy the WAL into the database from the reader's thread, so the fsync of the
+        database file does not hold up the next group commit."""
+        if self._checkpoint is not None and not self._checkpoint.done():
+            return
+        commits = self.commits + 1  # the committer counts this batch once it has the results
+        if commits - self._commits_at_checkpoint < CHECKPOINT_EVERY_COMMITS and (
+            time.monotonic() - self._checkpointed_at < CHECKPOINT_EVERY_SECONDS
+        ):
+            return
+        pool, conn = self._reader_pool, self._reader
+        if pool is None or conn is None:
+            return
+        self._commits_at_checkpoint = commits
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint = pool.submit(_checkpoint, conn)
+
     async def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._reader
-        if conn is None:
+        conn, pool = self._reader, self._reader_pool
+        if conn is None or pool is None:
             raise LedgerError("ledger is not open")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._reader_pool, op, conn)
+            return await asyncio.get_running_loop().run_in_executor(pool, _snapshot, conn, op)
         except sqlite3.Error as exc:
-            raise LedgerError(_short(exc)) from None
+            raise LedgerError(_reason(exc)) from None
 
     # --- messages ----------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
-        return await self._write(lambda conn: _accept(conn, message, now))
+        result: AcceptResult = await self._committer.submit(_Accept(message, now))
+        return result
 
     async def get_message(self, message_id: str) -> Message | None:
         def op(conn: sqlite3.Connection) -> Message | None:
@@ -176,6 +318,9 @@ class SqliteLedger:
             if since is not None:
                 clauses.append("m.created_at >= ?")
                 params.append(since)
+                if 0 < since < MAX_ID_TIME:
+                    clauses.append("m.id >= ?")
+                    params.append(_id_floor(since))
             if state is not None:
                 states = [state.value]
                 if state is State.SUBMITTED:
@@ -203,7 +348,8 @@ class SqliteLedger:
         def op(conn: sqlite3.Connection) -> str | None:
             row = conn.execute(
                 "SELECT message_id FROM recipients WHERE number = ? AND text_hash = ? "
-                "AND created_at >= ? AND state NOT IN ('cancelled', 'failed') LIMIT 1",
+                "AND created_at >= ? AND state NOT IN ('cancelled', 'failed') "
+                "ORDER BY created_at DESC LIMIT 1",
                 (number, digest, since),
             ).fetchone()
             return row[0] if row else None
@@ -240,6 +386,7 @@ class SqliteLedger:
         def op(conn: sqlite3.Connection) -> list[int]:
             claimed = []
             for claim in claims:
+                # A task id left from an earlier attempt must not match reports for this one.
                 cursor = conn.execute(
                     "UPDATE recipients SET state = 'dispatching', route = ?, server = ?, line = ?,"
                     " attempts = attempts + 1, task_id = NULL, upstream_id = NULL,"
@@ -256,12 +403,13 @@ class SqliteLedger:
         await self._write(lambda conn: _record(conn, outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
+        # The SMS Server echoes the number with or without the leading "+".
         plus = number if number.startswith("+") else f"+{number}"
 
         def op(conn: sqlite3.Connection) -> Recipient | None:
             row = conn.execute(
                 f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = ? "
-                "AND task_id = ? AND number IN (?, ?) LIMIT 1",
+                "AND task_id = ? AND number IN (?, ?) ORDER BY id DESC LIMIT 1",
                 (server, task_id, number, plus),
             ).fetchone()
             return recipient_from_row(row) if row else None
@@ -286,7 +434,7 @@ class SqliteLedger:
                 recipient_from_row(row)
                 for row in conn.execute(
                     f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = ? "
-                    "AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                    "AND updated_at < ? ORDER BY updated_at, id LIMIT ?",
                     (state.value, older_than, limit),
                 )
             ]
@@ -294,6 +442,7 @@ class SqliteLedger:
 
     async def max_task_id(self, server: str) -> int | None:
         def op(conn: sqlite3.Connection) -> int | None:
+            # Same expression and condition as the recipients_task_max index.
             row = conn.execute(
                 "SELECT MAX(CAST(task_id AS INTEGER)) FROM recipients "
                 "WHERE server = ? AND task_id IS NOT NULL",
@@ -316,6 +465,8 @@ class SqliteLedger:
 
     async def oldest_pending(self, now: float) -> float | None:
         def op(conn: sqlite3.Connection) -> float | None:
+            # A scheduled recipient waiting for its time is not backlog; one waiting for a
+            # retry is.
             row = conn.execute(
                 "SELECT MIN(created_at) FROM recipients WHERE state IN (?, ?, ?) "
                 "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > ?)",
@@ -344,7 +495,8 @@ class SqliteLedger:
                 " upstream_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (source, line, from_number, to_number, content, now, upstream_time),
             )
-            inbound_id = int(cursor.lastrowid or 0)
+            inbound_id = cursor.lastrowid
+            assert inbound_id is not None
             conn.executemany(
                 "INSERT INTO outbox (inbound_id, url, attempts, next_at, done) "
                 "VALUES (?, ?, 0, ?, 0)",
@@ -355,12 +507,18 @@ class SqliteLedger:
         return await self._write(op)
 
     async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]:
+        columns = "id, source, line, from_number, to_number, content, received_at, upstream_time"
+
         def op(conn: sqlite3.Connection) -> list[InboundRecord]:
-            rows = conn.execute(
-                "SELECT id, source, line, from_number, to_number, content, received_at, "
-                "upstream_time FROM inbound WHERE id < ? ORDER BY id DESC LIMIT ?",
-                (before_id if before_id is not None else 2**62, limit),
-            )
+            if before_id is None:
+                rows = conn.execute(
+                    f"SELECT {columns} FROM inbound ORDER BY id DESC LIMIT ?", (limit,)
+                )
+            else:
+                rows = conn.execute(
+                    f"SELECT {columns} FROM inbound WHERE id < ? ORDER BY id DESC LIMIT ?",
+                    (before_id, limit),
+                )
             return [InboundRecord(*row) for row in rows]
 
         return await self._read(op)
@@ -371,7 +529,7 @@ class SqliteLedger:
                 "SELECT o.id, o.url, o.attempts, i.id, i.source, i.line, i.from_number, "
                 "i.to_number, i.content, i.received_at, i.upstream_time FROM outbox o "
                 "JOIN inbound i ON i.id = o.inbound_id WHERE o.done = 0 AND o.next_at <= ? "
-                "ORDER BY o.next_at LIMIT ?",
+                "ORDER BY o.next_at, o.id LIMIT ?",
                 (now, limit),
             )
             return [OutboxItem(row[0], InboundRecord(*row[3:]), row[1], row[2]) for row in rows]
@@ -382,113 +540,227 @@ class SqliteLedger:
         self, item_id: int, *, done: bool, retry_at: float | None, error: str | None, now: float
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            if done or retry_at is None:
+            # `done = 0` in each: a late second answer for a finished row changes nothing.
+            if done:
                 conn.execute(
-                    "UPDATE outbox SET done = 1, attempts = attempts + ?, last_error = ? "
-                    "WHERE id = ?",
-                    (0 if done else 1, error, item_id),
+                    "UPDATE outbox SET done = 1, last_error = ? WHERE id = ? AND done = 0",
+                    (error, item_id),
+                )
+            elif retry_at is None:
+                conn.execute(
+                    "UPDATE outbox SET done = 1, attempts = attempts + 1, last_error = ? "
+                    "WHERE id = ? AND done = 0",
+                    (error, item_id),
                 )
             else:
                 conn.execute(
                     "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? "
-                    "WHERE id = ?",
+                    "WHERE id = ? AND done = 0",
                     (retry_at, error, item_id),
                 )
 
         await self._write(op)
 
 
-# --- operations run inside the writer's transaction ---------------------------------------------
+# --- run in the reader's thread -----------------------------------------------------------------
 
 
-def _accept(conn: sqlite3.Connection, message: NewMessage, now: float) -> AcceptResult:
-    if message.idempotency_key is not None:
-        row = conn.execute(
-            "SELECT id FROM messages WHERE idempotency_key = ?", (message.idempotency_key,)
-        ).fetchone()
-        if row is not None:
-            return AcceptResult(_load_messages(conn, [row[0]])[0], created=False)
-    message_id = new_message_id(now)
-    conn.execute(
-        "INSERT INTO messages (id, created_at, text, segments, encoding, route, idempotency_key,"
-        " send_at, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            message_id,
-            now,
-            message.text,
-            message.segments,
-            message.encoding,
-            message.route,
-            message.idempotency_key,
-            message.send_at,
-            message.client,
-        ),
-    )
-    digest = text_hash(message.text)
-    start = message.send_at if message.send_at is not None else now
-    recipients = []
-    for number in message.recipients:
-        cursor = conn.execute(
-            "INSERT INTO recipients (message_id, number, state, attempts, next_attempt_at,"
-            " excluded_lines, text_hash, created_at, updated_at)"
-            " VALUES (?, ?, 'queued', 0, ?, '[]', ?, ?, ?)",
-            (message_id, number, start, digest, now, now),
+def _snapshot(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T]) -> T:
+    """One read transaction, so a message and its recipients come from the same commit."""
+    conn.execute("BEGIN")
+    try:
+        return op(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as exc:
+        # The writer's own checkpoint is the backstop; a failure here costs only WAL size.
+        log.warning("ledger_checkpoint_failed", reason=_reason(exc))
+
+
+# --- run inside the writer's transaction --------------------------------------------------------
+
+
+def _run_one(conn: sqlite3.Connection, op: Op) -> Any:
+    """`op` inside its own savepoint. Its failure is its caller's alone (returned, not raised)
+    unless it broke the transaction, which fails the whole batch."""
+    conn.execute("SAVEPOINT item")
+    try:
+        result = op(conn)
+    except ITEM_ERRORS as exc:
+        _undo(conn, "item")
+        log.warning("ledger_write_rejected", reason=_reason(exc))
+        return LedgerError(_reason(exc))
+    except sqlite3.Error:
+        raise
+    except Exception as exc:
+        # A bug in one caller's operation: that caller gets the real exception.
+        _undo(conn, "item")
+        return exc
+    conn.execute("RELEASE item")
+    return result
+
+
+def _undo(conn: sqlite3.Connection, savepoint: str) -> None:
+    if not conn.in_transaction:
+        # SQLite rolled back the whole transaction by itself: nothing of the batch survived.
+        raise sqlite3.OperationalError("transaction rolled back by SQLite")
+    conn.execute(f"ROLLBACK TO {savepoint}")
+    conn.execute(f"RELEASE {savepoint}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Accept:
+    """An accept waiting for the writer; callable like any other write for the one-by-one
+    fallback."""
+
+    message: NewMessage
+    now: float
+
+    def __call__(self, conn: sqlite3.Connection) -> AcceptResult:
+        return _insert_accepts(conn, [self])[0]
+
+
+def _accept_together(conn: sqlite3.Connection, accepts: list[_Accept]) -> list[Any]:
+    conn.execute("SAVEPOINT accepts")
+    try:
+        results: list[Any] = _insert_accepts(conn, accepts)
+    except sqlite3.Error as exc:
+        if not isinstance(exc, ITEM_ERRORS):
+            raise
+        _undo(conn, "accepts")
+        # Find out whose it was: one savepoint each, so only that caller fails.
+        return [_run_one(conn, accept) for accept in accepts]
+    except Exception:
+        _undo(conn, "accepts")
+        return [_run_one(conn, accept) for accept in accepts]
+    conn.execute("RELEASE accepts")
+    return results
+
+
+def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> list[AcceptResult]:
+    keys = list({a.message.idempotency_key for a in accepts} - {None})
+    stored: dict[str, str] = {}  # idempotency key → id of the message already in the ledger
+    for chunk in range(0, len(keys), VARIABLES_PER_QUERY):
+        part = keys[chunk : chunk + VARIABLES_PER_QUERY]
+        stored.update(
+            conn.execute(
+                "SELECT idempotency_key, id FROM messages WHERE idempotency_key IN "
+                f"({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
         )
-        recipients.append(
-            Recipient(
-                id=int(cursor.lastrowid or 0),
-                message_id=message_id,
-                number=number,
-                state=State.QUEUED,
-                attempts=0,
-                next_attempt_at=start,
-                route=None,
-                server=None,
-                line=None,
-                task_id=None,
-                upstream_id=None,
-                error_code=None,
-                error_meaning=None,
-                excluded_lines=(),
-                created_at=now,
-                updated_at=now,
-                submitted_at=None,
-                sent_at=None,
-                delivered_at=None,
+    # Ids are assigned here rather than by SQLite so that one executemany inserts them all;
+    # the write lock held since BEGIN IMMEDIATE makes MAX(id) safe.
+    next_id = int(conn.execute("SELECT IFNULL(MAX(id), 0) FROM recipients").fetchone()[0]) + 1
+    message_rows: list[tuple[Any, ...]] = []
+    recipient_rows: list[tuple[Any, ...]] = []
+    created: dict[str, Message] = {}  # key → message made earlier in this same batch
+    outcome: list[Message | str] = []  # a new message, or the id of an earlier one
+    for accept in accepts:
+        new, now, key = accept.message, accept.now, accept.message.idempotency_key
+        if key is not None and key in stored:
+            outcome.append(stored[key])
+            continue
+        if key is not None and key in created:
+            outcome.append(created[key].id)
+            continue
+        message_id = new_message_id(now)
+        digest = text_hash(new.text)
+        start = new.send_at if new.send_at is not None else now
+        message_rows.append(
+            (
+                message_id,
+                now,
+                new.text,
+                new.segments,
+                new.encoding,
+                new.route,
+                key,
+                new.send_at,
+                new.client,
             )
         )
-    stored = Message(
-        id=message_id,
-        text=message.text,
-        segments=message.segments,
-        encoding=message.encoding,
-        route=message.route,
-        idempotency_key=message.idempotency_key,
-        send_at=message.send_at,
+        recipients = []
+        for number in new.recipients:
+            recipient_rows.append((next_id, message_id, number, start, digest, now, now))
+            recipients.append(_queued(next_id, message_id, number, start, now))
+            next_id += 1
+        message = Message(
+            id=message_id,
+            text=new.text,
+            segments=new.segments,
+            encoding=new.encoding,
+            route=new.route,
+            idempotency_key=key,
+            send_at=new.send_at,
+            created_at=now,
+            client=new.client,
+            recipients=tuple(recipients),
+        )
+        if key is not None:
+            created[key] = message
+        outcome.append(message)
+    conn.executemany(INSERT_MESSAGE, message_rows)
+    conn.executemany(INSERT_RECIPIENT, recipient_rows)
+    earlier = {m.id: m for m in created.values()}
+    missing = [o for o in outcome if isinstance(o, str) and o not in earlier]
+    earlier.update((m.id, m) for m in _load_messages(conn, missing))
+    return [
+        AcceptResult(o, created=True) if isinstance(o, Message) else AcceptResult(earlier[o], False)
+        for o in outcome
+    ]
+
+
+def _queued(recipient_id: int, message_id: str, number: str, start: float, now: float) -> Recipient:
+    return Recipient(
+        id=recipient_id,
+        message_id=message_id,
+        number=number,
+        state=State.QUEUED,
+        attempts=0,
+        next_attempt_at=start,
+        route=None,
+        server=None,
+        line=None,
+        task_id=None,
+        upstream_id=None,
+        error_code=None,
+        error_meaning=None,
+        excluded_lines=(),
         created_at=now,
-        client=message.client,
-        recipients=tuple(recipients),
+        updated_at=now,
+        submitted_at=None,
+        sent_at=None,
+        delivered_at=None,
     )
-    return AcceptResult(stored, created=True)
 
 
 def _load_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Message]:
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})",
-        tuple(ids),
-    ).fetchall()
-    by_message: dict[str, list[Recipient]] = {row[0]: [] for row in rows}
-    for row in conn.execute(
-        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN ({marks}) ORDER BY id",
-        tuple(ids),
-    ):
-        by_message[row[1]].append(recipient_from_row(row))
+    """The messages `ids` with their recipients, in the order of `ids` (unknown ids skipped)."""
+    ids = list(dict.fromkeys(ids))
+    rows: list[Any] = []
+    by_message: dict[str, list[Recipient]] = {}
+    for chunk in range(0, len(ids), VARIABLES_PER_QUERY):
+        part = ids[chunk : chunk + VARIABLES_PER_QUERY]
+        marks = ",".join("?" * len(part))
+        found = conn.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", part
+        ).fetchall()
+        rows.extend(found)
+        by_message.update((row[0], []) for row in found)
+        for row in conn.execute(
+            f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN ({marks}) ORDER BY id",
+            part,
+        ):
+            by_message[row[1]].append(recipient_from_row(row))
     order = {message_id: index for index, message_id in enumerate(ids)}
-    messages = [message_from_row(row, by_message[row[0]]) for row in rows]
-    return sorted(messages, key=lambda m: order[m.id])
+    rows.sort(key=lambda row: order[row[0]])
+    return [message_from_row(row, by_message[row[0]]) for row in rows]
 
 
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> None:
@@ -497,19 +769,19 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
             "SELECT state, excluded_lines FROM recipients WHERE id = ?", (outcome.recipient_id,)
         ).fetchone()
         if row is None:
-            continue
+            continue  # a report for a recipient this ledger never had: nothing to apply
         sets = transition(State(row[0]), json.loads(row[1]), outcome, now)
         if sets is None:
             continue
         if "excluded_lines" in sets:
             sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
-        assignments = ", ".join(f"{name} = ?" for name in sets)
+        assignments = [f"{name} = ?" for name in sets]
+        values = list(sets.values())
+        if "delivered_at" in sets:
+            # A receipt may come before the "succeeded" report: delivered implies sent.
+            assignments.append("sent_at = COALESCE(sent_at, ?)")
+            values.append(now)
         conn.execute(
-            f"UPDATE recipients SET {assignments} WHERE id = ?",
-            (*sets.values(), outcome.recipient_id),
+            f"UPDATE recipients SET {', '.join(assignments)} WHERE id = ?",
+            (*values, outcome.recipient_id),
         )
-        if outcome.state is State.DELIVERED:
-            conn.execute(
-                "UPDATE recipients SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
-                (now, outcome.recipient_id),
-            )
