@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck unit tools clean
+.PHONY: install demo test lint typecheck unit tools bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,8 @@ tools:
 	pg_isready -h 127.0.0.1 -p 5432 -t 30
 
 lint: $(STAMP)
-	$(BIN)/ruff check goipd tests
-	$(BIN)/ruff format --check goipd tests
+	$(BIN)/ruff check goipd tests bench
+	$(BIN)/ruff format --check goipd tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy goipd
@@ -39,6 +39,10 @@ unit: $(STAMP) tools
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Performance, measured against baselines in the same run; results in bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache var

@@ -1,0 +1,207 @@
+"""2. Push ingestion: `succeeded` reports for existing sub-tasks at saturation, vs a baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import (
+    API_TOKEN,
+    HOST,
+    Proc,
+    cpu_seconds,
+    goipd_config,
+    hook_token,
+    sim_server_names,
+    start_goipd,
+    start_json_server,
+    state_counts,
+)
+from bench.harness import Ctx, baseline_run, loadgen, ms, pct, rate, ratio
+from bench.results import Row, ScenarioResult
+
+TARGET_RATIO = 0.6
+SUBMITTED = ("submitted", "sent", "delivered")
+
+
+async def start_simulator(ctx: Ctx, servers: int, lines: int) -> Proc:
+    args = ["--servers", str(servers), "--lines-per-server", str(lines), "--send-delay", "0"]
+    return await start_json_server(
+        "simulator", "bench.simulator", args, ctx.cores.clients, ctx.workdir
+    )
+
+
+async def wait_states(
+    db: Path, done: Callable[[dict[str, int]], bool], timeout: float, every: float = 0.25
+) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = state_counts(db)
+        if done(counts):
+            return counts
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ledger did not get there within {timeout:.0f}s: {counts}")
+        await asyncio.sleep(every)
+
+
+async def submitted_fleet(
+    ctx: Ctx, servers: int, lines: int, recipients: int, db: Path, per_message: int = 100
+) -> tuple[Proc, Proc]:
+    """A simulator and a goipd polling it, with `recipients` sent and `submitted` (the simulator
+    pushes nothing: it has no push URL)."""
+    sim = await start_simulator(ctx, servers, lines)
+    config = goipd_config(
+        db,
+        sim_port=sim.port,
+        servers=servers,
+        poll_interval="1s" if ctx.params.quick else "10s",
+        timeout="500ms" if ctx.params.quick else "5s",
+        routing={"line_rate_per_minute": 600},
+    )
+    config["reconcile"] = {"interval": "1m", "query_after": "1h", "report_deadline": "2h"}
+    try:
+        goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
+    except BaseException:
+        await sim.stop()
+        raise
+    messages = -(-recipients // per_message)
+    spec = {
+        "port": goipd.port,
+        "connections": 8,
+        "max_requests": messages,
+        "source": {
+            "kind": "messages",
+            "base": 50_000_000,
+            "recipients": per_message,
+            "tag": "push-setup",
+            "token": API_TOKEN,
+        },
+    }
+    posted = await loadgen(ctx, "load-setup", spec)
+    if posted["total_ok"] != messages:
+        raise RuntimeError(f"setup messages refused: {posted}")
+    total = messages * per_message
+    await wait_states(db, lambda c: sum(c.get(s, 0) for s in SUBMITTED) >= total, timeout=300)
+    return sim, goipd
+
+
+async def push_reports(sim: Proc, servers: int) -> list[dict[str, Any]]:
+    """One `succeeded` push per sub-task the simulator holds, servers interleaved, exactly as
+    the simulator itself would push them (goipd.sim.goip.SubTask.report)."""
+    per_server: list[list[dict[str, Any]]] = []
+    async with aiohttp.ClientSession() as session:
+        for name in sim_server_names(servers):
+            url = f"http://{HOST}:{sim.port}/_control/servers/{name}/sent"
+            async with session.get(url) as resp:
+                sent = await resp.json()
+            path = f"/hooks/goip/{name}/status?token={hook_token(name)}"
+            per_server.append(
+                [
+                    {
+                        "path": path,
+                        "body": {
+                            "taskID": item["sub_task_id"],
+                            "goip_line": item["goip_line"],
+                            "send": "succeeded",
+                        },
+                    }
+                    for item in sent
+                ]
+            )
+    reports = [
+        item for group in itertools.zip_longest(*per_server) for item in group if item is not None
+    ]
+    return reports
+
+
+async def run(ctx: Ctx) -> ScenarioResult:
+    p = ctx.params
+    result = ScenarioResult(2, "Push ingestion: POST /hooks/goip/{server}/status")
+    result.params = {
+        "reports": f"{p.push_reports:,} distinct sub-tasks, one `succeeded` report each",
+        "connections": str(p.push_connections),
+        "fleet": f"{p.push_servers} simulated SMS Servers x {p.push_lines} lines",
+        "cores": ctx.cores.describe(),
+    }
+    db = ctx.workdir / "push.db"
+    sim, goipd = await submitted_fleet(ctx, p.push_servers, p.push_lines, p.push_reports, db)
+    try:
+        reports = (await push_reports(sim, p.push_servers))[: p.push_reports]
+        reports_file = ctx.workdir / "reports.json"
+        reports_file.write_text(json.dumps(reports))
+
+        def spec(port: int) -> dict[str, Any]:
+            return {
+                "port": port,
+                "connections": p.push_connections,
+                "source": {"kind": "file", "path": str(reports_file)},
+            }
+
+        # goipd is idle meanwhile: everything it sent is submitted, and nothing is pushed.
+        before = await baseline_run(ctx, "baseline-2a", spec)
+        cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
+        async with ctx.profiling("s2-push", goipd.pid):
+            stats = await loadgen(ctx, "load-goipd", spec(goipd.port))
+        cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
+        counts = state_counts(db)
+    finally:
+        await goipd.stop()
+        await sim.stop()
+    after = await baseline_run(ctx, "baseline-2b", spec)
+
+    base_rps = (before["rps"] + after["rps"]) / 2
+    base_p50 = (before["p50_ms"] + after["p50_ms"]) / 2
+    base_p99 = (before["p99_ms"] + after["p99_ms"]) / 2
+    result.add(
+        Row(
+            "throughput",
+            rate(stats["rps"], "reports/s"),
+            rate(base_rps, "reports/s"),
+            ratio(stats["rps"], base_rps),
+            f">= {TARGET_RATIO:.2f}x baseline",
+            stats["rps"] >= TARGET_RATIO * base_rps,
+        )
+    )
+    result.add(
+        Row("latency p50", ms(stats["p50_ms"]), ms(base_p50), ratio(stats["p50_ms"], base_p50))
+    )
+    result.add(
+        Row("latency p99", ms(stats["p99_ms"]), ms(base_p99), ratio(stats["p99_ms"], base_p99))
+    )
+    applied = counts.get("sent", 0)
+    result.add(
+        Row(
+            "answered 200 / recipients now sent",
+            f"{stats['total_ok']}/{stats['total']} / {applied}",
+            target="every report applied",
+            met=stats["total_ok"] == stats["total"] == len(reports) == applied,
+        )
+    )
+    result.add(Row("goipd CPU (share of its one core)", pct(cpu)))
+    result.add(
+        Row(
+            "load generator CPU (its core)",
+            pct(stats["cpu"]),
+            pct((before["cpu"] + after["cpu"]) / 2),
+        )
+    )
+    result.notes.append(
+        f"Baseline (bench/baseline.py: parse the JSON, answer 200) before / after goipd: "
+        f"{rate(before['rps'], 'reports/s')} / {rate(after['rps'], 'reports/s')}, with the "
+        "same report bodies."
+    )
+    result.notes.append(
+        "Sub-tasks were created by sending through the simulator with push disabled (messages "
+        "of 100 recipients); the simulator's own record of each sub-task is replayed as its "
+        "push, so every report matches a recipient and moves it submitted -> sent."
+    )
+    for sample in stats["error_samples"]:
+        result.notes.append(f"goipd error sample: {sample}")
+    return result
