@@ -25,6 +25,8 @@ demo: $(STAMP)
 tools:
 	bash scripts/ensure-prometheus.sh
 	bash scripts/ensure-systemd.sh
+	bash scripts/ensure-alertmanager.sh
+	bash scripts/ensure-chromium.sh
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	pg_isready -h 127.0.0.1 -p 5432 -t 30
 

@@ -8,17 +8,8 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "ensure-systemd: systemd-analyze is missing; run as root to install Debian's systemd package" >&2
-    exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure-systemd: systemd-analyze is missing and there is no apt-get to install it" >&2
-    exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+. "$(dirname "$0")/apt-install.sh"
+apt_preflight "systemd-analyze is missing" systemd it
 # Installing the package in a container does not make systemd PID 1; it only adds the tools.
-apt-get install -y -qq --no-install-recommends systemd >/dev/null
+apt_install --no-install-recommends systemd
 command -v systemd-analyze >/dev/null
