@@ -260,3 +260,10 @@ def test_task_ids_are_ascii_digits_only() -> None:
         parse_sendsms('{"result":"ACCEPT","taskID":"²"}'.encode())
     with pytest.raises(ParseError, match="taskID must look like"):
         parse_status_push('{"taskID":"٣.136","send":"failed"}'.encode())
+
+
+@pytest.mark.parametrize("body", ["[" + "1" * 5000 + "]", "[" + "1" * 5000 + ",\n]"])
+def test_huge_numbers_are_a_parse_error(body: str) -> None:
+    # Python's int-size guard raises a plain ValueError: it must not escape the parser.
+    with pytest.raises(ParseError, match="number too long"):
+        loads_lenient(body)

@@ -11,32 +11,41 @@ ever listens on loopback) or, in-process, through the same methods on `SimFleet`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import random
 import re
-import socket
-import struct
 import time
 from collections import Counter, deque
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
-    Callable,
     Coroutine,
     Iterable,
     Mapping,
 )
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
-from enum import Enum
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 from aiohttp import web
+
+from goipd.sim.common import (
+    KEEP,
+    Background,
+    Fault,
+    Keep,
+    control_errors,
+    fault_mode,
+    fault_response,
+    http_url,
+    json_body,
+    opt_url,
+    seconds,
+    serve,
+    url_for_log,
+)
+from goipd.sim.common import SimError as SimError
 
 log = structlog.get_logger("goipd.sim")
 
@@ -81,19 +90,13 @@ SERVER_SPEC_KEYS: Final = frozenset(
 )
 
 
-class SimError(ValueError):
-    """A control request the simulator refuses (bad field, bad value); becomes HTTP 400."""
-
-
 class SimConflict(SimError):
     """The thing to add exists already; becomes HTTP 409."""
 
-
-class _Unset(Enum):
-    UNSET = "unset"
+    status = 409
 
 
-UNSET: Final = _Unset.UNSET
+UNSET: Final = KEEP
 
 
 # --- data model ---------------------------------------------------------------------------------
@@ -177,13 +180,6 @@ def _line_value(key: str, value: Any) -> Any:
 
 
 @dataclass
-class Fault:
-    mode: str = "none"
-    delay: float = 30.0
-    """Seconds the `timeout` and `slow` modes sit on a request before answering."""
-
-
-@dataclass
 class SubTask:
     task_id: str
     number: str
@@ -226,6 +222,8 @@ class SimServer:
     sent: list[dict[str, Any]] = field(default_factory=list, repr=False)
     """Every finished recipient send, in order: what tests assert duplicates against."""
     counters: Counter[str] = field(default_factory=Counter, repr=False)
+    polled_at: deque[float] = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
+    """When each querylines request arrived (Unix time): tests measure polling gaps with it."""
     next_task_id: int = 1000
     _queue: list[str] = field(default_factory=list, init=False, repr=False)
     """Round-robin order of line ids: the doc's "a line that sent goes to the back"."""
@@ -270,14 +268,14 @@ class SimServer:
             username=str(spec.get("username", "root")),
             password=spec["password"],
             lines=by_id,
-            status_push_url=_opt_url(spec.get("status_push_url"), "status_push_url"),
-            inbound_push_url=_opt_url(spec.get("inbound_push_url"), "inbound_push_url"),
-            send_delay=_seconds(spec.get("send_delay", 0.05), "send_delay"),
-            receipt_delay=_seconds(spec.get("receipt_delay", 0.05), "receipt_delay"),
+            status_push_url=opt_url(spec.get("status_push_url"), "status_push_url"),
+            inbound_push_url=opt_url(spec.get("inbound_push_url"), "inbound_push_url"),
+            send_delay=seconds(spec.get("send_delay", 0.05), "send_delay"),
+            receipt_delay=seconds(spec.get("receipt_delay", 0.05), "receipt_delay"),
             quirks=bool(spec.get("quirks", True)),
             drop_reports=bool(spec.get("drop_reports", False)),
             fault=Fault(
-                str(fault.get("mode", "none")), _seconds(fault.get("delay", 30.0), "fault.delay")
+                str(fault.get("mode", "none")), seconds(fault.get("delay", 30.0), "fault.delay")
             ),
         )
 
@@ -316,22 +314,23 @@ class SimServer:
         return line
 
     def set_fault(self, mode: str, delay: float | None = None) -> Fault:
-        if mode not in FAULT_MODES:
-            raise SimError(f"fault mode must be one of {list(FAULT_MODES)}")
-        self.fault = Fault(mode, self.fault.delay if delay is None else _seconds(delay, "delay"))
+        self.fault = Fault(
+            fault_mode(mode, FAULT_MODES),
+            self.fault.delay if delay is None else seconds(delay, "delay"),
+        )
         log.info("sim_fault_set", server=self.name, mode=mode, delay=self.fault.delay)
         return self.fault
 
     def set_push(
         self,
-        status_url: str | _Unset | None = UNSET,
-        inbound_url: str | _Unset | None = UNSET,
+        status_url: str | Keep | None = UNSET,
+        inbound_url: str | Keep | None = UNSET,
         drop_reports: bool | None = None,
     ) -> dict[str, Any]:
         if status_url is not UNSET:
-            self.status_push_url = _opt_url(status_url, "status_url")
+            self.status_push_url = opt_url(status_url, "status_url")
         if inbound_url is not UNSET:
-            self.inbound_push_url = _opt_url(inbound_url, "inbound_url")
+            self.inbound_push_url = opt_url(inbound_url, "inbound_url")
         if drop_reports is not None:
             self.drop_reports = drop_reports
         return self.push_state()
@@ -572,26 +571,6 @@ def _numbers(number: Any) -> list[str]:
     return list(dict.fromkeys(n.strip() for n in number.split(",") if n.strip()))
 
 
-def _seconds(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise SimError(f"{what} must be a number of seconds >= 0")
-    return float(value)
-
-
-def _opt_url(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
-        raise SimError(f"{what} must be an http(s) URL or null")
-    return value
-
-
-def _url_for_log(url: str) -> str:
-    # Push URLs carry the hook token in their query string: never log it.
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 # --- the fleet ----------------------------------------------------------------------------------
 
 
@@ -612,8 +591,7 @@ class SimFleet:
         self.push_attempts = max(1, push_attempts)
         self.push_backoff = push_backoff
         self.push_timeout = push_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = Background()
         self._churn: asyncio.Task[None] | None = None
         for server in servers:
             self.add_server(server)
@@ -628,7 +606,7 @@ class SimFleet:
         return cls(
             [SimServer.from_spec(item) for item in spec.get("servers") or []],
             seed=int(spec.get("seed", 7)) if seed is None else seed,
-            churn_interval=_seconds(spec.get("churn_interval", 0.0), "churn_interval"),
+            churn_interval=seconds(spec.get("churn_interval", 0.0), "churn_interval"),
         )
 
     def add_server(self, server: SimServer | Mapping[str, Any]) -> SimServer:
@@ -653,11 +631,7 @@ class SimFleet:
     # --- background work -------------------------------------------------------------------
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        # Held here because the loop keeps only weak references to tasks.
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+        return self._background.spawn(coro)
 
     async def push(
         self, server: SimServer, url: str | None, body: dict[str, str], kind: str
@@ -665,41 +639,33 @@ class SimFleet:
         """POST one JSON report; retry a few times, then drop it as a real server would."""
         if url is None:
             return "no_url"
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.push_timeout)
+        outcome, attempt = await self._background.push(
+            "POST",
+            url,
+            session_timeout=self.push_timeout,
+            attempts=self.push_attempts,
+            backoff=self.push_backoff,
+            data=json.dumps(body, ensure_ascii=False).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        if outcome == "ok":
+            server.counters[f"push_{kind}_ok"] += 1
+            log.info(
+                "report_pushed",
+                server=server.name,
+                kind=kind,
+                task=body.get("taskID"),
+                send=body.get("send"),
+                receipt=body.get("receipt") == "1",
+                attempt=attempt,
             )
-        data = json.dumps(body, ensure_ascii=False).encode()
-        outcome = "not_tried"
-        for attempt in range(1, self.push_attempts + 1):
-            try:
-                async with self._session.post(
-                    url, data=data, headers={"Content-Type": "application/json"}
-                ) as resp:
-                    await resp.read()
-                    if 200 <= resp.status < 300:
-                        server.counters[f"push_{kind}_ok"] += 1
-                        log.info(
-                            "report_pushed",
-                            server=server.name,
-                            kind=kind,
-                            task=body.get("taskID"),
-                            send=body.get("send"),
-                            receipt=body.get("receipt") == "1",
-                            attempt=attempt,
-                        )
-                        return "ok"
-                    outcome = f"http_{resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                outcome = f"error:{type(exc).__name__}"
-            if attempt < self.push_attempts:
-                await asyncio.sleep(self.push_backoff * 2 ** (attempt - 1))
+            return outcome
         server.counters[f"push_{kind}_failed"] += 1
         log.warning(
             "report_push_dropped",
             server=server.name,
             kind=kind,
-            url=_url_for_log(url),
+            url=url_for_log(url),
             task=body.get("taskID"),
             outcome=outcome,
             attempts=self.push_attempts,
@@ -745,34 +711,12 @@ class SimFleet:
 
     async def close(self) -> None:
         self.stop_churn()
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._background.close()
 
 
 # --- HTTP: the vendor API -----------------------------------------------------------------------
 
 FLEET_KEY: Final = web.AppKey("goipd_sim_fleet", SimFleet)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _abort(request: web.Request, rst: bool) -> None:
-    transport = request.transport
-    if transport is None:
-        return
-    if rst:
-        # SO_LINGER 0 makes close() send a TCP RST: "connection reset by peer" for the client.
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    else:
-        transport.close()
 
 
 async def goip_api(request: web.Request) -> web.StreamResponse:
@@ -782,17 +726,12 @@ async def goip_api(request: web.Request) -> web.StreamResponse:
     if server is None or api not in APIS:
         raise web.HTTPNotFound()
     server.counters[f"requests_{api}"] += 1
+    if api == "querylines":
+        server.polled_at.append(time.time())
     mode = server.fault.mode
-    if mode in ("reset", "down"):
-        _abort(request, rst=mode == "reset")
-        # Nothing reaches the client: aiohttp's write to the dead transport fails quietly.
-        raise web.HTTPServiceUnavailable()
-    if mode in ("timeout", "slow"):
-        await asyncio.sleep(server.fault.delay)
-    if mode == "http_500":
-        return web.Response(status=500, text="500 Internal Server Error", content_type="text/html")
-    if mode == "html":
-        return web.Response(text=HTML_ERROR_PAGE, content_type="text/html")
+    early = await fault_response(request, server.fault, html_page=HTML_ERROR_PAGE)
+    if early is not None:
+        return early
     try:
         body = json.loads(await request.read())
     except ValueError:
@@ -818,37 +757,6 @@ async def goip_api(request: web.Request) -> web.StreamResponse:
 # --- HTTP: the control API ----------------------------------------------------------------------
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-@web.middleware
-async def _control_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turns the model's exceptions into JSON errors, for /_control/ only."""
-    if not request.path.startswith("/_control/"):
-        response: web.StreamResponse = await handler(request)
-        return response
-    try:
-        response = await handler(request)
-    except LookupError as exc:
-        return _error(404, str(exc).strip("'\""))
-    except SimConflict as exc:
-        return _error(409, str(exc))
-    except SimError as exc:
-        return _error(400, str(exc))
-    return response
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError:
-        raise SimError("body must be JSON") from None
-    if not isinstance(body, dict):
-        raise SimError("body must be a JSON object")
-    return body
-
-
 def _server(request: web.Request) -> SimServer:
     return request.app[FLEET_KEY].server(request.match_info["server"])
 
@@ -858,7 +766,7 @@ async def control_servers(request: web.Request) -> web.Response:
 
 
 async def control_add_server(request: web.Request) -> web.Response:
-    server = request.app[FLEET_KEY].add_server(await _body(request))
+    server = request.app[FLEET_KEY].add_server(await json_body(request))
     return web.json_response(server.state(), status=201)
 
 
@@ -872,12 +780,12 @@ async def control_delete_server(request: web.Request) -> web.Response:
 
 
 async def control_add_line(request: web.Request) -> web.Response:
-    line = _server(request).add_line(await _body(request))
+    line = _server(request).add_line(await json_body(request))
     return web.json_response(line.state(), status=201)
 
 
 async def control_patch_line(request: web.Request) -> web.Response:
-    line = _server(request).set_line(request.match_info["line"], **await _body(request))
+    line = _server(request).set_line(request.match_info["line"], **await json_body(request))
     return web.json_response(line.state())
 
 
@@ -888,17 +796,14 @@ async def control_delete_line(request: web.Request) -> web.Response:
 
 async def control_fault(request: web.Request) -> web.Response:
     server = _server(request)
-    body = await _body(request)
+    body = await json_body(request)
     fault = server.set_fault(str(body.get("mode", "none")), body.get("delay"))
     return web.json_response(asdict(fault))
 
 
 async def control_push(request: web.Request) -> web.Response:
     server = _server(request)
-    body = await _body(request)
-    unknown = set(body) - {"status_url", "inbound_url", "drop_reports"}
-    if unknown:
-        raise SimError(f"unknown push fields: {', '.join(sorted(unknown))}")
+    body = await json_body(request, ("status_url", "inbound_url", "drop_reports"), kind="push")
     drop = body.get("drop_reports")
     if drop is not None and not isinstance(drop, bool):
         raise SimError("drop_reports must be true or false")
@@ -909,7 +814,7 @@ async def control_push(request: web.Request) -> web.Response:
 
 async def control_inbound(request: web.Request) -> web.Response:
     server = _server(request)
-    body = await _body(request)
+    body = await json_body(request)
     goip_line, from_number, content = (body.get(k) for k in ("goip_line", "from_number", "content"))
     if not all(isinstance(v, str) and v for v in (goip_line, from_number, content)):
         raise SimError("goip_line, from_number and content must be non-empty strings")
@@ -926,16 +831,20 @@ async def control_sent(request: web.Request) -> web.Response:
     return web.json_response(_server(request).sent)
 
 
+async def control_polls(request: web.Request) -> web.Response:
+    return web.json_response(list(_server(request).polled_at))
+
+
 async def control_churn(request: web.Request) -> web.Response:
     fleet = request.app[FLEET_KEY]
-    body = await _body(request)
-    fleet.start_churn(_seconds(body.get("interval", 0.0), "interval"))
+    body = await json_body(request)
+    fleet.start_churn(seconds(body.get("interval", 0.0), "interval"))
     return web.json_response({"interval": fleet.churn_interval})
 
 
 def build_app(fleet: SimFleet) -> web.Application:
     # 9,999 recipients plus content fit easily; anything larger is a mistake.
-    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[_control_errors])
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[control_errors])
     app[FLEET_KEY] = fleet
 
     async def churn_ctx(_app: web.Application) -> AsyncIterator[None]:
@@ -957,6 +866,7 @@ def build_app(fleet: SimFleet) -> web.Application:
     r.add_put("/_control/servers/{server}/push", control_push)
     r.add_post("/_control/servers/{server}/inbound", control_inbound)
     r.add_get("/_control/servers/{server}/sent", control_sent)
+    r.add_get("/_control/servers/{server}/polls", control_polls)
     r.add_put("/_control/churn", control_churn)
     # One dynamic route for every server: a dict lookup per request, however large the fleet.
     # The trailing slash is part of the vendor URL; without it the real server answers 404.
@@ -985,8 +895,7 @@ class RunningSimulator:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def base_url(self, server: str) -> str:
         """What goipd's config calls the server's `url`."""
@@ -1003,18 +912,8 @@ async def start_simulator(
 ) -> RunningSimulator:
     if not is_loopback(host):
         raise ValueError(f"the simulator listens on loopback only, not {host!r}")
-    runner = web.AppRunner(
-        build_app(fleet), access_log=None, handle_signals=False, shutdown_timeout=0.5
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return RunningSimulator(fleet, runner, int(bound), host)
+    runner, bound = await serve(build_app(fleet), host, port, backlog=1024)
+    return RunningSimulator(fleet, runner, bound, host)
 
 
 # --- fleets for the demo and benchmarks ---------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import yaml
 
 from goipd.logs import configure_logging, scrubber
+from goipd.sim.common import until_stop_signal
 from goipd.sim.goip import (
     SimError,
     SimFleet,
@@ -74,15 +74,9 @@ async def _run(fleet: SimFleet, host: str, port: int, churn_interval: float) -> 
         f"control API at {running.url}/_control/servers",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stop_signal()
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         await running.stop()
     return 0
 

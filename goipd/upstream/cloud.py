@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from goipd.ledger.base import State
 
@@ -31,6 +31,12 @@ class CloudSendResult:
     code: str | None = None
     """The provider's own status code, stored with the recipient."""
     meaning: str | None = None
+    retry_after: float | None = None
+    """The provider asked goipd to send nothing for this many seconds (c123 107/110/114): the
+    number was not sent, and the provider is left out of routing until then."""
+    lost_answers: int = 0
+    """Calls for this number whose answer was lost after the provider may have acted on them
+    (smsgo's backup URL is asked after a primary that timed out): each may have sent it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +70,34 @@ class CloudProvider(Protocol):
         """One result per number; transport failures come back as RETRY results, never raise."""
 
     async def status(self, items: Sequence[tuple[str, str]]) -> list[CloudStatus]:
-        """Status of (upstream_id, number) pairs; providers without a status API return []."""
+        """Status of (upstream_id, number) pairs; providers without a status API return [].
+        Raises UpstreamError when the query fails as a whole."""
 
     async def balance(self) -> float | None:
-        """Credit left (points, messages or money as the provider counts), None if unknown."""
+        """Credit left (points, messages or money as the provider counts), None if unknown.
+        Raises UpstreamError when the provider cannot be asked or answers with an error."""
 
     async def cancel(self, upstream_id: str) -> bool:
-        """Cancel a scheduled send; False when the provider cannot (or refuses)."""
+        """Cancel a scheduled send; False when the provider cannot (or refuses).
+        Raises UpstreamError when the provider cannot be asked."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PullsInbound(Protocol):
+    """A provider whose inbound SMS (replies) must be fetched, not pushed (c123 `/rx/`)."""
+
+    reply_poll_interval: float
+    """Seconds between fetches; the provider's own limit, never polled more often."""
+
+    async def fetch_inbound(self) -> list[CloudInbound]:
+        """Replies the provider hands out (each only once); raises UpstreamError on failure."""
+
+
+@runtime_checkable
+class CountsSent(Protocol):
+    """A provider that reports how many messages the account has sent (c123 `cmd=send`)."""
+
+    async def sent_total(self) -> int:
+        """Raises UpstreamError on failure."""

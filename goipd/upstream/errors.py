@@ -16,6 +16,11 @@ class ErrorReason(StrEnum):
     PARSE = "parse"
 
 
+AMBIGUOUS_REASONS = frozenset({ErrorReason.TIMEOUT, ErrorReason.PARSE})
+"""Failures after which the upstream may still have acted on the request (no answer in time,
+an answer cut short or garbled): a send repeated after one of these may go out twice."""
+
+
 class UpstreamError(Exception):
     """A failed exchange with an upstream API.
 
