@@ -4,17 +4,24 @@
   answers exactly as if pushed; past `report_deadline` with no result: fail `report_timeout`.
 - `dispatching` (the claim was written, the answer was not): the process died, or its send task
   did, inside the sendsms call, so no task id was recorded. GoIP task ids are global increasing
-  integers per server, so the task, if the server created one, is among the next few ids after
-  the highest one goipd recorded: those are asked for with querysms, and a task that holds the
-  recipient's number is adopted instead of sending again. Only a claim whose task is not found
-  that way is re-queued, counted in goipd_dispatch_ambiguous_total: the one window in which a
-  recipient can be sent twice (another client of the same SMS Server sending in between can
-  push the task beyond the scanned ids).
+  integers per server, and the task, if the server created one, was created during the call:
+  after the last task recorded before the claim and before the first task recorded well after
+  it (instances sharing a ledger keep sending meanwhile). The ids in between that goipd has not
+  recorded are asked for with querysms, and a task that holds the recipient's number is
+  adopted instead of sending again. Only a claim whose task is not found that way is re-queued,
+  counted in goipd_dispatch_ambiguous_total: the one window in which a recipient can be sent
+  twice (another client of the same SMS Server sending in between can push the task beyond the
+  scanned ids).
+
+With several instances on one ledger (goipd/ha.py) each settles the claims of its own past and
+those of instances whose heartbeat expired, never a live instance's sends in flight; it takes
+them over in the ledger first, so no two instances settle one claim. Submitted sends are asked
+about by the instance that polls their server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import structlog
 
@@ -29,6 +36,11 @@ log = structlog.get_logger("goipd.reconcile")
 BATCH = 500
 TASK_SCAN_MARGIN = 8
 """Task ids scanned beyond the claims to recover, for other clients of the same SMS Server."""
+CLOCK_SLACK = 5.0
+"""Seconds by which the clocks of instances sharing a ledger may disagree (claim times and
+submit times come from different hosts): the task-id window is widened by this much."""
+MAX_TASK_SCAN = 2000
+"""querysms calls per server and sweep at most; claims not found by then are re-queued."""
 
 
 class Reconciler:
@@ -39,15 +51,19 @@ class Reconciler:
         settings: Callable[[], ReconcileSettings],
         *,
         stale_claim_after: float = 300.0,
+        owned: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.clients = clients
         self.settings = settings
         self.stale_claim_after = stale_claim_after
+        self.owned = owned or (lambda: list(ctx.servers()))
+        """The servers this instance polls, and so asks about submitted sends."""
 
     async def startup(self) -> None:
-        """Before dispatch starts: settle every claim left by the previous process, and ask
-        about every submitted send, so nothing is resent that may already be out."""
+        """Before dispatch starts: settle every claim left by a previous process (of this
+        instance id, or of a dead instance), and ask about every submitted send of the servers
+        this instance polls, so nothing is resent that may already be out."""
         now = self.ctx.clock()
         await self._requeue_claims(now + 1.0)
         await self._query_submitted(now + 1.0, now)
@@ -58,10 +74,10 @@ class Reconciler:
         await self._requeue_claims(now - self.stale_claim_after)
         await self._query_submitted(now - self.settings().query_after, now)
 
-    async def _requeue_claims(self, older_than: float) -> None:
+    async def _requeue_claims(self, own_older_than: float) -> None:
         settings = self.ctx.routing()
         while True:
-            stale = await self.ctx.ledger.in_state(State.DISPATCHING, older_than, BATCH)
+            stale = await self.ctx.ledger.take_stale_claims(own_older_than, BATCH)
             if not stale:
                 return
             by_server: dict[str, list[Recipient]] = {}
@@ -85,22 +101,48 @@ class Reconciler:
             if len(stale) < BATCH:
                 return
 
+    async def _task_window(
+        self, server: str, client: GoipClient, recipients: list[Recipient]
+    ) -> tuple[int, int] | None:
+        """[first, stop): the task ids where the interrupted sends' tasks can be; None if goipd
+        never recorded a task of this server (then nothing tells where to look)."""
+        claimed_from = min(r.updated_at for r in recipients) - CLOCK_SLACK
+        # A task recorded after this was created after every interrupted call had ended.
+        claimed_to = max(r.updated_at for r in recipients) + 2 * client.timeout + CLOCK_SLACK
+        low, high = await self.ctx.ledger.task_id_bounds(server, claimed_from, claimed_to)
+        if low is None:
+            # Nothing recorded before the claims: they were among goipd's first sends here.
+            _, earliest = await self.ctx.ledger.task_id_bounds(server, claimed_from, -1.0)
+            if earliest is None:
+                return None
+            low = max(earliest - len(recipients) - TASK_SCAN_MARGIN, 0)
+        stop = low + 1 + MAX_TASK_SCAN
+        return low + 1, min(high, stop) if high is not None else stop
+
     async def _adopt_tasks(self, server: str, recipients: list[Recipient]) -> list[Recipient]:
         """Find the tasks the SMS Server created for interrupted sends; returns the rest."""
         client = self.clients(server)
-        last = await self.ctx.ledger.max_task_id(server)
-        if client is None or last is None:
+        window = await self._task_window(server, client, recipients) if client else None
+        if client is None or window is None:
             return recipients
+        first, stop = window
+        # Tasks goipd recorded are not interrupted ones: only the others are asked about.
+        recorded = await self.ctx.ledger.recorded_task_ids(server, first, stop)
+        last_recorded = max(recorded, default=first - 1)
         waiting = {r.number: r for r in recipients}
         waiting.update({r.number.lstrip("+"): r for r in recipients})
         adopted: list[Outcome] = []
-        for task_id in range(last + 1, last + 1 + len(recipients) + TASK_SCAN_MARGIN):
+        for task_id in range(first, stop):
+            if not waiting:
+                break
+            if task_id in recorded:
+                continue
             try:
                 reports = await client.query_sms(str(task_id))
             except UpstreamError as exc:
                 log.warning("claim_scan_failed", server=server, reason=exc.reason.value)
                 break
-            if not reports:
+            if not reports and task_id > last_recorded:
                 break  # ids are handed out in order: no task beyond this one exists yet
             for report in reports:
                 recipient = waiting.pop(report.number, None)
@@ -124,7 +166,10 @@ class Reconciler:
 
     async def _query_submitted(self, older_than: float, now: float) -> None:
         deadline = self.settings().report_deadline
-        submitted = await self.ctx.ledger.in_state(State.SUBMITTED, older_than, BATCH)
+        servers = self.owned()
+        if not servers:
+            return
+        submitted = await self.ctx.ledger.submitted_of(servers, older_than, BATCH)
         tasks: dict[tuple[str, str], list[Recipient]] = {}
         for recipient in submitted:
             if recipient.server and recipient.task_id:

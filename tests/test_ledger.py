@@ -8,7 +8,6 @@ last and say so in their names."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ from goipd.ledger.base import (
     RANK,
     Claim,
     LedgerError,
+    Message,
     NewMessage,
     Outcome,
     Recipient,
@@ -37,6 +37,7 @@ from goipd.ledger.base import (
 from goipd.ledger.migrations import LATEST, MIGRATIONS
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger, new_message_id
+from tests.conftest import fill
 
 PG_URL = os.environ.get("GOIPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -117,6 +118,24 @@ async def test_accept_get_and_reopen(ledger: Ledger, make_ledger: Callable[[], L
     await again.open()
     assert await again.get_message(result.message.id) == message
     await again.close()
+
+
+async def test_message_bodies_in_one_read(ledger: Ledger) -> None:
+    plain = (await ledger.accept(new(text="plain"), NOW)).message
+    routed = NewMessage(
+        text="routed",
+        recipients=("+886900000001",),
+        segments=1,
+        encoding="GSM-7",
+        route='{"server": "hq"}',
+    )
+    with_route = (await ledger.accept(routed, NOW)).message
+    unknown = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    assert await ledger.message_bodies([plain.id, with_route.id, unknown]) == {
+        plain.id: ("plain", None),
+        with_route.id: ("routed", '{"server": "hq"}'),
+    }
+    assert await ledger.message_bodies([]) == {}
 
 
 async def test_concurrent_accepts_are_group_committed(ledger: Ledger) -> None:
@@ -399,6 +418,71 @@ async def test_any_sequence_of_claims_and_outcomes_follows_the_rule(
         assert await state_of(ledger, message.id) is model
 
 
+OUTCOMES = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.sampled_from(list(State)),
+        st.sampled_from([None, "7", "8"]),
+        st.sampled_from([None, "hq/G1", "hq/G2"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=OUTCOMES)
+async def test_outcomes_in_one_call_equal_one_call_each(
+    ledger: Ledger, steps: list[tuple[int, State, str | None, str | None]]
+) -> None:
+    together = await ledger.accept(new(("+886900000001", "+886900000002", "+886900000003")), NOW)
+    apart = await ledger.accept(new(("+886900000004", "+886900000005", "+886900000006")), NOW)
+    for message in (together.message, apart.message):
+        ids = [r.id for r in message.recipients[:2]]
+        await ledger.claim([Claim(rid, "goip", "hq", "G1") for rid in ids], NOW)
+
+    def outcomes(message: Message) -> list[Outcome]:
+        return [
+            Outcome(
+                message.recipients[index].id,
+                state,
+                task_id=task,
+                error_code=task and f"e{task}",
+                retry_at=NOW + 5,
+                exclude_line=exclude,
+            )
+            for index, state, task, exclude in steps
+        ]
+
+    await ledger.record(outcomes(together.message), NOW + 1)
+    for outcome in outcomes(apart.message):
+        await ledger.record([outcome], NOW + 1)
+    after_together = await ledger.get_message(together.message.id)
+    after_apart = await ledger.get_message(apart.message.id)
+    assert after_together is not None and after_apart is not None
+
+    def comparable(r: Recipient) -> tuple[object, ...]:
+        return (
+            r.state,
+            r.attempts,
+            r.next_attempt_at,
+            r.task_id,
+            r.error_code,
+            r.excluded_lines,
+            r.updated_at,
+            r.submitted_at,
+            r.sent_at,
+            r.delivered_at,
+        )
+
+    assert [comparable(r) for r in after_together.recipients] == [
+        comparable(r) for r in after_apart.recipients
+    ]
+
+
 async def test_find_by_task_with_and_without_plus(ledger: Ledger) -> None:
     message = (await ledger.accept(new(), NOW)).message
     rid = message.recipients[0].id
@@ -411,6 +495,38 @@ async def test_find_by_task_with_and_without_plus(ledger: Ledger) -> None:
     assert await ledger.find_by_task("hq", "5689", "886912345679") is None
     assert await ledger.max_task_id("hq") == 5689
     assert await ledger.max_task_id("other") is None
+
+
+async def test_apply_to_task_finds_decides_and_records_in_one_write(ledger: Ledger) -> None:
+    message = (await ledger.accept(new(), NOW)).message
+    rid = message.recipients[0].id
+    await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW)
+    await ledger.record([Outcome(rid, State.SUBMITTED, task_id="77")], NOW)
+    seen: list[State] = []
+
+    def to(state: State) -> Callable[[Recipient], tuple[Outcome | None, str]]:
+        def decide(recipient: Recipient) -> tuple[Outcome | None, str]:
+            seen.append(recipient.state)
+            return Outcome(recipient.id, state), f"was {recipient.state.value}"
+
+        return decide
+
+    found = await ledger.apply_to_task("hq", "77", "886912345678", NOW + 1, to(State.SENT))
+    assert found is not None
+    assert found[0].id == rid and found[1] == "was submitted"
+    assert await state_of(ledger, message.id) is State.SENT
+    # The next decision sees what the previous one recorded; backwards is still refused.
+    again = await ledger.apply_to_task("hq", "77", "+886912345678", NOW + 2, to(State.SUBMITTED))
+    assert again is not None and again[1] == "was sent"
+    assert await state_of(ledger, message.id) is State.SENT
+    nothing = await ledger.apply_to_task(
+        "hq", "77", "+886912345678", NOW + 3, lambda r: (None, "no change")
+    )
+    assert nothing is not None and nothing[1] == "no change"
+    assert (await only_recipient(ledger, message.id)).updated_at == NOW + 1
+    assert await ledger.apply_to_task("hq", "78", "+886912345678", NOW, to(State.SENT)) is None
+    assert await ledger.apply_to_task("b2", "77", "+886912345678", NOW, to(State.SENT)) is None
+    assert seen == [State.SUBMITTED, State.SENT]
 
 
 async def test_max_task_id_compares_numbers_not_text(ledger: Ledger) -> None:
@@ -434,6 +550,27 @@ async def test_find_by_upstream_id(ledger: Ledger) -> None:
     found = await ledger.find_by_upstream("smsgo", "1504280910499665")
     assert [r.id for r in found] == ids
     assert await ledger.find_by_upstream("paasoo", "1504280910499665") == []
+
+
+async def test_awaiting_report_is_sent_cloud_recipients_in_window(ledger: Ledger) -> None:
+    numbers = ("+886900000001", "+886900000002", "+886900000003", "+886900000004")
+    message = (await ledger.accept(new(numbers), NOW)).message
+    a, b, c, d = (r.id for r in message.recipients)
+    await ledger.claim([Claim(a, "smsgo", None, None), Claim(b, "smsgo", None, None)], NOW)
+    await ledger.claim([Claim(c, "paasoo", None, None), Claim(d, "goip", "hq", "G1")], NOW)
+    await ledger.record([Outcome(a, State.SENT, upstream_id="m1")], NOW + 10)
+    await ledger.record([Outcome(b, State.SENT, upstream_id="m2")], NOW + 20)
+    await ledger.record([Outcome(c, State.SENT, upstream_id="m3")], NOW + 10)
+    await ledger.record([Outcome(d, State.SENT, upstream_id="1.x")], NOW + 10)
+    window = await ledger.awaiting_report("smsgo", NOW, NOW + 30, 10)
+    assert [r.id for r in window] == [a, b]
+    assert [r.id for r in await ledger.awaiting_report("smsgo", NOW + 15, NOW + 30, 10)] == [b]
+    assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 15, 10)] == [a]
+    assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 30, 1)] == [a]
+    # Delivered is no longer awaiting anything.
+    await ledger.record([Outcome(a, State.DELIVERED)], NOW + 25)
+    assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 30, 10)] == [b]
+    assert [r.id for r in await ledger.awaiting_report("paasoo", NOW, NOW + 30, 10)] == [c]
 
 
 async def test_due_order_limit_and_scheduling(ledger: Ledger) -> None:
@@ -470,6 +607,35 @@ async def test_scheduled_due_and_cancel(ledger: Ledger) -> None:
     assert cancelled is not None and cancelled.recipients[0].state is State.CANCELLED
     assert [r.message_id for r in await ledger.due(NOW + 120, 10)] == [now_msg.id]
     assert await ledger.cancel("01NOSUCHMESSAGE0000000000", NOW) is None
+
+
+async def test_cancel_handed_over_recipients_the_provider_cancelled(ledger: Ledger) -> None:
+    numbers = ("+886900000001", "+886900000002", "+886900000003", "+886900000004")
+    message = (await ledger.accept(new(numbers, send_at=NOW + 600), NOW)).message
+    held, refused, sent, other = (r.id for r in message.recipients)
+    await ledger.claim([Claim(r, "smsgo", None, None) for r in (held, refused, sent)], NOW)
+    await ledger.record(
+        [
+            Outcome(held, State.SUBMITTED, upstream_id="m1"),
+            Outcome(refused, State.SUBMITTED, upstream_id="m2"),
+            Outcome(sent, State.SENT, upstream_id="m3"),
+        ],
+        NOW,
+    )
+    other_message = (await ledger.accept(new(("+886900000009",)), NOW)).message
+    foreign = other_message.recipients[0].id
+    # Only submitted recipients of this message named by the provider's confirmation.
+    after = await ledger.cancel(message.id, NOW + 1, [held, sent, foreign])
+    assert after is not None
+    states = {r.id: r.state for r in after.recipients}
+    assert states == {
+        held: State.CANCELLED,
+        refused: State.SUBMITTED,
+        sent: State.SENT,
+        other: State.CANCELLED,
+    }
+    foreign_after = await ledger.get_message(other_message.id)
+    assert foreign_after is not None and foreign_after.recipients[0].state is State.QUEUED
 
 
 async def test_cancel_touches_only_queued_recipients(ledger: Ledger) -> None:
@@ -521,6 +687,66 @@ async def test_duplicate_guard_ignores_cancelled_and_failed(ledger: Ledger) -> N
     await ledger.claim([Claim(rid, "goip", "hq", "G1")], NOW)
     await ledger.record([Outcome(rid, State.SENT, task_id="3")], NOW)
     assert await ledger.recent_duplicate("+886912345678", "otp 1", NOW - 60) == sent.id
+
+
+def guarded(
+    numbers: tuple[str, ...], text: str, since: float, key: str | None = None
+) -> NewMessage:
+    return NewMessage(
+        text=text,
+        recipients=numbers,
+        segments=1,
+        encoding="GSM-7",
+        idempotency_key=key,
+        duplicate_since=since,
+    )
+
+
+async def test_flood_guard_in_the_accept_transaction(ledger: Ledger) -> None:
+    first = await ledger.accept(guarded(("+886900000001",), "otp 5", NOW - 600), NOW)
+    assert first.created and first.duplicate_number is None
+    # The second number repeats: refused, naming it and the earlier message.
+    again = await ledger.accept(
+        guarded(("+886900000002", "+886900000001"), "otp 5", NOW + 1 - 600), NOW + 1
+    )
+    assert not again.created
+    assert again.duplicate_number == "+886900000001"
+    assert again.message == first.message
+    # Outside the window, another text, or no guard: accepted.
+    later = await ledger.accept(guarded(("+886900000001",), "otp 5", NOW + 0.5), NOW + 2)
+    assert later.created
+    assert (await ledger.accept(guarded(("+886900000001",), "otp 6", NOW), NOW + 3)).created
+    assert (await ledger.accept(new(("+886900000001",), text="otp 5"), NOW + 4)).created
+    # The idempotency key comes first: a retry is a replay, not a duplicate.
+    keyed = await ledger.accept(guarded(("+886900000003",), "otp 7", NOW, key="k1"), NOW + 5)
+    retry = await ledger.accept(guarded(("+886900000003",), "otp 7", NOW, key="k1"), NOW + 6)
+    assert not retry.created and retry.duplicate_number is None
+    assert retry.message.id == keyed.message.id
+    # Failed recipients do not count.
+    rid = keyed.message.recipients[0].id
+    await ledger.record([Outcome(rid, State.FAILED, error_code="1")], NOW + 7)
+    assert (await ledger.accept(guarded(("+886900000003",), "otp 7", NOW), NOW + 8)).created
+
+
+async def test_flood_guard_lets_one_of_identical_concurrent_accepts_through(
+    ledger: Ledger,
+) -> None:
+    results = await asyncio.gather(
+        *(ledger.accept(guarded(("+886900000009",), "same", NOW - 600), NOW) for _ in range(8)),
+        *(
+            ledger.accept(guarded((f"+8869000001{i:02d}",), "same", NOW - 600), NOW)
+            for i in range(8)
+        ),
+    )
+    identical, distinct = results[:8], results[8:]
+    created = [r for r in identical if r.created]
+    assert len(created) == 1
+    for refused in identical:
+        if not refused.created:
+            assert refused.duplicate_number == "+886900000009"
+            assert refused.message.id == created[0].message.id
+    assert all(r.created for r in distinct)
+    assert (await ledger.counts())[State.QUEUED] == 9
 
 
 async def test_oldest_pending_and_counts_follow_the_states(ledger: Ledger) -> None:
@@ -821,39 +1047,6 @@ async def test_sqlite_read_only_file_fails_writes_and_recovers(
     finally:
         immutable(False)
         await store.close()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs: a disk that really fills up."""
-    if sys.platform != "linux" or os.geteuid() != 0:
-        pytest.skip("needs root on Linux to mount a tmpfs")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (1 << 16, 1 << 12, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
 
 
 async def test_sqlite_full_disk_fails_the_batch_and_recovers_when_space_returns(

@@ -29,6 +29,12 @@ class LineState(StrEnum):
     REGISTERED = "registered"
 
 
+@dataclass(frozen=True, slots=True)
+class ManualQuarantine:
+    reason: str | None
+    since: float
+
+
 @dataclass(slots=True)
 class Line:
     server: str
@@ -42,26 +48,36 @@ class Line:
     last_change: float
     last_seen: float
     gone: bool = False
+    quota_at_poll: int | None = None
+    """The smaller of the quotas the last poll reported (None: no quota), before any local
+    decrement: with several instances every instance's sends since then count against it."""
     online_changes: int = 0
     reg_changes: int = 0
     quarantined_until: float = 0.0
     """Set by dispatch after repeated line-class CMS errors; 0 when not quarantined."""
     quarantine_reason: str | None = None
     consecutive_line_errors: int = 0
-    manual_quarantine: bool = False
-    """Set by an operator; only an operator releases it."""
+    manual_quarantine: ManualQuarantine | None = None
+    """Set by an operator; only an operator releases it (no expiry)."""
+    last_error_code: str | None = None
+    """CMS code of the line's latest line-class send failure (status page, API)."""
+    last_error_at: float | None = None
 
     @property
     def quota_left(self) -> bool:
         return self.remain_sms != 0 and self.day_remain_sms != 0
 
-    def quarantined(self, now: float) -> bool:
+    def auto_quarantined(self, now: float) -> bool:
         return self.quarantined_until > now
+
+    def quarantined(self, now: float) -> bool:
+        """Routing must not use the line: an operator says so, or its errors did."""
+        return self.manual_quarantine is not None or self.quarantined_until > now
 
     @property
     def healthy(self) -> bool:
         """What `goipd_line_healthy` exports: usable for routing, send-rate aside."""
-        return self.state is LineState.REGISTERED and self.quarantined_until <= time.time()
+        return self.state is LineState.REGISTERED and not self.quarantined(time.time())
 
     @property
     def state(self) -> LineState:
@@ -88,6 +104,9 @@ class ServerState:
     last_error_reason: ErrorReason | None = None
     consecutive_failures: int = 0
     lines: dict[str, Line] = field(default_factory=dict)
+    owned: bool = True
+    """This instance holds the server's polling lease (goipd/ha.py): it polls the server and
+    exports its fleet metrics. Otherwise its lines are copied from the owner's snapshots."""
 
 
 class LineRegistry:
@@ -95,6 +114,9 @@ class LineRegistry:
         self.servers: dict[str, ServerState] = {}
         self.generation = 0
         """Bumped whenever the set of lines changes, so readers can cache derived structures."""
+        self.manual: dict[tuple[str, str], ManualQuarantine] = {}
+        """Operator quarantines by (server, line), including lines not reported right now: a
+        line that (re)appears gets its override back."""
         self.set_servers(server_names)
 
     def set_servers(self, names: Iterable[str]) -> None:
@@ -164,9 +186,11 @@ class LineRegistry:
             first_seen=old.first_seen if old else now,
             last_change=now,
             last_seen=now,
+            quota_at_poll=_quota(status),
         )
         if old is not None:
             line.online_changes, line.reg_changes = old.online_changes, old.reg_changes
+        line.manual_quarantine = self.manual.get((server.name, status.line_id))
         server.lines[status.line_id] = line
         self.generation += 1
         log.info(
@@ -198,6 +222,7 @@ class LineRegistry:
             line.consecutive_line_errors = 0
             return False
         line.consecutive_line_errors += 1
+        line.last_error_code, line.last_error_at = code, now
         if line.consecutive_line_errors < threshold or line.quarantined(now):
             return False
         line.quarantined_until = now + cooldown
@@ -210,6 +235,35 @@ class LineRegistry:
             reason=line.quarantine_reason,
             seconds=cooldown,
         )
+        return True
+
+    def set_manual(self, server: str, line_id: str, quarantine: ManualQuarantine | None) -> None:
+        """Put an operator's quarantine on a line (None lifts it); kept for absent lines too."""
+        key = (server, line_id)
+        if quarantine is None:
+            self.manual.pop(key, None)
+        else:
+            self.manual[key] = quarantine
+        line = self.line(server, line_id)
+        if line is not None:
+            line.manual_quarantine = quarantine
+
+    def replace_manual(self, quarantines: dict[tuple[str, str], ManualQuarantine]) -> None:
+        """Adopt the complete set of operator quarantines (as stored in the ledger)."""
+        for server, line_id in set(self.manual) - set(quarantines):
+            self.set_manual(server, line_id, None)
+        for (server, line_id), quarantine in quarantines.items():
+            if self.manual.get((server, line_id)) != quarantine:
+                self.set_manual(server, line_id, quarantine)
+
+    def release_auto(self, server: str, line_id: str, now: float) -> bool:
+        """End a quarantine after line errors early (an operator's call); True if there was one."""
+        line = self.line(server, line_id)
+        if line is None or not line.auto_quarantined(now):
+            return False
+        line.quarantined_until = 0.0
+        line.quarantine_reason = None
+        line.consecutive_line_errors = 0
         return True
 
     def apply_failure(self, server_name: str, reason: ErrorReason, detail: str, now: float) -> None:
@@ -256,3 +310,9 @@ def _update(line: Line, status: LineStatus, now: float) -> None:
             log.info("quota_restored", quota=quota, remaining=new, **ctx)
     line.remain_sms = status.remain_sms
     line.day_remain_sms = status.day_remain_sms
+    line.quota_at_poll = _quota(status)
+
+
+def _quota(status: LineStatus) -> int | None:
+    quotas = [q for q in (status.remain_sms, status.day_remain_sms) if q is not None]
+    return min(quotas) if quotas else None

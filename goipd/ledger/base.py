@@ -15,10 +15,12 @@ were asked *before* the upstream call, so a crash inside that call is detectable
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -62,6 +64,9 @@ class NewMessage:
     """Unix time before which nothing is sent (scheduled message)."""
     client: str = ""
     """Which API token (its short fingerprint, never the token) submitted it."""
+    duplicate_since: float | None = None
+    """The flood guard: refuse the message if one of its numbers got the same text (and that
+    recipient is not cancelled or failed) at or after this time. None: no check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,11 @@ class Message:
 class AcceptResult:
     message: Message
     created: bool
-    """False when an earlier message with the same idempotency key was returned instead."""
+    """False when an earlier message was returned instead: the one with the same idempotency
+    key, or the one that makes this a duplicate (see `duplicate_number`)."""
+    duplicate_number: str | None = None
+    """Set when the flood guard refused the message: this number got the same text from
+    `message` within the window (NewMessage.duplicate_since)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,16 +170,53 @@ class OutboxItem:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class LineQuarantine:
+    """An operator's manual quarantine of one line: stored until released, no expiry."""
+
+    server: str
+    line: str
+    reason: str | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """What the instance polling an SMS Server last saw of it, for the other instances."""
+
+    server: str
+    owner: str
+    """Instance id of the writer."""
+    version: int
+    """Bumped by every write: readers fetch only what changed."""
+    taken_at: float
+    body: str
+    """JSON, see goipd/fleet/snapshot.py."""
+
+
 class Ledger(Protocol):
+    instance_id: str
+    """Who this process is among goipd instances sharing the ledger: claims and leases carry
+    it (goipd/ha.py)."""
+
     async def open(self) -> None:
         """Create/migrate the schema; raise LedgerError if the store is unusable."""
 
     async def close(self) -> None: ...
 
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
-        """Durable (fsync'd) before returning; concurrent callers share one commit."""
+        """Durable (fsync'd) before returning; concurrent callers share one commit. The
+        idempotency key is looked up first, then the flood guard (`duplicate_since`), both in
+        the transaction that stores the message: of two identical requests in flight together
+        exactly one is stored."""
 
     async def get_message(self, message_id: str) -> Message | None: ...
+
+    async def message_bodies(
+        self, message_ids: Collection[str]
+    ) -> dict[str, tuple[str, str | None]]:
+        """message id → (text, route) of the messages that exist: what dispatch needs to send
+        their recipients, in one read."""
 
     async def list_messages(
         self, state: State | None, since: float | None, limit: int, after: str | None
@@ -180,8 +226,12 @@ class Ledger(Protocol):
     async def recent_duplicate(self, number: str, text: str, since: float) -> str | None:
         """Id of a message sent to `number` with the same text since `since`, if any."""
 
-    async def cancel(self, message_id: str, now: float) -> Message | None:
-        """Cancel recipients still queued; None if the message does not exist."""
+    async def cancel(
+        self, message_id: str, now: float, handed_over: Sequence[int] = ()
+    ) -> Message | None:
+        """Cancel recipients still queued, and those of `handed_over` still `submitted` (a
+        provider holding a scheduled send confirmed it cancelled them); None if the message
+        does not exist."""
 
     async def due(self, now: float, limit: int) -> list[Recipient]:
         """Queued recipients whose time has come, oldest first."""
@@ -195,11 +245,30 @@ class Ledger(Protocol):
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None: ...
 
+    async def apply_to_task(
+        self,
+        server: str,
+        task_id: str,
+        number: str,
+        now: float,
+        decide: Callable[[Recipient], tuple[Outcome | None, T]],
+    ) -> tuple[Recipient, T] | None:
+        """find_by_task and record in one write: `decide` (pure, cheap; it may run in another
+        thread) gets the recipient as it is in the transaction and returns the outcome to
+        record (None: nothing) with anything the caller wants back. None if no recipient
+        matches."""
+
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
         """Recipients a cloud provider knows by `upstream_id` (one id may cover a batch)."""
 
     async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
         """Recipients in `state` whose last update is older than `older_than` (reconciliation)."""
+
+    async def awaiting_report(
+        self, route: str, sent_after: float, sent_before: float, limit: int
+    ) -> list[Recipient]:
+        """`sent` recipients of a cloud route whose sent_at lies in the window, oldest first:
+        the ones whose delivery report is overdue but still worth asking for."""
 
     async def max_task_id(self, server: str) -> int | None:
         """The highest GoIP task id recorded for `server` (task ids are integers)."""
@@ -235,3 +304,67 @@ class Ledger(Protocol):
         row is finished, keeping `error`)."""
 
     async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]: ...
+
+    async def quarantine_line(
+        self, server: str, line: str, reason: str | None, now: float
+    ) -> LineQuarantine:
+        """Store (or re-word) a manual quarantine; a repeat keeps the original `since`."""
+
+    async def release_line(self, server: str, line: str) -> bool:
+        """Delete a manual quarantine; False if there was none."""
+
+    async def line_quarantines(self) -> list[LineQuarantine]:
+        """Every stored manual quarantine, by server and line."""
+
+    # --- several instances on one ledger (goipd/ha.py); PostgreSQL decides lease expiry by
+    # its own clock, so the instances' clocks need not agree. ---------------------------------
+
+    async def acquire_leases(self, wanted: Mapping[str, float]) -> set[str]:
+        """Take or renew each lease name → ttl (seconds) for `instance_id`: a lease is taken
+        when it is free, expired or already ours, atomically (of two instances asking at once,
+        one gets it). Returns the names now held."""
+
+    async def release_leases(self, names: Collection[str]) -> None:
+        """Give up those of `names` that `instance_id` holds, so others take them at once."""
+
+    async def put_fleet_snapshot(self, server: str, lease: str, body: str, now: float) -> bool:
+        """Store `server`'s snapshot, only while `instance_id` holds `lease` (a deposed owner
+        cannot overwrite its successor's); True if stored."""
+
+    async def fleet_snapshots(self, known: Mapping[str, int]) -> list[FleetSnapshot]:
+        """The snapshots of the servers in `known` whose version differs from the one given."""
+
+    async def take_stale_claims(self, own_older_than: float, limit: int) -> list[Recipient]:
+        """`dispatching` recipients nobody will finish: this instance's claims last updated
+        before `own_older_than`, and every claim of an instance whose `instance:<id>` lease has
+        expired (or that never had one). They become this instance's (so no other instance
+        settles them too) and are returned, their `updated_at` still the claim time."""
+
+    async def submitted_of(
+        self, servers: Collection[str], older_than: float, limit: int
+    ) -> list[Recipient]:
+        """`submitted` recipients of `servers` not updated since `older_than`, oldest first."""
+
+    async def task_id_bounds(
+        self, server: str, before: float, after: float
+    ) -> tuple[int | None, int | None]:
+        """GoIP task ids of `server` around a window: the highest among tasks recorded
+        (submitted_at) before `before` and the lowest among those recorded after `after`."""
+
+    async def recorded_task_ids(self, server: str, first: int, stop: int) -> set[int]:
+        """The GoIP task ids in [first, stop) that some recipient of `server` carries."""
+
+    async def reserve_line_sends(
+        self,
+        wanted: Mapping[tuple[str, str], int],
+        per_minute: int,
+        quotas: Mapping[tuple[str, str], tuple[int, float]] | None = None,
+    ) -> dict[tuple[str, str], int]:
+        """(server, line) → sends wanted now; returns how many each may make, atomically
+        counted against `per_minute` over the sends of every instance in the last minute
+        (this minute's count plus the previous minute's, weighted by what is left of it) and,
+        for the lines in `quotas`, against (quota left, when a poll saw it) minus every
+        instance's sends since that poll (line_rate.quota_grant)."""
+
+    async def release_line_sends(self, unused: Mapping[tuple[str, str], int]) -> None:
+        """Give back reserved sends that did not happen, so other instances may make them."""

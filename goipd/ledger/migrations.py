@@ -90,6 +90,44 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX recipients_upstream ON recipients (route, upstream_id)
         WHERE upstream_id IS NOT NULL;
     """,
+    # 4: operators' manual line quarantines, which must survive restarts
+    """
+    CREATE TABLE line_quarantines (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        reason TEXT,
+        since REAL NOT NULL,
+        PRIMARY KEY (server, line)
+    );
+    """,
+    # 5: several instances on one ledger (goipd/ha.py): who claimed a recipient, leases, the
+    # polling instance's view of each SMS Server, task ids by time (claim recovery) and sends
+    # per line and minute (the line send rate shared by all instances)
+    """
+    ALTER TABLE recipients ADD COLUMN claimed_by TEXT;
+    CREATE INDEX recipients_submitted ON recipients (server, submitted_at)
+        WHERE task_id IS NOT NULL;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        acquired_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE fleet_snapshots (
+        server TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        taken_at REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE line_sends (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        sends INTEGER NOT NULL,
+        PRIMARY KEY (server, line, minute)
+    );
+    """,
 )
 LATEST = len(MIGRATIONS)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -22,6 +22,7 @@ from goipd.ledger.base import (
     Claim,
     InboundRecord,
     LedgerError,
+    LineQuarantine,
     Message,
     NewMessage,
     OutboxItem,
@@ -30,6 +31,7 @@ from goipd.ledger.base import (
     State,
 )
 from goipd.ledger.group_commit import GroupCommitter
+from goipd.ledger.ha_postgres import PostgresCoordination
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
@@ -45,6 +47,7 @@ log = structlog.get_logger("goipd.ledger")
 T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 MIGRATION_LOCK = 0x60_1D_00_01
+DEADLOCK_RETRIES = 3
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 MIGRATIONS: tuple[str, ...] = (
@@ -112,6 +115,46 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX recipients_upstream ON recipients (route, upstream_id);
     """,
+    # 3: operators' manual line quarantines, which must survive restarts
+    """
+    CREATE TABLE line_quarantines (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        reason TEXT,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (server, line)
+    );
+    """,
+    # 4: several instances on one ledger (goipd/ha.py): who claimed a recipient, leases, the
+    # polling instance's view of each SMS Server, task ids by time (claim recovery) and sends
+    # per line and minute (the line send rate shared by all instances)
+    """
+    ALTER TABLE recipients ADD COLUMN claimed_by TEXT;
+    CREATE INDEX recipients_submitted ON recipients (server, submitted_at)
+        WHERE task_id IS NOT NULL;
+    CREATE INDEX recipients_task_number ON recipients (server, (task_id::bigint))
+        WHERE task_id ~ '^[0-9]{1,18}$';
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        acquired_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE fleet_snapshots (
+        server TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        taken_at DOUBLE PRECISION NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE line_sends (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        sends INTEGER NOT NULL,
+        PRIMARY KEY (server, line, minute)
+    );
+    """,
 )
 
 
@@ -122,12 +165,13 @@ def _short(exc: BaseException) -> str:
     return exc.__class__.__name__
 
 
-class PostgresLedger:
-    def __init__(self, url: str, schema: str = "goipd") -> None:
+class PostgresLedger(PostgresCoordination):
+    def __init__(self, url: str, schema: str = "goipd", instance_id: str = "local") -> None:
         if not SCHEMA_NAME.match(schema):
             raise LedgerError(f"schema name must match {SCHEMA_NAME.pattern}")
         self.url = url
         self.schema = schema
+        self.instance_id = instance_id
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Connection | None = None
         self._committer: GroupCommitter[Op] = GroupCommitter(
@@ -183,6 +227,18 @@ class PostgresLedger:
         return result
 
     async def _run_batch(self, ops: list[Op]) -> list[Any]:
+        for attempt in range(1, DEADLOCK_RETRIES + 1):
+            try:
+                return await self._run_batch_once(ops)
+            except asyncpg.DeadlockDetectedError:
+                # Another instance's batch locked the same recipients in the other order and
+                # PostgreSQL rolled this one back: nothing of it happened, so it runs again.
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+                log.warning("ledger_deadlock_retried", writes=len(ops), attempt=attempt)
+        raise AssertionError("unreachable")
+
+    async def _run_batch_once(self, ops: list[Op]) -> list[Any]:
         conn = self._writer
         assert conn is not None
         results: list[Any] = []
@@ -213,6 +269,18 @@ class PostgresLedger:
         async def op(conn: asyncpg.Connection) -> Message | None:
             found = await _load_messages(conn, [message_id])
             return found[0] if found else None
+
+        return await self._read(op)
+
+    async def message_bodies(
+        self, message_ids: Collection[str]
+    ) -> dict[str, tuple[str, str | None]]:
+        async def op(conn: asyncpg.Connection) -> dict[str, tuple[str, str | None]]:
+            rows = await conn.fetch(
+                "SELECT id, text, route FROM messages WHERE id = ANY($1::text[])",
+                list(message_ids),
+            )
+            return {row[0]: (row[1], row[2]) for row in rows}
 
         return await self._read(op)
 
@@ -262,13 +330,17 @@ class PostgresLedger:
 
         return await self._read(op)
 
-    async def cancel(self, message_id: str, now: float) -> Message | None:
+    async def cancel(
+        self, message_id: str, now: float, handed_over: Sequence[int] = ()
+    ) -> Message | None:
         async def op(conn: asyncpg.Connection) -> Message | None:
             await conn.execute(
                 "UPDATE recipients SET state = 'cancelled', updated_at = $1 "
-                "WHERE message_id = $2 AND state = 'queued'",
+                "WHERE message_id = $2 AND (state = 'queued' OR "
+                "(state = 'submitted' AND id = ANY($3::bigint[])))",
                 now,
                 message_id,
+                list(handed_over),
             )
             found = await _load_messages(conn, [message_id])
             return found[0] if found else None
@@ -294,7 +366,7 @@ class PostgresLedger:
             rows = await conn.fetch(
                 "UPDATE recipients AS r SET state = 'dispatching', route = c.route, "
                 "server = c.server, line = c.line, attempts = r.attempts + 1, task_id = NULL, "
-                "upstream_id = NULL, updated_at = $5 "
+                "upstream_id = NULL, updated_at = $5, claimed_by = $6 "
                 "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) "
                 "AS c(id, route, server, line) WHERE r.id = c.id AND r.state = 'queued' "
                 "RETURNING r.id",
@@ -303,6 +375,7 @@ class PostgresLedger:
                 [c.server for c in claims],
                 [c.line for c in claims],
                 now,
+                self.instance_id,
             )
             claimed = {int(row[0]) for row in rows}
             return [c.recipient_id for c in claims if c.recipient_id in claimed]
@@ -328,6 +401,37 @@ class PostgresLedger:
 
         return await self._read(op)
 
+    async def apply_to_task(
+        self,
+        server: str,
+        task_id: str,
+        number: str,
+        now: float,
+        decide: Callable[[Recipient], tuple[Outcome | None, T]],
+    ) -> tuple[Recipient, T] | None:
+        plus = number if number.startswith("+") else f"+{number}"
+
+        async def op(conn: asyncpg.Connection) -> tuple[Recipient, T] | None:
+            # FOR UPDATE: another instance applying a report for this recipient waits, so the
+            # outcome is decided on the state it changes.
+            row = await conn.fetchrow(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = $1 "
+                "AND task_id = $2 AND number IN ($3, $4) ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                server,
+                task_id,
+                number,
+                plus,
+            )
+            if row is None:
+                return None
+            recipient = recipient_from_row(row)
+            outcome, extra = decide(recipient)
+            if outcome is not None:
+                await _record(conn, [outcome], now)
+            return recipient, extra
+
+        return await self._write(op)
+
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
         async def op(conn: asyncpg.Connection) -> list[Recipient]:
             rows = await conn.fetch(
@@ -347,6 +451,22 @@ class PostgresLedger:
                 "AND updated_at < $2 ORDER BY updated_at LIMIT $3",
                 state.value,
                 older_than,
+                limit,
+            )
+            return [recipient_from_row(row) for row in rows]
+
+        return await self._read(op)
+
+    async def awaiting_report(
+        self, route: str, sent_after: float, sent_before: float, limit: int
+    ) -> list[Recipient]:
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'sent' "
+                "AND route = $1 AND sent_at > $2 AND sent_at < $3 ORDER BY sent_at, id LIMIT $4",
+                route,
+                sent_after,
+                sent_before,
                 limit,
             )
             return [recipient_from_row(row) for row in rows]
@@ -471,6 +591,45 @@ class PostgresLedger:
 
         await self._write(op)
 
+    # --- manual line quarantines -------------------------------------------------------------
+
+    async def quarantine_line(
+        self, server: str, line: str, reason: str | None, now: float
+    ) -> LineQuarantine:
+        async def op(conn: asyncpg.Connection) -> LineQuarantine:
+            row = await conn.fetchrow(
+                "INSERT INTO line_quarantines (server, line, reason, since) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (server, line) "
+                "DO UPDATE SET reason = EXCLUDED.reason RETURNING server, line, reason, since",
+                server,
+                line,
+                reason,
+                now,
+            )
+            return LineQuarantine(*row)
+
+        return await self._write(op)
+
+    async def release_line(self, server: str, line: str) -> bool:
+        async def op(conn: asyncpg.Connection) -> bool:
+            deleted = await conn.fetchval(
+                "DELETE FROM line_quarantines WHERE server = $1 AND line = $2 RETURNING 1",
+                server,
+                line,
+            )
+            return deleted is not None
+
+        return await self._write(op)
+
+    async def line_quarantines(self) -> list[LineQuarantine]:
+        async def op(conn: asyncpg.Connection) -> list[LineQuarantine]:
+            rows = await conn.fetch(
+                "SELECT server, line, reason, since FROM line_quarantines ORDER BY server, line"
+            )
+            return [LineQuarantine(*row) for row in rows]
+
+        return await self._read(op)
+
 
 # --- operations run inside the writer's transaction ---------------------------------------------
 
@@ -497,6 +656,23 @@ async def _accept(conn: asyncpg.Connection, message: NewMessage, now: float) -> 
         )
         if existing is not None:
             return AcceptResult((await _load_messages(conn, [existing]))[0], created=False)
+    digest = text_hash(message.text)
+    if message.duplicate_since is not None:
+        # In the writer's transaction, after every accept queued before this one: two
+        # identical requests in flight together cannot both pass (within this instance).
+        rows = await conn.fetch(
+            "SELECT number, message_id FROM recipients WHERE text_hash = $1 "
+            "AND number = ANY($2::text[]) AND created_at >= $3 "
+            "AND state NOT IN ('cancelled', 'failed') ORDER BY created_at",
+            digest,
+            list(message.recipients),
+            message.duplicate_since,
+        )
+        latest = {row[0]: row[1] for row in rows}
+        for number in message.recipients:
+            if number in latest:
+                original = await _load_messages(conn, [latest[number]])
+                return AcceptResult(original[0], created=False, duplicate_number=number)
     message_id = new_message_id(now)
     await conn.execute(
         "INSERT INTO messages (id, created_at, text, segments, encoding, route, idempotency_key,"
@@ -519,7 +695,7 @@ async def _accept(conn: asyncpg.Connection, message: NewMessage, now: float) -> 
         f" RETURNING {RECIPIENT_COLUMNS}",
         message_id,
         start,
-        text_hash(message.text),
+        digest,
         now,
         list(message.recipients),
     )

@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from goipd.ledger.base import (
     Claim,
     InboundRecord,
     LedgerError,
+    LineQuarantine,
     Message,
     NewMessage,
     OutboxItem,
@@ -36,6 +37,7 @@ from goipd.ledger.base import (
     State,
 )
 from goipd.ledger.group_commit import GroupCommitter
+from goipd.ledger.ha_sqlite import SqliteCoordination
 from goipd.ledger.migrations import migrate
 from goipd.ledger.rows import (
     CROCKFORD,
@@ -150,9 +152,10 @@ def _id_floor(since: float) -> str:
     return "".join(reversed(chars))
 
 
-class SqliteLedger:
-    def __init__(self, path: Path) -> None:
+class SqliteLedger(SqliteCoordination):
+    def __init__(self, path: Path, instance_id: str = "local") -> None:
         self.path = Path(path)
+        self.instance_id = instance_id
         self._writer_pool: ThreadPoolExecutor | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
@@ -306,6 +309,27 @@ class SqliteLedger:
 
         return await self._read(op)
 
+    async def message_bodies(
+        self, message_ids: Collection[str]
+    ) -> dict[str, tuple[str, str | None]]:
+        ids = list(message_ids)
+
+        def op(conn: sqlite3.Connection) -> dict[str, tuple[str, str | None]]:
+            found: dict[str, tuple[str, str | None]] = {}
+            for chunk in range(0, len(ids), VARIABLES_PER_QUERY):
+                part = ids[chunk : chunk + VARIABLES_PER_QUERY]
+                found.update(
+                    (row[0], (row[1], row[2]))
+                    for row in conn.execute(
+                        "SELECT id, text, route FROM messages WHERE id IN "
+                        f"({','.join('?' * len(part))})",
+                        part,
+                    )
+                )
+            return found
+
+        return await self._read(op)
+
     async def list_messages(
         self, state: State | None, since: float | None, limit: int, after: str | None
     ) -> list[Message]:
@@ -356,12 +380,19 @@ class SqliteLedger:
 
         return await self._read(op)
 
-    async def cancel(self, message_id: str, now: float) -> Message | None:
+    async def cancel(
+        self, message_id: str, now: float, handed_over: Sequence[int] = ()
+    ) -> Message | None:
         def op(conn: sqlite3.Connection) -> Message | None:
             conn.execute(
                 "UPDATE recipients SET state = 'cancelled', updated_at = ? "
                 "WHERE message_id = ? AND state = 'queued'",
                 (now, message_id),
+            )
+            conn.executemany(
+                "UPDATE recipients SET state = 'cancelled', updated_at = ? "
+                "WHERE id = ? AND message_id = ? AND state = 'submitted'",
+                [(now, recipient_id, message_id) for recipient_id in handed_over],
             )
             found = _load_messages(conn, [message_id])
             return found[0] if found else None
@@ -390,8 +421,15 @@ class SqliteLedger:
                 cursor = conn.execute(
                     "UPDATE recipients SET state = 'dispatching', route = ?, server = ?, line = ?,"
                     " attempts = attempts + 1, task_id = NULL, upstream_id = NULL,"
-                    " updated_at = ? WHERE id = ? AND state = 'queued'",
-                    (claim.route, claim.server, claim.line, now, claim.recipient_id),
+                    " claimed_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+                    (
+                        claim.route,
+                        claim.server,
+                        claim.line,
+                        self.instance_id,
+                        now,
+                        claim.recipient_id,
+                    ),
                 )
                 if cursor.rowcount:
                     claimed.append(claim.recipient_id)
@@ -416,6 +454,36 @@ class SqliteLedger:
 
         return await self._read(op)
 
+    async def apply_to_task(
+        self,
+        server: str,
+        task_id: str,
+        number: str,
+        now: float,
+        decide: Callable[[Recipient], tuple[Outcome | None, T]],
+    ) -> tuple[Recipient, T] | None:
+        plus = number if number.startswith("+") else f"+{number}"
+
+        # In the writer's transaction: one thread hop per report instead of a read and a
+        # write, and the state decided on is the state changed.
+        def op(conn: sqlite3.Connection) -> tuple[Recipient, T] | None:
+            row = conn.execute(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = ? "
+                "AND task_id = ? AND number IN (?, ?) ORDER BY id DESC LIMIT 1",
+                (server, task_id, number, plus),
+            ).fetchone()
+            if row is None:
+                return None
+            recipient = recipient_from_row(row)
+            outcome, extra = decide(recipient)
+            if outcome is not None and outcome.recipient_id == recipient.id:
+                _apply(conn, outcome, recipient.state, list(recipient.excluded_lines), now)
+            elif outcome is not None:
+                _record(conn, [outcome], now)
+            return recipient, extra
+
+        return await self._write(op)
+
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
         return await self._read(
             lambda conn: [
@@ -436,6 +504,20 @@ class SqliteLedger:
                     f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = ? "
                     "AND updated_at < ? ORDER BY updated_at, id LIMIT ?",
                     (state.value, older_than, limit),
+                )
+            ]
+        )
+
+    async def awaiting_report(
+        self, route: str, sent_after: float, sent_before: float, limit: int
+    ) -> list[Recipient]:
+        return await self._read(
+            lambda conn: [
+                recipient_from_row(row)
+                for row in conn.execute(
+                    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'sent' "
+                    "AND route = ? AND sent_at > ? AND sent_at < ? ORDER BY sent_at, id LIMIT ?",
+                    (route, sent_after, sent_before, limit),
                 )
             ]
         )
@@ -561,6 +643,41 @@ class SqliteLedger:
 
         await self._write(op)
 
+    # --- manual line quarantines -------------------------------------------------------------
+
+    async def quarantine_line(
+        self, server: str, line: str, reason: str | None, now: float
+    ) -> LineQuarantine:
+        def op(conn: sqlite3.Connection) -> LineQuarantine:
+            row = conn.execute(
+                "INSERT INTO line_quarantines (server, line, reason, since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (server, line) DO UPDATE SET reason = excluded.reason "
+                "RETURNING server, line, reason, since",
+                (server, line, reason, now),
+            ).fetchone()
+            return LineQuarantine(*row)
+
+        return await self._write(op)
+
+    async def release_line(self, server: str, line: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM line_quarantines WHERE server = ? AND line = ?", (server, line)
+            )
+            return cursor.rowcount > 0
+
+        return await self._write(op)
+
+    async def line_quarantines(self) -> list[LineQuarantine]:
+        return await self._read(
+            lambda conn: [
+                LineQuarantine(*row)
+                for row in conn.execute(
+                    "SELECT server, line, reason, since FROM line_quarantines ORDER BY server, line"
+                )
+            ]
+        )
+
 
 # --- run in the reader's thread -----------------------------------------------------------------
 
@@ -657,20 +774,28 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
     # Ids are assigned here rather than by SQLite so that one executemany inserts them all;
     # the write lock held since BEGIN IMMEDIATE makes MAX(id) safe.
     next_id = int(conn.execute("SELECT IFNULL(MAX(id), 0) FROM recipients").fetchone()[0]) + 1
+    digests = [text_hash(a.message.text) for a in accepts]
+    recent = _recent_sends(conn, accepts, digests)
     message_rows: list[tuple[Any, ...]] = []
     recipient_rows: list[tuple[Any, ...]] = []
     created: dict[str, Message] = {}  # key → message made earlier in this same batch
-    outcome: list[Message | str] = []  # a new message, or the id of an earlier one
-    for accept in accepts:
+    made: dict[str, Message] = {}  # every message made in this batch, by id
+    # A new message, or (the id of an earlier one, the number that makes it a duplicate).
+    outcome: list[Message | tuple[str, str | None]] = []
+    for accept, digest in zip(accepts, digests, strict=True):
         new, now, key = accept.message, accept.now, accept.message.idempotency_key
         if key is not None and key in stored:
-            outcome.append(stored[key])
+            outcome.append((stored[key], None))
             continue
         if key is not None and key in created:
-            outcome.append(created[key].id)
+            outcome.append((created[key].id, None))
             continue
+        if new.duplicate_since is not None:
+            hit = _first_duplicate(recent, new, digest)
+            if hit is not None:
+                outcome.append(hit)
+                continue
         message_id = new_message_id(now)
-        digest = text_hash(new.text)
         start = new.send_at if new.send_at is not None else now
         message_rows.append(
             (
@@ -704,16 +829,75 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
         )
         if key is not None:
             created[key] = message
+        made[message_id] = message
+        if digest in recent.digests:
+            # A later accept of this batch with the same text must see this one.
+            for number in new.recipients:
+                recent.latest[(number, digest)] = (now, message_id)
         outcome.append(message)
     conn.executemany(INSERT_MESSAGE, message_rows)
     conn.executemany(INSERT_RECIPIENT, recipient_rows)
-    earlier = {m.id: m for m in created.values()}
-    missing = [o for o in outcome if isinstance(o, str) and o not in earlier]
+    earlier = dict(made)
+    missing = [o[0] for o in outcome if isinstance(o, tuple) and o[0] not in earlier]
     earlier.update((m.id, m) for m in _load_messages(conn, missing))
     return [
-        AcceptResult(o, created=True) if isinstance(o, Message) else AcceptResult(earlier[o], False)
+        AcceptResult(o, created=True)
+        if isinstance(o, Message)
+        else AcceptResult(earlier[o[0]], False, duplicate_number=o[1])
         for o in outcome
     ]
+
+
+@dataclass(slots=True)
+class _RecentSends:
+    """For the flood guard of one batch: the latest live recipient per (number, text hash)."""
+
+    digests: set[str]
+    latest: dict[tuple[str, str], tuple[float, str]]
+    """(number, text hash) → (created_at, message id)"""
+
+
+def _recent_sends(
+    conn: sqlite3.Connection, accepts: Sequence[_Accept], digests: Sequence[str]
+) -> _RecentSends:
+    # One query per distinct text of the batch, each an index seek per number
+    # (recipients_duplicate: number, text_hash, created_at).
+    wanted: dict[str, tuple[float, set[str]]] = {}
+    for accept, digest in zip(accepts, digests, strict=True):
+        since = accept.message.duplicate_since
+        if since is None:
+            continue
+        earliest, numbers = wanted.get(digest, (since, set()))
+        numbers.update(accept.message.recipients)
+        wanted[digest] = (min(earliest, since), numbers)
+    recent = _RecentSends(set(wanted), {})
+    for digest, (since, numbers) in wanted.items():
+        ordered = sorted(numbers)
+        for chunk in range(0, len(ordered), VARIABLES_PER_QUERY):
+            part = ordered[chunk : chunk + VARIABLES_PER_QUERY]
+            for number, created_at, message_id in conn.execute(
+                "SELECT number, created_at, message_id FROM recipients WHERE text_hash = ? "
+                f"AND number IN ({','.join('?' * len(part))}) AND created_at >= ? "
+                "AND state NOT IN ('cancelled', 'failed')",
+                (digest, *part, since),
+            ):
+                known = recent.latest.get((number, digest))
+                if known is None or created_at > known[0]:
+                    recent.latest[(number, digest)] = (created_at, message_id)
+    return recent
+
+
+def _first_duplicate(
+    recent: _RecentSends, new: NewMessage, digest: str
+) -> tuple[str, str | None] | None:
+    """(earlier message id, number) for the first number of `new` that got the same text
+    within its window, or None."""
+    assert new.duplicate_since is not None
+    for number in new.recipients:
+        known = recent.latest.get((number, digest))
+        if known is not None and known[0] >= new.duplicate_since:
+            return known[1], number
+    return None
 
 
 def _queued(recipient_id: int, message_id: str, number: str, start: float, now: float) -> Recipient:
@@ -763,25 +947,78 @@ def _load_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Message
     return [message_from_row(row, by_message[row[0]]) for row in rows]
 
 
+SENT_AT_IF_NULL = "sent_at IS NULL"
+"""Pseudo-column of _record: set sent_at (to `now`) only where it is not set yet."""
+
+
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> None:
-    for outcome in outcomes:
+    if len(outcomes) == 1:
+        outcome = outcomes[0]
         row = conn.execute(
             "SELECT state, excluded_lines FROM recipients WHERE id = ?", (outcome.recipient_id,)
         ).fetchone()
-        if row is None:
+        if row is not None:  # else a report for a recipient this ledger never had
+            _apply(conn, outcome, State(row[0]), json.loads(row[1]), now)
+        return
+    # Reads every recipient once and writes each changed one once, with one executemany per
+    # set of changed columns: a dispatch pass records hundreds of outcomes at a time.
+    ids = list(dict.fromkeys(o.recipient_id for o in outcomes))
+    current: dict[int, tuple[State, list[str]]] = {}
+    for chunk in range(0, len(ids), VARIABLES_PER_QUERY):
+        part = ids[chunk : chunk + VARIABLES_PER_QUERY]
+        for rid, state, excluded in conn.execute(
+            "SELECT id, state, excluded_lines FROM recipients WHERE id IN "
+            f"({','.join('?' * len(part))})",
+            part,
+        ):
+            current[rid] = (State(state), json.loads(excluded))
+    changes: dict[int, dict[str, Any]] = {}
+    for outcome in outcomes:  # in order: later outcomes see what earlier ones did
+        rid = outcome.recipient_id
+        found = current.get(rid)
+        if found is None:
             continue  # a report for a recipient this ledger never had: nothing to apply
-        sets = transition(State(row[0]), json.loads(row[1]), outcome, now)
+        sets = transition(found[0], found[1], outcome, now)
         if sets is None:
             continue
+        current[rid] = (State(sets.get("state", found[0])), sets.get("excluded_lines", found[1]))
+        merged = changes.setdefault(rid, {})
+        merged.update(sets)
+        if "delivered_at" in sets and "sent_at" not in merged:
+            # A receipt may come before the "succeeded" report: delivered implies sent.
+            merged[SENT_AT_IF_NULL] = now
+    by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for rid, sets in changes.items():
         if "excluded_lines" in sets:
             sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
-        assignments = [f"{name} = ?" for name in sets]
-        values = list(sets.values())
-        if "delivered_at" in sets:
-            # A receipt may come before the "succeeded" report: delivered implies sent.
-            assignments.append("sent_at = COALESCE(sent_at, ?)")
-            values.append(now)
-        conn.execute(
-            f"UPDATE recipients SET {', '.join(assignments)} WHERE id = ?",
-            (*values, outcome.recipient_id),
+        if "sent_at" in sets:
+            sets.pop(SENT_AT_IF_NULL, None)
+        columns = tuple(sorted(sets))
+        by_columns.setdefault(columns, []).append((*(sets[c] for c in columns), rid))
+    for columns, rows in by_columns.items():
+        assignments = ", ".join(
+            "sent_at = COALESCE(sent_at, ?)" if c == SENT_AT_IF_NULL else f"{c} = ?"
+            for c in columns
         )
+        conn.executemany(f"UPDATE recipients SET {assignments} WHERE id = ?", rows)
+
+
+def _apply(
+    conn: sqlite3.Connection, outcome: Outcome, state: State, excluded: list[str], now: float
+) -> None:
+    """One outcome for a recipient whose state and excluded lines the caller has just read."""
+    sets = transition(state, excluded, outcome, now)
+    if sets is None:
+        return
+    if "excluded_lines" in sets:
+        sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
+    assignments = [f"{name} = ?" for name in sets]
+    values = list(sets.values())
+    if "delivered_at" in sets:
+        # A receipt may come before the "succeeded" report: delivered implies sent.
+        assignments.append("sent_at = COALESCE(sent_at, ?)")
+        values.append(now)
+    conn.execute(
+        f"UPDATE recipients SET {', '.join(assignments)} WHERE id = ?",
+        (*values, outcome.recipient_id),
+    )
