@@ -105,9 +105,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
         startup = time.monotonic() - started
         try:
             # The poll histogram is read as a difference: the first reading right after the
-            # first poll round, before the scheduled polls start (one interval after it), so
-            # the scrape's own stall of the event loop delays none of them. Then one more
-            # interval of settling (the start-up burst of 32,000 line_appeared events).
+            # first poll round. Then one more interval of settling (the start-up burst of
+            # 32,000 line_appeared events).
             ready = time.monotonic()
             scrape_start = time.time()
             _, first = await get_text(goipd.port, "/metrics")
@@ -135,9 +134,9 @@ async def run(ctx: Ctx) -> ScenarioResult:
     limit = interval * (1 + JITTER + SLACK)
     on_time = sum(1 for gap in seen["worst"].values() if gap <= limit)
     worst_server = max(seen["worst"], key=lambda name: seen["worst"][name])
-    # A scrape holds goipd's event loop (scenario 5): polls in flight while the first one was
-    # rendered, and the burst of polls run right after it, would be counted with that wait.
-    # Their servers are left out of the round-trip figures (the simulator knows which).
+    # Polls in flight while the first scrape was rendered (and shortly after) may or may not
+    # be in its reading, and share goipd's core with it: their servers are left out of the
+    # round-trip figures (the simulator knows which).
     disturbed = {
         name
         for name, times in polls.items()
@@ -224,10 +223,9 @@ async def run(ctx: Ctx) -> ScenarioResult:
             "jitter/2)). Every gap stays within interval x (1 + jitter)."
         )
     result.notes.append(
-        "The round-trip histogram covers every scheduled poll from the first one to the end "
-        "of the window (read by a scrape right after start-up and one after the window). A "
-        f"scrape holds goipd's event loop ({scrape_end - scrape_start:.1f}s here, see scenario "
-        "5): servers polled while the first one was rendered would be left out "
+        "The round-trip histogram covers the polls from a scrape right after start-up to one "
+        f"after the window; that first scrape took {scrape_end - scrape_start:.1f}s, and the "
+        f"servers polled while it ran or within interval/5 after it are left out "
         f"({len(disturbed)} were)."
     )
     result.notes.append(
