@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from dataclasses import replace
+from typing import Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from goipd import api, hooks
+from goipd import alerting, api, exposition, hooks, statuspage
+from goipd.cloud_hooks import CloudHooks
+from goipd.clouds import CloudContext, CloudFleet
 from goipd.config import ConfigError, Settings, load_settings
 from goipd.dispatch import Dispatcher
 from goipd.fleet.poller import FleetPoller
 from goipd.fleet.registry import LineRegistry
-from goipd.forwarder import InboundForwarder
+from goipd.forwarder import InboundForwarder, url_secrets
+from goipd.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
 from goipd.ledger.base import Ledger, LedgerError, State
 from goipd.logs import scrubber
 from goipd.metrics import Metrics
 from goipd.netutil import bound_port
 from goipd.problems import Handler, problem_middleware, problem_response
+from goipd.quarantine import QUARANTINE_KEY, ManualQuarantines
+from goipd.ratelimit import RateLimit, rate_limit_middleware
 from goipd.reconcile import Reconciler
 from goipd.routing import Router
 from goipd.sdnotify import Notifier, watchdog_loop
-from goipd.upstream.goip import GoipClient
 
 log = structlog.get_logger("goipd")
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
@@ -38,12 +44,43 @@ class Daemon:
         self.registry = LineRegistry()
         self.metrics = Metrics(self.registry)
         self.poller = FleetPoller(self.registry, self.metrics, settings.polling)
-        self.ledger = open_ledger(settings)
+        self.ledger = open_ledger(
+            settings,
+            settings.ha.instance_id
+            or default_instance_id(shared=settings.storage.sqlite_path is None),
+        )
+        self.coordinator = Coordinator(
+            self.ledger,
+            self.registry,
+            self.metrics,
+            settings.lease_ttl,
+            self.poller.poll,
+            singletons=lambda: [
+                FORWARD_LEASE,
+                *(f"{CLOUD_LEASE}{p.name}" for p in self.settings.providers),
+            ],
+            share_snapshots=settings.storage.sqlite_path is None,
+        )
+        self.poller.may_poll = self.coordinator.may_poll
         self.router = Router(
             self.registry,
             settings.routing,
             settings.routes,
             {s.name: s for s in settings.servers},
+            [p.name for p in settings.providers],
+        )
+        self.cloud_ctx = CloudContext(
+            self.ledger, self.metrics, lambda: self.settings.inbound.forward_urls
+        )
+        self.clouds = CloudFleet(
+            self.cloud_ctx,
+            lambda: self.settings.reconcile,
+            on_enable=self._enable_provider,
+            is_enabled=lambda name: self.router.cloud_enabled.get(name, False),
+            runs_jobs=lambda name: self.coordinator.holds(f"{CLOUD_LEASE}{name}"),
+        )
+        self.cloud_hooks = CloudHooks(
+            self.cloud_ctx, lambda: {p.name: p.hook_token for p in self.settings.providers}
         )
         self.dispatcher = Dispatcher(
             self.ledger,
@@ -52,6 +89,10 @@ class Daemon:
             self.poller.clients.get,
             settings.routing,
             self.metrics,
+            clouds=self.clouds.get,
+            schedule_ahead=self._schedule_ahead,
+            # One SQLite file has one instance, whose router already keeps the exact rate.
+            shared_line_rate=settings.storage.sqlite_path is None,
         )
         self.hooks = hooks.HookContext(
             servers=lambda: self.poller.servers,
@@ -64,9 +105,17 @@ class Daemon:
             clock=time.time,
         )
         self.reconciler = Reconciler(
-            self.hooks, self.poller.clients.get, lambda: self.settings.reconcile
+            self.hooks,
+            self.poller.clients.get,
+            lambda: self.settings.reconcile,
+            owned=lambda: [name for name, s in self.registry.servers.items() if s.owned],
         )
-        self.forwarder = InboundForwarder(self.ledger, lambda: self.settings.inbound)
+        self.quarantines = ManualQuarantines(self.ledger, self.registry, self.dispatcher.wake)
+        self.forwarder = InboundForwarder(
+            self.ledger,
+            lambda: self.settings.inbound,
+            runs=lambda: self.coordinator.holds(FORWARD_LEASE),
+        )
         self.api = api.ApiContext(
             ledger=self.ledger,
             settings=lambda: self.settings.api,
@@ -75,7 +124,9 @@ class Daemon:
             metrics=self.metrics,
             wake_dispatch=self.dispatcher.wake,
             clock=time.time,
+            cancel_handed_over=self.clouds.cancel_handed_over,
         )
+        self.alert_relay = alerting.AlertRelay(settings.alerting, self.metrics)
         self.web_app = self._build_web_app()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,18 +142,30 @@ class Daemon:
                 problem_middleware,
                 self._refuse_while_stopping,
                 api.token_middleware(lambda: self.settings.api_tokens),
+                rate_limit_middleware(
+                    lambda: RateLimit(
+                        self.settings.api.rate_limit, self.settings.api.rate_limit_burst
+                    ),
+                    # Without tokens any Authorization header passes: keying buckets by it
+                    # would let a client skip the limit with a new header per request.
+                    lambda request: api.client_id(request) if self.settings.api_tokens else "",
+                ),
             ],
             client_max_size=self.settings.http.max_body_bytes,
         )
         app[DAEMON_KEY] = self
         app[api.REGISTRY_KEY] = self.registry
         app[api.API_KEY] = self.api
+        app[api.ALERTING_KEY] = self.alert_relay
         app[hooks.HOOKS_KEY] = self.hooks
+        app[QUARANTINE_KEY] = self.quarantines
         app.router.add_get("/metrics", _metrics)
         app.router.add_get("/healthz", _healthz)
         app.router.add_get("/readyz", _readyz)
         api.add_routes(app)
+        statuspage.add_routes(app)
         hooks.add_routes(app)
+        self.cloud_hooks.add_routes(app)
         return app
 
     @web.middleware
@@ -118,18 +181,26 @@ class Daemon:
         return await handler(request)
 
     async def start(self) -> None:
-        if self.settings.providers:
-            # The provider clients are not wired into this build yet: refuse rather than
-            # accept routes that would silently never be used.
-            raise ConfigError(
-                self.settings.source,
-                [("providers", "cloud providers are not supported by this build of goipd yet")],
-            )
         scrubber.set_secrets(_secrets(self.settings))
-        for warning in self.settings.warnings:
+        for warning in (*self.settings.warnings, *_provider_warnings(self.settings)):
             log.warning("config_warning", detail=warning)
         await self.ledger.open()
+        # Before the first poll, so no line is routed before its manual quarantine is known.
+        await self.quarantines.sync()
         self.poller.configure({s.name: s for s in self.settings.servers})
+        # Which servers this instance polls, and the others' snapshots, before the first poll.
+        log.info(
+            "ha_instance",
+            instance=self.ledger.instance_id,
+            lease_ttl=self.settings.lease_ttl,
+        )
+        await self.coordinator.tick()
+        # Renewals from here on: the first poll round and settling a previous process's claims
+        # can take longer than a lease, and neither the poll leases nor this instance's
+        # heartbeat may run out meanwhile (another instance would poll too, or settle claims
+        # this one is settling).
+        self._coordinator_task = asyncio.create_task(self.coordinator.run(), name="ha")
+        self.clouds.configure(self.settings.providers, self.settings.http.public_url)
         self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -141,13 +212,16 @@ class Daemon:
             servers=len(self.settings.servers),
         )
         await self.poller.first_round()
+        await self.coordinator.first_round(within=2 * self.settings.lease_ttl)
         self.poller.start()
         # Claims left by a previous process are settled before the dispatcher may resend.
         await self.reconciler.startup()
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dispatch"),
             asyncio.create_task(self.forwarder.run(), name="forward"),
+            asyncio.create_task(self.clouds.run(), name="clouds"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
+            self._coordinator_task,
             asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"),
         ]
         await self.update_queue_metrics()
@@ -158,17 +232,29 @@ class Daemon:
             lines=sum(1 for _ in self.registry.lines()),
         )
 
+    def _schedule_ahead(self, name: str) -> float:
+        config = next((p for p in self.settings.providers if p.name == name), None)
+        return float(getattr(config.settings, "schedule_ahead", 0.0)) if config else 0.0
+
+    def _enable_provider(self, name: str) -> None:
+        self.router.enable_cloud(name)
+        self.metrics.provider_disabled.labels(name).set(0)
+        self.dispatcher.wake()
+
     @property
     def ready(self) -> bool:
         return self.registry.first_round_done
 
     async def _maintenance(self) -> None:
-        """Queue gauges every few seconds; reconciliation on its own interval."""
+        """Queue gauges and manual quarantines every few seconds; reconciliation on its own
+        interval."""
         next_reconcile = time.monotonic() + self.settings.reconcile.interval
         while True:
             await asyncio.sleep(QUEUE_METRICS_INTERVAL)
             try:
                 await self.update_queue_metrics()
+                # Quarantines set through another goipd sharing a PostgreSQL ledger.
+                await self.quarantines.sync()
                 self.notifier.status(self.status_line())
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + self.settings.reconcile.interval
@@ -209,6 +295,7 @@ class Daemon:
         for key, old_value, new_value in (
             ("http.listen", self.settings.http.listen, new.http.listen),
             ("storage.url", self.settings.storage.url, new.storage.url),
+            ("ha", self.settings.ha, new.ha),
         ):
             if old_value != new_value:
                 log.warning("config_reload_needs_restart", key=key)
@@ -216,20 +303,33 @@ class Daemon:
             new,
             http=new.http.model_copy(update={"listen": self.settings.http.listen}),
             storage=self.settings.storage,
+            ha=self.settings.ha,
         )
         self.settings = new
         scrubber.set_secrets(_secrets(new))
         servers = {s.name: s for s in new.servers}
-        retired = self.poller.configure(servers)
-        self.router.reconfigure(new.routing, new.routes, servers)
+        old_timeouts = [p.settings.timeout for p in self.settings.providers]
+        retired_servers = self.poller.configure(servers)
+        await self.coordinator.tick()  # new servers: polled here only once the lease is ours
+        retired_clouds = self.clouds.configure(new.providers, new.http.public_url)
+        providers = [p.name for p in new.providers]
+        self.router.reconfigure(new.routing, new.routes, servers, providers)
+        for name in providers:
+            self.metrics.provider_disabled.labels(name).set(0)
         self.dispatcher.settings = new.routing
+        self.alert_relay.configure(new.alerting)
         # Sends in flight may still use a retired client: close it once they are surely done.
-        grace = max((c.timeout for c in retired), default=0.0) * 2 + 1.0
+        timeouts = [c.timeout for c in retired_servers]
+        if retired_clouds:
+            timeouts.extend(old_timeouts)
+        grace = max(timeouts, default=0.0) * 2 + 1.0
+        retired: list[_Closable] = [*retired_servers, *retired_clouds]
         if retired:
             self._tasks.append(asyncio.create_task(_close_later(retired, grace)))
         log.info(
             "config_reloaded",
             servers=len(servers),
+            providers=len(providers),
             routes=len(new.routes),
             retired_clients=len(retired),
         )
@@ -242,11 +342,13 @@ class Daemon:
         self.notifier.stopping()
         deadline = time.monotonic() + grace
         await self.dispatcher.stop(deadline)
+        await self.clouds.stop()
         await self.forwarder.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poller.stop()
+        await self.coordinator.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -255,20 +357,26 @@ class Daemon:
         log.info("daemon_stopped")
 
 
-async def _close_later(clients: list[GoipClient], delay: float) -> None:
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+async def _close_later(clients: list[_Closable], delay: float) -> None:
     await asyncio.sleep(delay)
     await asyncio.gather(*(client.close() for client in clients))
 
 
-def open_ledger(settings: Settings) -> Ledger:
+def open_ledger(settings: Settings, instance_id: str) -> Ledger:
     path = settings.storage.sqlite_path
     if path is not None:
         from goipd.ledger.sqlite import SqliteLedger
 
-        return SqliteLedger(path)
+        return SqliteLedger(path, instance_id=instance_id)
     from goipd.ledger.postgres import PostgresLedger
 
-    return PostgresLedger(settings.storage.url, schema=settings.storage.pg_schema)
+    return PostgresLedger(
+        settings.storage.url, schema=settings.storage.pg_schema, instance_id=instance_id
+    )
 
 
 def _secrets(settings: Settings) -> list[str]:
@@ -277,12 +385,51 @@ def _secrets(settings: Settings) -> list[str]:
         values.append(server.password.get_secret_value())
         if server.hook_token is not None:
             values.append(server.hook_token.get_secret_value())
+    for provider in settings.providers:
+        values.append(provider.secret.get_secret_value())
+        if provider.hook_token is not None:
+            values.append(provider.hook_token.get_secret_value())
+    for url in settings.inbound.forward_urls:
+        values.extend(url_secrets(url))
     return values
 
 
+def _provider_warnings(settings: Settings) -> list[str]:
+    """Configurations that work but lose something an operator would want to know about."""
+    warnings = []
+    for provider in settings.providers:
+        if provider.name == "c123":
+            continue  # replies are fetched and there are no delivery reports: nothing pushed
+        if provider.hook_token is None:
+            warnings.append(
+                f"providers.{provider.name}: no hook_token, so its delivery reports "
+                "(and smsgo replies) are refused; sends stay `sent` until a status query"
+            )
+        elif provider.name == "smsgo" and settings.http.public_url is None:
+            warnings.append(
+                "providers.smsgo: http.public_url is not set, so smsgo is not told where to "
+                "push delivery reports and replies"
+            )
+    return warnings
+
+
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[DAEMON_KEY].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = await request.app[DAEMON_KEY].metrics.render_async()
+    headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
+    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        # 32,000 lines are ~20 MB of text and ~1 MB gzipped.
+        body = await exposition.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() == "gzip":
+            weight = params.replace(" ", "").lower()
+            return not re.fullmatch(r"q=0(\.0{0,3})?", weight)
+    return False
 
 
 async def _healthz(_request: web.Request) -> web.Response:

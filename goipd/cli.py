@@ -1,4 +1,4 @@
-"""`goipd run|check-config|send|lines|messages show|simulate|version`."""
+"""`goipd run|check-config|send|lines|messages show|quarantine|release|simulate|version`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_cli.run_lines(args)
     if args.command == "messages":
         return client_cli.run_show(args)
+    if args.command == "quarantine":
+        return client_cli.run_quarantine(args)
+    if args.command == "release":
+        return client_cli.run_release(args)
     parser.print_help()
     return 2
 
@@ -52,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="messages_command", required=True
     )
     client_cli.add_show_arguments(messages.add_parser("show", help="one message, per recipient"))
+    client_cli.add_quarantine_arguments(
+        sub.add_parser("quarantine", help="take a line out of routing until released"),
+        reason=True,
+    )
+    client_cli.add_quarantine_arguments(
+        sub.add_parser("release", help="put a quarantined line back into routing"), reason=False
+    )
     sub.add_parser("simulate", help="run a simulated GoIP fleet (see goipd simulate --help)")
     sub.add_parser("version", help="print the version")
     return parser

@@ -1,5 +1,6 @@
 """Operator commands that talk to a running goipd over its HTTP API: `goipd send`,
-`goipd lines`, `goipd messages show`. Human tables by default, the API's JSON with --json."""
+`goipd lines`, `goipd messages show`, `goipd quarantine`, `goipd release`. Human tables by
+default, the API's JSON with --json."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def run_lines(args: argparse.Namespace) -> int:
     for server in reply["servers"]:
         state = "up" if server["up"] else f"DOWN ({server['last_error_reason']})"
         print(f"{server['server']}: {state}, {server['lines']} lines")
-    rows = [("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "NOTE")]
+    rows = [("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "QUARANTINE")]
     for line in reply["lines"]:
         rows.append(
             (
@@ -130,7 +131,7 @@ def run_lines(args: argparse.Namespace) -> int:
                 "yes" if line["healthy"] else "no",
                 _quota(line["remain_sms"]),
                 _quota(line["day_remain_sms"]),
-                line["quarantine_reason"] or "",
+                _quarantine_note(line),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -139,6 +140,63 @@ def run_lines(args: argparse.Namespace) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     return 0
+
+
+def _quarantine_note(line: dict[str, Any]) -> str:
+    notes = []
+    manual = line.get("manual_quarantine")
+    if manual is not None:
+        notes.append("manual" + (f": {manual['reason']}" if manual["reason"] else ""))
+    if line.get("quarantine_reason"):
+        notes.append(line["quarantine_reason"])
+    return "; ".join(notes)
+
+
+def add_quarantine_arguments(parser: argparse.ArgumentParser, *, reason: bool) -> None:
+    parser.add_argument("server", help="SMS Server name")
+    parser.add_argument("line", help="line id, e.g. G101")
+    if reason:
+        parser.add_argument("--reason", help="why, shown in `goipd lines` and on the status page")
+    add_connection_arguments(parser)
+
+
+def _quarantine_path(args: argparse.Namespace) -> str:
+    server = urllib.parse.quote(args.server, safe="")
+    line = urllib.parse.quote(args.line, safe="")
+    return f"/api/v1/lines/{server}/{line}/quarantine"
+
+
+def run_quarantine(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else {}
+    status, reply = call(args, "PUT", _quarantine_path(args), body)
+    if args.json:
+        print(json.dumps(reply, ensure_ascii=False, indent=2))
+    elif status >= 400:
+        print(f"error {status}: {reply.get('detail', reply)}", file=sys.stderr)
+    else:
+        print(f"{args.server}/{args.line} quarantined until released")
+        if not reply["reported"]:
+            print(
+                f"  note: {args.server} does not report line {args.line} now; "
+                "the quarantine applies when it appears",
+                file=sys.stderr,
+            )
+    return 0 if status < 400 else 1
+
+
+def run_release(args: argparse.Namespace) -> int:
+    status, reply = call(args, "DELETE", _quarantine_path(args))
+    if args.json:
+        print(json.dumps(reply, ensure_ascii=False, indent=2))
+    elif status >= 400:
+        print(f"error {status}: {reply.get('detail', reply)}", file=sys.stderr)
+    else:
+        released = " and ".join(
+            {"manual": "manual quarantine", "errors": "quarantine after line errors"}[kind]
+            for kind in reply["released"]
+        )
+        print(f"{args.server}/{args.line} released ({released})")
+    return 0 if status < 400 else 1
 
 
 def add_show_arguments(parser: argparse.ArgumentParser) -> None:

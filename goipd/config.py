@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import phonenumbers
 import yaml
 from pydantic import (
     BaseModel,
@@ -92,6 +93,11 @@ class HttpSettings(_Strict):
     api_tokens: tuple[SecretStr, ...] = ()
     api_tokens_file: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    public_url: (
+        Annotated[str, BeforeValidator(lambda v: _http_url(v) if isinstance(v, str) else v)] | None
+    ) = None
+    """Where cloud providers reach goipd's hooks (behind a proxy, not `listen`); smsgo is told
+    its delivery-report and reply URLs from it on every send."""
 
     @property
     def host(self) -> str:
@@ -266,6 +272,10 @@ class RoutingSettings(_Strict):
     """Wait before a recipient with no usable route is tried again (doubles per attempt)."""
     max_queue_age: Duration = 86400.0
     """A recipient still not sent after this long fails with reason expired."""
+    provider_probe_interval: Duration = 600.0
+    """A cloud provider disabled by an account refusal (credentials, credit) is given one
+    send as a probe this often, so it comes back by itself once fixed. 0s: only a balance
+    poll with credit left or a reload brings it back."""
 
 
 class ApiSettings(_Strict):
@@ -277,6 +287,9 @@ class ApiSettings(_Strict):
     duplicate_window: Duration = 600.0
     """Same number + same text within this window is refused (409): the flood guard.
     0s turns the guard off."""
+    rate_limit: float = Field(default=0.0, ge=0.0, le=100_000.0)
+    """Requests per second allowed per API token on /api/* (0 = unlimited); over it: 429."""
+    rate_limit_burst: int = Field(default=50, ge=1, le=100_000)
 
     @field_validator("default_region")
     @classmethod
@@ -312,6 +325,31 @@ class InboundSettings(_Strict):
         return value
 
 
+class HaSettings(_Strict):
+    """Several goipd instances on one PostgreSQL ledger (README "High availability")."""
+
+    instance_id: str | None = None
+    """This instance's name in leases and claims; default: host name + a random suffix, new
+    at every start (on SQLite: the host name)."""
+    lease_ttl: Duration | None = None
+    """How long a polling lease lasts without renewal (renewed every third of it); default:
+    the shortest poll_interval, between 1s and 15s."""
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError(f"expected 1-64 of A-Z a-z 0-9 _ . -, got {_show(value)}")
+        return value
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl(cls, value: float | None) -> float | None:
+        if value is not None and not 0.3 <= value <= 600:
+            raise ValueError(f"must be between 300ms and 10m, got {format_duration(value)}")
+        return value
+
+
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -337,6 +375,10 @@ class SmsgoSettings(_CloudBase):
     password_file: str | None = None
     url: HttpUrl = "https://www.smsgo.com.tw/sms_gw"
     backup_url: HttpUrl = "http://www2.smsgo.com.tw/sms_gw"
+    schedule_ahead: Duration = 0.0
+    """Scheduled messages whose route starts with smsgo are handed over this long before
+    their time (`dlvtime`), so smsgo sends them on time even if goipd is down then; DELETE
+    still cancels them there. 0s: goipd keeps them until they are due."""
 
 
 class PaasooSettings(_CloudBase):
@@ -353,6 +395,9 @@ class C123Settings(_CloudBase):
     password_env: str | None = None
     password_file: str | None = None
     url: HttpUrl = "http://http.c123.com"
+    schedule_ahead: Duration = 0.0
+    """Like smsgo's: scheduled messages routed first to c123 are handed over this long
+    before their time (`time`). c123 cannot cancel them once handed over."""
     reply_poll_interval: Duration = 600.0
     """c123 hands out each reply once and asks clients not to poll more often than this."""
 
@@ -382,6 +427,102 @@ class CloudProviderConfig:
     hook_token: SecretStr | None
 
 
+# --- alerting: the Alertmanager receiver (POST /api/v1/alertmanager) ---------------------------
+
+
+class AlertReceiverSettings(_Strict):
+    """One Alertmanager receiver: its notifications become one SMS to every number in `to`."""
+
+    to: tuple[str, ...] = Field(min_length=1)
+    """Phone numbers; without a country code they are read in api.default_region. Once
+    resolved: E.164, de-duplicated."""
+    route: RouteTarget | None = None
+    """Forced route, like the API's `route`; None = the routing rules."""
+    max_segments: int = Field(default=2, ge=1, le=10)
+    """The rendered SMS is trimmed (with an ellipsis) to fit this many SMS segments."""
+
+
+class AlertRateLimitSettings(_Strict):
+    max_messages: int = Field(default=10, ge=1, le=10_000)
+    per: Duration = 3600.0
+
+    @field_validator("per")
+    @classmethod
+    def _positive_per(cls, value: float) -> float:
+        return _positive(value)
+
+
+class AlertingSettings(_Strict):
+    receivers: dict[str, AlertReceiverSettings] = {}
+    """Alertmanager receiver name (its `receivers[].name`) → where its SMS go."""
+    dedup_window: Duration = 300.0
+    """A notification with the same groupKey and status as one sent less than this long ago
+    sends nothing. 0s turns de-duplication off."""
+    rate_limit: AlertRateLimitSettings = AlertRateLimitSettings()
+    """Per phone number, over all receivers: at most max_messages alert SMS per `per`."""
+
+    @field_validator("receivers")
+    @classmethod
+    def _receiver_names(
+        cls, value: dict[str, AlertReceiverSettings]
+    ) -> dict[str, AlertReceiverSettings]:
+        for name in value:
+            if not 1 <= len(name) <= 128 or not name.isprintable():
+                raise ValueError(
+                    f"receiver names are 1-128 printable characters, got {_show(name)}"
+                )
+        return value
+
+
+def _alerting_problems(
+    raw: RawSettings, servers: Mapping[str, int]
+) -> tuple[AlertingSettings, list[tuple[str, str]]]:
+    """Numbers parsed like the API parses them (api.default_region), forced routes checked
+    against the configured servers and providers."""
+    problems: list[tuple[str, str]] = []
+    region = raw.api.default_region
+    receivers: dict[str, AlertReceiverSettings] = {}
+    for name, receiver in raw.alerting.receivers.items():
+        path = f"alerting.receivers.{name}"
+        numbers: list[str] = []
+        for index, number in enumerate(receiver.to):
+            try:
+                parsed = phonenumbers.parse(number, region)
+                valid = phonenumbers.is_valid_number(parsed)
+            except phonenumbers.NumberParseException:
+                valid = False
+            if not valid:
+                problems.append(
+                    (
+                        f"{path}.to[{index}]",
+                        f"{_show(number)} is not a valid phone number (default region {region})",
+                    )
+                )
+                continue
+            numbers.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+        numbers = list(dict.fromkeys(numbers))
+        if len(numbers) > raw.api.max_recipients:
+            problems.append(
+                (f"{path}.to", f"at most api.max_recipients ({raw.api.max_recipients}) numbers")
+            )
+        target = receiver.route
+        if target is not None and target.cloud is not None:
+            if getattr(raw.providers, target.cloud) is None:
+                problems.append(
+                    (
+                        f"{path}.route.cloud",
+                        f"provider {target.cloud} is not configured under providers.{target.cloud}",
+                    )
+                )
+        elif target is not None and target.server != "*" and target.server not in servers:
+            problems.append((f"{path}.route.server", f'no server named "{target.server}"'))
+        receivers[name] = receiver.model_copy(update={"to": tuple(numbers)})
+    return raw.alerting.model_copy(update={"receivers": receivers}), problems
+
+
+# --- end of alerting ----------------------------------------------------------------------------
+
+
 class RawSettings(_Strict):
     http: HttpSettings = HttpSettings(listen="127.0.0.1:8080")
     storage: StorageSettings = StorageSettings()
@@ -394,6 +535,8 @@ class RawSettings(_Strict):
     reconcile: ReconcileSettings = ReconcileSettings()
     inbound: InboundSettings = InboundSettings()
     providers: ProvidersSettings = ProvidersSettings()
+    alerting: AlertingSettings = AlertingSettings()
+    ha: HaSettings = HaSettings()
 
 
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
@@ -427,12 +570,24 @@ class Settings:
     reconcile: ReconcileSettings
     inbound: InboundSettings
     providers: tuple[CloudProviderConfig, ...] = ()
+    alerting: AlertingSettings = AlertingSettings()  # noqa: RUF009 - frozen, safe to share
+    """Receivers' numbers in E.164."""
+    ha: HaSettings = HaSettings()  # noqa: RUF009 - frozen, safe to share
     warnings: tuple[str, ...] = ()
     inline_secrets: bool = False
     """Some secret is written in the config file itself (not via _env/_file)."""
 
     def server(self, name: str) -> Server | None:
         return next((s for s in self.servers if s.name == name), None)
+
+    @property
+    def lease_ttl(self) -> float:
+        """ha.lease_ttl, or the shortest poll interval within [1s, 15s]: a dead owner's
+        servers are then polled again within two of their intervals."""
+        if self.ha.lease_ttl is not None:
+            return self.ha.lease_ttl
+        shortest = min((s.poll_interval for s in self.servers), default=15.0)
+        return min(max(shortest, 1.0), 15.0)
 
 
 class ConfigError(Exception):
@@ -598,6 +753,8 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             )
     providers = _resolve_providers(raw.providers, base, env, problems)
     problems.extend(_route_problems(raw, seen))
+    alerting, alerting_problems = _alerting_problems(raw, seen)
+    problems.extend(alerting_problems)
     if problems:
         raise ConfigError(source, problems)
     return Settings(
@@ -614,6 +771,8 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         reconcile=raw.reconcile,
         inbound=raw.inbound,
         providers=providers,
+        alerting=alerting,
+        ha=raw.ha,
         inline_secrets=bool(raw.http.api_tokens)
         or any(s.password is not None or s.hook_token is not None for s in raw.servers)
         or any(

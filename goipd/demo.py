@@ -23,6 +23,9 @@ import yaml
 from goipd.sim.goip import demo_spec
 
 DEMO_DIR = Path("var/demo")
+CLOUD_PORTS = {"smsgo": 9091, "smsgo_backup": 9092, "paasoo": 9093, "c123": 9094}
+"""The cloud simulators' ports (goipd.sim.cloud_runner); their accounts are its defaults."""
+DEMO_HOOK_TOKEN = "demo-cloud-hook-token"  # noqa: S105 - a demo on loopback
 
 
 def demo_config(sim_port: int, goipd_port: int, state_dir: Path) -> dict[str, Any]:
@@ -40,12 +43,50 @@ def demo_config(sim_port: int, goipd_port: int, state_dir: Path) -> dict[str, An
         }
         for server in spec["servers"]
     ]
+    cloud = "http://127.0.0.1:{}".format
     return {
-        "http": {"listen": f"127.0.0.1:{goipd_port}"},
+        "http": {
+            "listen": f"127.0.0.1:{goipd_port}",
+            "public_url": f"http://127.0.0.1:{goipd_port}",
+        },
         "storage": {"url": f"sqlite:///{(state_dir / 'goipd.db').resolve()}"},
         "logging": {"level": "info", "format": "console"},
         "servers": servers,
+        # Own SIMs first, the cloud when none is usable; China only through c123.
+        "routes": [
+            {"match": {"country": ["CN"]}, "via": [{"cloud": "c123"}]},
+            {"match": {"prefix": ["+886"]}, "via": [{"server": "*"}, {"cloud": "smsgo"}]},
+            {"via": [{"server": "*"}, {"cloud": "paasoo"}]},
+        ],
+        "providers": {
+            "smsgo": {
+                "username": "goipd",
+                "password_file": "smsgo.password",
+                "url": f"{cloud(CLOUD_PORTS['smsgo'])}/sms_gw",
+                "backup_url": f"{cloud(CLOUD_PORTS['smsgo_backup'])}/sms_gw",
+                "hook_token": DEMO_HOOK_TOKEN,
+            },
+            "paasoo": {
+                "key": "paasoo-key",
+                "secret_file": "paasoo.secret",
+                "url": cloud(CLOUD_PORTS["paasoo"]),
+                "hook_token": DEMO_HOOK_TOKEN,
+            },
+            "c123": {
+                "uid": "9999",
+                "password_file": "c123.password",
+                "url": cloud(CLOUD_PORTS["c123"]),
+            },
+        },
     }
+
+
+# The cloud simulators' default test accounts (goipd/sim/{smsgo,paasoo,c123}.py).
+CLOUD_SECRETS = {
+    "smsgo.password": "smsgo-secret",
+    "paasoo.secret": "paasoo-secret",
+    "c123.password": "c123-password",
+}
 
 
 def write_demo_files(state_dir: Path, sim_port: int, goipd_port: int) -> Path:
@@ -53,6 +94,10 @@ def write_demo_files(state_dir: Path, sim_port: int, goipd_port: int) -> Path:
     for server in demo_spec(None)["servers"]:
         secret = state_dir / f"{server['name']}.password"
         secret.write_text(server["password"] + "\n")
+        secret.chmod(0o600)
+    for name, value in CLOUD_SECRETS.items():
+        secret = state_dir / name
+        secret.write_text(value + "\n")
         secret.chmod(0o600)
     config = state_dir / "goipd.yaml"
     config.write_text(
@@ -124,10 +169,27 @@ def main() -> int:
             "60",
         ],
     )
+    clouds = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [
+            sys.executable,
+            "-m",
+            "goipd.sim.cloud_runner",
+            "--smsgo-port",
+            str(CLOUD_PORTS["smsgo"]),
+            "--smsgo-backup-port",
+            str(CLOUD_PORTS["smsgo_backup"]),
+            "--paasoo-port",
+            str(CLOUD_PORTS["paasoo"]),
+            "--c123-port",
+            str(CLOUD_PORTS["c123"]),
+            "--paasoo-dlr-url",
+            f"{goipd_url}/hooks/paasoo/report?token={DEMO_HOOK_TOKEN}",
+        ]
+    )
     daemon = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "goipd.cli", "run", "--config", str(config)]
     )
-    children = [daemon, sim]
+    children = [daemon, sim, clouds]
     prom_port = int(os.environ.get("GOIPD_DEMO_PROMETHEUS_PORT", "9099"))
     prom_command = prometheus_command(DEMO_DIR, goipd_port, prom_port)
     if prom_command is not None:
@@ -148,6 +210,9 @@ def main() -> int:
             f"  Health:   {goipd_url}/readyz\n"
             f"  Config:   {config}\n"
             f"  Simulator control API: http://127.0.0.1:{sim_port}/_control/servers\n"
+            f"  Cloud simulators: smsgo :{CLOUD_PORTS['smsgo']}, PaaSoo :{CLOUD_PORTS['paasoo']}, "
+            f"c123 :{CLOUD_PORTS['c123']} (routes: CN via c123, +886 overflow to smsgo, "
+            "the rest to PaaSoo)\n"
             + (
                 f"  Prometheus: http://127.0.0.1:{prom_port}/alerts (log in {DEMO_DIR})\n"
                 if prom_command

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from goipd import shared_rate
 from goipd.config import RouteTarget, RoutingSettings
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Claim, Ledger, LedgerError, Outcome, Recipient, State
@@ -23,12 +24,16 @@ from goipd.metrics import Metrics
 from goipd.outcomes import retry_delay
 from goipd.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.upstream.cloud import CloudProvider, Verdict
-from goipd.upstream.errors import ErrorReason, UpstreamError
+from goipd.upstream.errors import AMBIGUOUS_REASONS, ErrorReason, UpstreamError
 from goipd.upstream.goip import GoipClient, SendAccepted
 from goipd.wakeup import Wakeup
 
 log = structlog.get_logger("goipd.dispatch")
 IDLE_WAIT = 1.0
+BODY_CACHE = 10_000
+"""Messages whose text and route are kept for later passes (big messages span many)."""
+TRANSPORT_REASONS = frozenset(reason.value for reason in ErrorReason)
+AMBIGUOUS_CODES = frozenset(reason.value for reason in AMBIGUOUS_REASONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,8 @@ class Dispatcher:
         metrics: Metrics,
         *,
         clouds: Callable[[str], CloudProvider | None] = lambda _name: None,
+        schedule_ahead: Callable[[str], float] = lambda _name: 0.0,
+        shared_line_rate: bool = False,
         batch: int = 500,
         concurrency: int = 64,
         clock: Callable[[], float] = time.time,
@@ -58,6 +65,9 @@ class Dispatcher:
         self.registry = registry
         self.clients = clients
         self.clouds = clouds
+        self.schedule_ahead = schedule_ahead
+        self.shared_line_rate = shared_line_rate
+        """Count line sends against the rate of all instances on the ledger (shared_rate.py)."""
         self.settings = settings
         self.metrics = metrics
         self.batch = batch
@@ -67,6 +77,7 @@ class Dispatcher:
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._bodies: OrderedDict[str, Body] = OrderedDict()
+        self._outcomes = _OutcomeWriter(ledger, clock)
 
     def wake(self) -> None:
         self._wake.ring()
@@ -75,6 +86,7 @@ class Dispatcher:
         while not self._stopping:
             try:
                 started = await self.dispatch_once()
+                started += await self.hand_over_scheduled()
             except LedgerError as exc:
                 log.error("dispatch_paused", reason=str(exc))
                 started = 0
@@ -111,39 +123,47 @@ class Dispatcher:
             body = bodies.get(message_id)
             if body is None:
                 continue
-            expired = [r for r in recipients if now - r.created_at > self.settings.max_queue_age]
-            deferred.extend(
-                Outcome(
-                    r.id,
-                    State.FAILED,
-                    error_code="expired",
-                    error_meaning="not sent within routing.max_queue_age",
-                )
-                for r in expired
-            )
-            pending = [r for r in recipients if r not in expired]
-            while pending:
-                targets = body.targets or self.router.targets_for(pending[0].number)
-                same_route = [
-                    r
-                    for r in pending
-                    if body.targets or self.router.targets_for(r.number) == targets
-                ]
-                choice = self.router.choose(targets, now, set(excluded), want=len(same_route))
-                if choice is None and excluded:
-                    # Every candidate failed this recipient before: a second try on one of them
-                    # beats waiting for max_queue_age.
-                    choice = self.router.choose(targets, now, (), want=len(same_route))
-                if choice is None:
-                    deferred.extend(self._no_route(r, now) for r in same_route)
-                    pending = [r for r in pending if r not in same_route]
-                    continue
-                take = same_route[: choice.capacity]
-                pending = [r for r in pending if r not in take]
-                self.router.record_use(choice, len(take), now)
-                plans.append((choice, body, take))
+            pending: list[Recipient] = []
+            for r in recipients:
+                if now - r.created_at > self.settings.max_queue_age:
+                    deferred.append(
+                        Outcome(
+                            r.id,
+                            State.FAILED,
+                            error_code="expired",
+                            error_meaning="not sent within routing.max_queue_age",
+                        )
+                    )
+                else:
+                    pending.append(r)
+            # Recipients of one message that share a route list, in order of first appearance;
+            # each is then cut into the slices the chosen lines can take.
+            by_targets: dict[tuple[RouteTarget, ...], list[Recipient]] = {}
+            if body.targets:
+                by_targets[body.targets] = pending
+            else:
+                for r in pending:
+                    by_targets.setdefault(self.router.targets_for(r.number), []).append(r)
+            for targets, same_route in by_targets.items():
+                while same_route:
+                    choice = self.router.choose(targets, now, set(excluded), want=len(same_route))
+                    if choice is None and excluded:
+                        # Every candidate failed this recipient before: a second try on one of
+                        # them beats waiting for max_queue_age.
+                        choice = self.router.choose(targets, now, (), want=len(same_route))
+                    if choice is None:
+                        deferred.extend(self._no_route(r, now) for r in same_route)
+                        break
+                    take = same_route[: choice.capacity]
+                    same_route = same_route[choice.capacity :]
+                    self.router.record_use(choice, len(take), now)
+                    plans.append((choice, body, take))
         if deferred:
             await self.ledger.record(deferred, now)
+        if plans and self.shared_line_rate:
+            plans = await shared_rate.admit(
+                self.ledger, self.router, plans, self.settings.line_rate_per_minute
+            )
         if not plans:
             return 0
         # Claim everything of this pass in one durable write *before* any upstream call: the
@@ -159,6 +179,11 @@ class Dispatcher:
                 now,
             )
         )
+        if len(claimed) < sum(len(recipients) for _, _, recipients in plans):
+            # Another instance on the ledger claimed some first: those are not sent here.
+            await shared_rate.forget_unclaimed(
+                self.ledger, self.router, plans, claimed, self.shared_line_rate
+            )
         started = 0
         for choice, body, recipients in plans:
             batch = [r for r in recipients if r.id in claimed]
@@ -181,18 +206,70 @@ class Dispatcher:
             retry_at=now + self.settings.retry_delay,
         )
 
-    async def _send(self, choice: Choice, body: Body, recipients: Sequence[Recipient]) -> None:
+    async def hand_over_scheduled(self) -> int:
+        """Scheduled recipients whose route starts with a provider that schedules sends itself
+        (smsgo `dlvtime`, c123 `time`) are handed to it up to that provider's `schedule_ahead`
+        before their time: the provider then sends on time even if goipd is down, and DELETE
+        can still cancel them there (smsgo). Routes that start with own SIMs keep scheduled
+        messages in goipd: which line is usable is only known when they are due."""
+        horizon = max((self.schedule_ahead(name) for name in self.router.clouds), default=0.0)
+        if horizon <= 0:
+            return 0
+        now = self.clock()
+        early = [
+            r
+            for r in await self.ledger.due(now + horizon, self.batch)
+            if r.next_attempt_at > now and r.attempts == 0
+        ]
+        if not early:
+            return 0
+        bodies = await self._load_bodies({r.message_id for r in early})
+        groups: dict[tuple[str, str, float], list[Recipient]] = {}
+        for r in early:
+            body = bodies.get(r.message_id)
+            targets = (body.targets or self.router.targets_for(r.number)) if body else ()
+            provider = targets[0].cloud if targets else None
+            if (
+                provider is not None
+                and self.router.cloud_enabled.get(provider)
+                and r.next_attempt_at - now <= self.schedule_ahead(provider)
+            ):
+                groups.setdefault((r.message_id, provider, r.next_attempt_at), []).append(r)
+        if not groups:
+            return 0
+        claimed = set(
+            await self.ledger.claim(
+                [Claim(r.id, key[1], None, None) for key, rs in groups.items() for r in rs], now
+            )
+        )
+        started = 0
+        for (message_id, name, send_at), recipients in groups.items():
+            batch = [r for r in recipients if r.id in claimed]
+            if not batch:
+                continue
+            await self._slots.acquire()
+            choice = CloudChoice(name, capacity=len(batch))
+            task = asyncio.create_task(
+                self._send(choice, bodies[message_id], batch, send_at=send_at)
+            )
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            started += 1
+        return started
+
+    async def _send(
+        self,
+        choice: Choice,
+        body: Body,
+        recipients: Sequence[Recipient],
+        *,
+        send_at: float | None = None,
+    ) -> None:
         try:
             if isinstance(choice, CloudChoice):
-                await self._requeue(
-                    recipients,
-                    choice,
-                    "cloud_unavailable",
-                    f"cloud provider {choice.provider} is not configured",
-                    0,
-                )
-                return
-            await self._send_goip(choice, body, recipients)
+                await self._send_cloud(choice, body, recipients, send_at)
+            else:
+                await self._send_goip(choice, body, recipients)
         except LedgerError as exc:
             log.error("dispatch_record_failed", reason=str(exc), recipients=len(recipients))
         except Exception:
@@ -216,7 +293,7 @@ class Dispatcher:
                 provider=choice.provider,
             )
         except UpstreamError as exc:
-            ambiguous = exc.reason in (ErrorReason.TIMEOUT, ErrorReason.PARSE)
+            ambiguous = exc.reason in AMBIGUOUS_REASONS
             if ambiguous:
                 # The server may have taken the request before the failure: resending can
                 # duplicate. Counted so the duplicate bound is observable.
@@ -241,8 +318,9 @@ class Dispatcher:
                 )
                 for r in batch
             ]
-            await self.ledger.record(outcomes, self.clock())
-            log.info(
+            await self._outcomes.record(outcomes)
+            # Per send, so at debug: at info it was 6% of a busy dispatcher's CPU.
+            log.debug(
                 "sms_submitted",
                 server=choice.server,
                 line=choice.line,
@@ -272,7 +350,11 @@ class Dispatcher:
         )
 
     async def _send_cloud(
-        self, choice: CloudChoice, body: Body, batch: Sequence[Recipient]
+        self,
+        choice: CloudChoice,
+        body: Body,
+        batch: Sequence[Recipient],
+        send_at: float | None = None,
     ) -> None:
         provider = self.clouds(choice.provider)
         if provider is None:
@@ -288,7 +370,9 @@ class Dispatcher:
         results = []
         for start in range(0, len(batch), provider.max_batch):
             chunk = batch[start : start + provider.max_batch]
-            results.extend(await provider.send([r.number for r in chunk], body.text))
+            results.extend(
+                await provider.send([r.number for r in chunk], body.text, send_at=send_at)
+            )
         now = self.clock()
         outcomes: list[Outcome] = []
         retry: list[Recipient] = []
@@ -300,10 +384,17 @@ class Dispatcher:
                 result.verdict, "rejected"
             )
             self.metrics.sms_sent.labels(choice.provider, "", "", counted).inc()
+            # The provider may have taken the request before its answer was lost; a send
+            # after that (a retry, the next hop, smsgo's backup URL) may go out twice.
+            lost = max(result.lost_answers, int(result.code in AMBIGUOUS_CODES))
+            if lost:
+                self.metrics.dispatch_ambiguous.inc(lost)
             if result.verdict is Verdict.ACCEPTED:
-                outcomes.append(
-                    Outcome(recipient.id, State.SUBMITTED, upstream_id=result.upstream_id)
-                )
+                # The provider has it: that is `sent` (handed to the network), and only a
+                # delivery report or status query can still change it. A scheduled hand-over
+                # is `submitted` until then: the provider holds it and it can be cancelled.
+                state = State.SUBMITTED if send_at is not None else State.SENT
+                outcomes.append(Outcome(recipient.id, state, upstream_id=result.upstream_id))
             elif result.verdict is Verdict.FAILED:
                 outcomes.append(
                     Outcome(
@@ -314,12 +405,16 @@ class Dispatcher:
                     )
                 )
             else:
-                if result.verdict is Verdict.DISABLE and self.router.cloud_enabled.get(
-                    choice.provider, False
+                if result.code in TRANSPORT_REASONS:
+                    self.metrics.provider_errors.labels(choice.provider, "send", result.code).inc()
+                if result.retry_after is not None:
+                    self.router.pause_cloud(choice.provider, now + result.retry_after)
+                if result.verdict is Verdict.DISABLE and self.router.disable_cloud(
+                    choice.provider, now
                 ):
-                    # Credentials, credit or account: nothing a retry fixes. Stop routing there
-                    # until an operator acts (reload re-enables), and say so loudly.
-                    self.router.cloud_enabled[choice.provider] = False
+                    # Credentials, credit or account: nothing a quick retry fixes. Stop routing
+                    # there until it is fixed (a balance poll with credit, a probe send that is
+                    # accepted, or a reload), and say so loudly.
                     self.metrics.provider_disabled.labels(choice.provider).set(1)
                     log.error(
                         "provider_disabled",
@@ -328,10 +423,25 @@ class Dispatcher:
                         reason=result.meaning,
                     )
                 retry.append(recipient)
+        if any(
+            r.verdict in (Verdict.ACCEPTED, Verdict.FAILED) for r in results
+        ) and self.router.enable_cloud(choice.provider):
+            # A probe of a disabled provider was answered for a number: the account works.
+            self.metrics.provider_disabled.labels(choice.provider).set(0)
+            log.info("provider_reenabled", provider=choice.provider, by="probe")
         # A provider that answered for fewer numbers than asked: the rest were not taken.
         retry.extend(by_number.values())
         if outcomes:
             await self.ledger.record(outcomes, now)
+        log.info(
+            "cloud_send_done",
+            provider=choice.provider,
+            message_id=batch[0].message_id,
+            accepted=sum(1 for o in outcomes if o.state is not State.FAILED),
+            scheduled=send_at is not None,
+            failed=sum(1 for o in outcomes if o.state is State.FAILED),
+            retry=len(retry),
+        )
         if retry:
             refusal = next(
                 (r for r in results if r.verdict in (Verdict.RETRY, Verdict.DISABLE)), None
@@ -376,23 +486,76 @@ class Dispatcher:
                         exclude_line=choice.key,
                     )
                 )
-        await self.ledger.record(outcomes, now)
+        await self._outcomes.record(outcomes)
         self.wake()
 
     async def _load_bodies(self, message_ids: set[str]) -> dict[str, Body]:
         found = {}
+        missing = []
         for message_id in message_ids:
             body = self._bodies.get(message_id)
             if body is None:
-                message = await self.ledger.get_message(message_id)
-                if message is None:
-                    continue
-                body = Body(message.text, _targets(message.route))
+                missing.append(message_id)
+            else:
+                found[message_id] = body
+        if missing:
+            # One read for the whole pass: with single-recipient messages nearly every
+            # recipient of a pass belongs to a message not seen before.
+            for message_id, (text, route) in (await self.ledger.message_bodies(missing)).items():
+                body = found[message_id] = Body(text, _targets(route))
                 self._bodies[message_id] = body
-                if len(self._bodies) > 10_000:
-                    self._bodies.popitem(last=False)
-            found[message_id] = body
+            while len(self._bodies) > BODY_CACHE:
+                self._bodies.popitem(last=False)
         return found
+
+
+class _OutcomeWriter:
+    """Outcomes of sends whose replies come in together go to the ledger as one write: one
+    queue item, future and savepoint for all of them instead of one each."""
+
+    def __init__(self, ledger: Ledger, clock: Callable[[], float]) -> None:
+        self._ledger = ledger
+        self._clock = clock
+        self._outcomes: list[Outcome] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Durable when it returns, like Ledger.record (whose errors it raises)."""
+        loop = asyncio.get_running_loop()
+        if not self._waiters:
+            # Once the callbacks already due have run: replies read in the same loop
+            # iteration join this write.
+            loop.call_soon(self._flush)
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._outcomes.extend(outcomes)
+        self._waiters.append(waiter)
+        await waiter
+
+    def _flush(self) -> None:
+        outcomes, waiters = self._outcomes, self._waiters
+        self._outcomes, self._waiters = [], []
+        task = asyncio.create_task(self._write(outcomes, waiters))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write(self, outcomes: list[Outcome], waiters: list[asyncio.Future[None]]) -> None:
+        error: BaseException | None = None
+        try:
+            await self._ledger.record(outcomes, self._clock())
+        except asyncio.CancelledError:
+            for waiter in waiters:
+                waiter.cancel()
+            raise
+        except Exception as exc:
+            error = exc
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
 
 def _route_name(choice: Choice) -> str:

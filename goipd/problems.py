@@ -70,26 +70,43 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             exc.status,
             exc.detail,
             title=exc.title,
-            instance=request.path,
+            instance=_public_path(request),
             headers=exc.headers,
             **exc.extra,
         )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        path = _public_path(request)
         detail = {
-            404: f"no resource at {request.path}",
-            405: f"method {request.method} is not allowed on {request.path}",
+            404: f"no resource at {path}",
+            405: f"method {request.method} is not allowed on {path}",
             413: "request body is too large",
         }.get(exc.status, exc.reason)
         return problem_response(
             exc.status,
             detail,
-            instance=request.path,
+            instance=path,
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
         )
     except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
-        return problem_response(
-            500, "internal error; the event is in goipd's log", instance=request.path
-        )
+        path = _public_path(request)
+        log.exception("request_failed", method=request.method, path=path)
+        return problem_response(500, "internal error; the event is in goipd's log", instance=path)
+
+
+def _public_path(request: web.Request) -> str:
+    """The request path fit to echo: a hook token carried as a path segment is masked."""
+    token = request.match_info.get("token") if request.match_info else None
+    return request.path.replace(token, "***") if token else request.path
+
+
+def json_kind(value: object) -> str:
+    """How an error message names the JSON type a client sent where another was expected."""
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), "a number")

@@ -14,12 +14,18 @@ from goipd import api
 from goipd.app import Daemon
 from tests.conftest import API_TOKEN
 
+OTHER_TOKEN = "another-token-0123456789abcdef"
+
 
 @pytest.fixture
 async def base(daemon_factory: Callable[..., Awaitable[Daemon]], tmp_path: Path) -> str:
     daemon = await daemon_factory(
         {
-            "http": {"listen": "127.0.0.1:0", "api_tokens": [API_TOKEN], "max_body_bytes": 4096},
+            "http": {
+                "listen": "127.0.0.1:0",
+                "api_tokens": [API_TOKEN, OTHER_TOKEN],
+                "max_body_bytes": 4096,
+            },
             "storage": {"url": f"sqlite:///{tmp_path / 'goipd.db'}"},
             "api": {"max_recipients": 3, "max_text_chars": 200, "duplicate_window": "10m"},
             "logging": {"format": "json"},
@@ -30,6 +36,21 @@ async def base(daemon_factory: Callable[..., Awaitable[Daemon]], tmp_path: Path)
 
 CASES: list[tuple[Any, int, str]] = [
     (b"", 400, "request body is empty; expected a JSON object"),
+    (
+        b'{"to": "+886912345678", "text": "a\\ud800b"}',
+        422,
+        "text: holds a lone UTF-16 surrogate at character 1",
+    ),
+    (
+        b'{"to": ["+886912345678"], "text": "x", "idempotency_key": "\\udfff"}',
+        422,
+        "idempotency_key: holds a lone UTF-16 surrogate at character 0",
+    ),
+    (
+        b'{"to": ["+886912345678", "\\ud83d"], "text": "x"}',
+        422,
+        "to[1]: holds a lone UTF-16 surrogate at character 0",
+    ),
     (
         b"{oops",
         400,
@@ -146,6 +167,51 @@ async def test_flood_guard_refuses_the_same_text_to_the_same_number(
         f"{base}/api/v1/messages", json={"to": ["+886912345678"], "text": "your code is 9999"}
     ) as resp:
         assert resp.status == 202
+
+
+async def test_an_escaped_surrogate_pair_is_one_character(
+    base: str, http: aiohttp.ClientSession
+) -> None:
+    body = b'{"to": "+886912345678", "text": "ok \\ud83d\\ude00"}'
+    async with http.post(f"{base}/api/v1/messages", data=body) as resp:
+        assert resp.status == 202, await resp.text()
+        message = await resp.json()
+    assert message["text"] == "ok \U0001f600"
+
+
+async def test_idempotency_key_reused_for_another_request_is_refused(
+    base: str, http: aiohttp.ClientSession
+) -> None:
+    body = {"to": ["+886912345678"], "text": "order 42 shipped", "idempotency_key": "order-42"}
+    async with http.post(f"{base}/api/v1/messages", json=body) as resp:
+        assert resp.status == 202
+        first = (await resp.json())["id"]
+    # The same request (the number written nationally) is a replay: the original comes back.
+    replay = {**body, "to": ["0912345678"]}
+    async with http.post(f"{base}/api/v1/messages", json=replay) as resp:
+        assert resp.status == 200
+        assert resp.headers["Idempotent-Replayed"] == "true"
+        assert (await resp.json())["id"] == first
+    # The key with another text or number would silently drop that message: refused.
+    for changed in ({"text": "order 43 shipped"}, {"to": ["+886912345679"]}):
+        async with http.post(f"{base}/api/v1/messages", json={**body, **changed}) as resp:
+            assert resp.status == 422
+            problem = await resp.json()
+        assert problem["detail"] == (
+            f"idempotency_key: already used for message {first} with a different to, text, "
+            "route or send_at; use a new key for a new message"
+        )
+        assert problem["original"] == first
+    # Another API token never sees the message behind the key.
+    async with http.post(
+        f"{base}/api/v1/messages",
+        json=body,
+        headers={"Authorization": f"Bearer {OTHER_TOKEN}"},
+    ) as resp:
+        assert resp.status == 422
+        problem = await resp.json()
+    assert problem["detail"] == "idempotency_key: already used by another API token; use a new key"
+    assert first not in str(problem)
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
-from goipd.config import ConfigError, load_settings, parse_duration, parse_settings
+from goipd.config import (
+    ConfigError,
+    RawSettings,
+    load_settings,
+    parse_duration,
+    parse_settings,
+)
 
 GOOD = """
 http:
@@ -54,10 +63,45 @@ def test_good_config_resolves_secrets_and_durations() -> None:
 def test_example_config_is_valid(tmp_path: Path) -> None:
     example = Path(__file__).parent.parent / "config" / "goipd.example.yaml"
     (tmp_path / "tokens").write_text("# operators\n0123456789abcdef-ops\n")
-    env = {"GOIPD_HQ_PASSWORD": "x" * 8, "GOIPD_TAIPEI_HOOK_TOKEN": "y" * 20}
+    (tmp_path / "paasoo-secret").write_text("paasoo-secret-value\n")
+    env = {
+        "GOIPD_HQ_PASSWORD": "x" * 8,
+        "GOIPD_SZ_PASSWORD": "z" * 8,
+        "GOIPD_TAIPEI_HOOK_TOKEN": "y" * 20,
+        "GOIPD_SMSGO_PASSWORD": "smsgo-pw",
+        "GOIPD_SMSGO_HOOK_TOKEN": "s" * 20,
+        "GOIPD_PAASOO_HOOK_TOKEN": "p" * 20,
+        "GOIPD_C123_PASSWORD": "c123-pw",
+    }
     settings = parse_settings(example.read_text(), source=tmp_path / "goipd.yaml", environ=env)
-    assert [s.name for s in settings.servers] == ["taipei"]
+    assert [s.name for s in settings.servers] == ["taipei", "shenzhen"]
     assert [t.get_secret_value() for t in settings.api_tokens] == ["0123456789abcdef-ops"]
+    assert [p.name for p in settings.providers] == ["smsgo", "paasoo", "c123"]
+    assert settings.providers[1].secret.get_secret_value() == "paasoo-secret-value"
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        for arg in (field.annotation, *get_args(field.annotation)):
+            for inner in (arg, *get_args(arg)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    keys.extend(_keys(inner, f"{prefix}{name}."))
+    return keys
+
+
+def test_example_config_documents_every_key() -> None:
+    """Every settings key appears in the example (a secret in one of its three forms)."""
+    text = (Path(__file__).parent.parent / "config" / "goipd.example.yaml").read_text()
+    written = set(re.findall(r"([a-z0-9_]+):", text))
+    missing = []
+    for key in dict.fromkeys(_keys(RawSettings)):
+        name = key.rsplit(".", 1)[-1]
+        base = name.removesuffix("_env").removesuffix("_file")
+        if not {base, f"{base}_env", f"{base}_file"} & written:
+            missing.append(key)
+    assert missing == []
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""goipd is SIGKILLed again and again while 1,000 messages flow. Afterwards every accepted
-recipient reaches a final state, none is lost, and duplicates stay within the documented bound:
-only a recipient whose sendsms call was cut by the kill can be sent twice, and it then shows
-attempts >= 2 and error code claim_lost in its history."""
+"""goipd is SIGKILLed again and again while 1,000 messages flow, their send reports are pushed
+back, inbound SMS arrive and the fleet is polled. Afterwards every accepted recipient reaches a
+final state, none is lost, every inbound SMS goipd acknowledged is in the ledger, and duplicates
+stay within the documented bound: only a recipient whose sendsms call was cut by the kill can be
+sent twice, and it then shows attempts >= 2 in its history."""
 
 from __future__ import annotations
 
@@ -98,6 +99,44 @@ async def submit(
         await asyncio.sleep(0.05)
 
 
+async def receive_inbound(
+    session: aiohttp.ClientSession,
+    sim: RunningSimulator,
+    acknowledged: list[str],
+    stop: asyncio.Event,
+) -> None:
+    """SMS keep arriving on a line, through the kills; the simulator says which ones goipd
+    acknowledged (a 200 to the push): those must never be lost."""
+    index = 0
+    while not stop.is_set():
+        text = f"inbound {index}"
+        index += 1
+        outcome = await control(
+            session,
+            sim,
+            "POST",
+            "servers/hq/inbound",
+            {"goip_line": "G100", "from_number": "+886900000001", "content": text},
+        )
+        if outcome["push"] == "ok":
+            acknowledged.append(text)
+        await asyncio.sleep(0.02)
+
+
+async def stored_inbound(session: aiohttp.ClientSession, port: int) -> set[str]:
+    texts: set[str] = set()
+    before = None
+    while True:
+        url = f"http://127.0.0.1:{port}/api/v1/inbound?limit=1000"
+        async with session.get(url + (f"&before={before}" if before else "")) as resp:
+            assert resp.status == 200
+            page = await resp.json()
+        texts.update(item["text"] for item in page["inbound"])
+        if not page["inbound"] or page.get("next") is None:
+            return texts
+        before = page["next"]
+
+
 async def test_sigkill_loses_nothing_and_bounds_duplicates(
     simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]], tmp_path: Path
 ) -> None:
@@ -150,6 +189,9 @@ async def run_workload(
             async with sem:
                 await submit(session, daemon, i, accepted)
 
+        acknowledged: list[str] = []
+        stop_inbound = asyncio.Event()
+        inbound = asyncio.create_task(receive_inbound(session, sim, acknowledged, stop_inbound))
         producer = asyncio.gather(*(limited(i) for i in range(MESSAGES)))
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.5, 1.5))
@@ -158,7 +200,13 @@ async def run_workload(
             daemon.start()
             await daemon.ready(session)
         await producer
+        stop_inbound.set()
+        await inbound
         assert len(accepted) == MESSAGES
+        stored = await stored_inbound(session, port)
+        missing = [text for text in acknowledged if text not in stored]
+        assert len(acknowledged) > 20, "too few inbound SMS got through to test anything"
+        assert not missing, f"{len(missing)} acknowledged inbound SMS lost, e.g. {missing[0]}"
 
         async def all_final() -> dict[str, dict[str, Any]]:
             states: dict[str, dict[str, Any]] = {}

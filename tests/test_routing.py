@@ -162,6 +162,48 @@ routes:
     assert router.choose(router.targets_for("+8613800138000"), NOW) is None
 
 
+def test_a_disabled_provider_gets_one_probe_per_interval() -> None:
+    registry = LineRegistry({})
+    settings = RoutingSettings(provider_probe_interval="10m")
+    router = Router(registry, settings, (), {}, ("smsgo", "paasoo"))
+    targets = router.targets_for("+886912345678")
+    assert router.choose(targets, NOW) == CloudChoice("paasoo", 1)
+    assert router.disable_cloud("paasoo", NOW) is True
+    assert router.choose(targets, NOW) == CloudChoice("smsgo", 1)
+    assert router.choose(targets, NOW + 599) == CloudChoice("smsgo", 1)
+    # The interval is up: one send probes paasoo, the next ones go on to smsgo.
+    assert router.choose(targets, NOW + 600) == CloudChoice("paasoo", 1)
+    assert router.choose(targets, NOW + 601) == CloudChoice("smsgo", 1)
+    # The probe was refused again: disabled already, the next probe one interval later.
+    assert router.disable_cloud("paasoo", NOW + 601) is False
+    assert router.choose(targets, NOW + 1200) == CloudChoice("smsgo", 1)
+    assert router.choose(targets, NOW + 1201) == CloudChoice("paasoo", 1)
+    # The probe was answered: back for good.
+    assert router.enable_cloud("paasoo") is True
+    assert router.enable_cloud("paasoo") is False
+    assert router.choose(targets, NOW + 1202) == CloudChoice("paasoo", 1)
+    assert router.choose(targets, NOW + 1203) == CloudChoice("paasoo", 1)
+
+
+def test_a_paused_provider_is_left_out_until_the_pause_ends() -> None:
+    router = Router(LineRegistry({}), RoutingSettings(), (), {}, ("c123", "paasoo"))
+    targets = router.targets_for("+8613800138000")
+    assert router.choose(targets, NOW) == CloudChoice("c123", 1)
+    router.pause_cloud("c123", NOW + 30)
+    router.pause_cloud("c123", NOW + 10)  # a shorter pause does not cut the longer one
+    assert router.choose(targets, NOW + 29) == CloudChoice("paasoo", 1)
+    assert router.choose(targets, NOW + 30) == CloudChoice("c123", 1)
+
+
+def test_probe_interval_zero_never_probes() -> None:
+    router = Router(
+        LineRegistry({}), RoutingSettings(provider_probe_interval="0s"), (), {}, ("smsgo",)
+    )
+    router.disable_cloud("smsgo", NOW)
+    assert router.choose(router.targets_for("+886912345678"), NOW + 10**7) is None
+    assert router.enable_cloud("unknown") is False
+
+
 def test_no_rules_means_any_line_then_clouds() -> None:
     router, _ = make_router(
         {"a": [status("G1", online=False)], "b": [status("G1")]}, clouds=("smsgo",)

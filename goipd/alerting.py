@@ -1,0 +1,461 @@
+"""Alertmanager → SMS: parse a webhook notification, render it as one short SMS, and decide who
+gets it (de-duplication by groupKey + status, a rate limit per phone number).
+
+Parsing and rendering are pure. The de-duplication and rate-limit state lives in memory only: a
+restart forgets it, so the first notification of a group after a restart is always sent.
+The HTTP handler (api.py) hands the rendered text to the API's own accept path, so an alert SMS
+is a normal durable message with normal routing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import structlog
+
+from goipd import segments
+from goipd.config import AlertingSettings, AlertReceiverSettings, RouteTarget
+from goipd.metrics import Metrics
+from goipd.problems import json_kind
+
+log = structlog.get_logger("goipd.alerting")
+
+Status = Literal["firing", "resolved"]
+Outcome = Literal["sent", "deduplicated", "rate_limited", "failed", "unknown_receiver", "malformed"]
+RECEIVER_OUTCOMES: Final[tuple[Outcome, ...]] = ("sent", "deduplicated", "rate_limited", "failed")
+REQUEST_OUTCOMES: Final[tuple[Outcome, ...]] = ("unknown_receiver", "malformed")
+"""Counted with receiver="": names nobody configured must not create series."""
+
+# Labels that say where an alert was evaluated or how it is routed, not what is broken; shown
+# only when the notification is grouped by them.
+BACKGROUND_LABELS: Final = frozenset({"alertname", "severity", "job", "instance", "prometheus"})
+LABEL_VALUE_CHARS: Final = 32
+MIN_SUMMARY_CHARS: Final = 40
+"""Labels are dropped (last first) rather than cut the summary shorter than this."""
+MAX_REMEMBERED: Final = 10_000
+"""Bound on remembered notifications, whatever the traffic."""
+_BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+class NotificationError(ValueError):
+    """The body is not an Alertmanager webhook notification; the message names the field."""
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    status: Status
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    receiver: str
+    status: Status
+    group_key: str
+    alerts: tuple[Alert, ...]
+    group_labels: Mapping[str, str]
+    common_labels: Mapping[str, str]
+    common_annotations: Mapping[str, str]
+    truncated_alerts: int
+
+
+def _safe(text: str, limit: int = 40) -> str:
+    """A payload string as it may appear in an error detail or a log: short, encodable."""
+    return _SURROGATES.sub("\ufffd", text[:limit])
+
+
+def _string(value: object, where: str, *, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise NotificationError(f"{where}: expected a string, got {json_kind(value)}")
+    return value
+
+
+def _string_map(value: object, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise NotificationError(f"{where}: expected an object of strings, got {json_kind(value)}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise NotificationError(
+                f"{where}.{_safe(key)}: expected a string, got {json_kind(item)}"
+            )
+    return value
+
+
+def _status(value: object, where: str) -> Status:
+    if value == "firing":
+        return "firing"
+    if value == "resolved":
+        return "resolved"
+    shown = f"{_safe(value)!r}" if isinstance(value, str) else json_kind(value)
+    raise NotificationError(f'{where}: expected "firing" or "resolved", got {shown}')
+
+
+def parse_notification(body: Any) -> Notification:
+    """Alertmanager's webhook payload, version 4. Fields goipd does not use are not checked
+    beyond their type, and unknown fields are ignored: a newer Alertmanager may add some."""
+    if not isinstance(body, dict):
+        raise NotificationError(f"expected a JSON object, got {json_kind(body)}")
+    version = body.get("version")
+    if version != "4":
+        shown = f"{_safe(version)!r}" if isinstance(version, str) else json_kind(version)
+        raise NotificationError(
+            f'version: expected "4" (Alertmanager webhook payload version 4), got {shown}'
+        )
+    receiver = _string(body.get("receiver"), "receiver")
+    if not receiver:
+        raise NotificationError("receiver: must not be empty")
+    status = _status(body.get("status"), "status")
+    group_key = _string(body.get("groupKey"), "groupKey")
+    raw_alerts = body.get("alerts")
+    if not isinstance(raw_alerts, list) or not raw_alerts:
+        raise NotificationError(
+            f"alerts: expected a non-empty array of alerts, got {json_kind(raw_alerts)}"
+            if not isinstance(raw_alerts, list)
+            else "alerts: expected a non-empty array of alerts, got an empty one"
+        )
+    alerts = tuple(_alert(item, f"alerts[{index}]") for index, item in enumerate(raw_alerts))
+    truncated = body.get("truncatedAlerts", 0)
+    if truncated is None:
+        truncated = 0
+    if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
+        raise NotificationError("truncatedAlerts: expected an integer >= 0")
+    _string(body.get("externalURL"), "externalURL", required=False)
+    return Notification(
+        receiver=receiver,
+        status=status,
+        group_key=group_key,
+        alerts=alerts,
+        group_labels=_string_map(body.get("groupLabels"), "groupLabels"),
+        common_labels=_string_map(body.get("commonLabels"), "commonLabels"),
+        common_annotations=_string_map(body.get("commonAnnotations"), "commonAnnotations"),
+        truncated_alerts=truncated,
+    )
+
+
+def _alert(item: object, where: str) -> Alert:
+    if not isinstance(item, dict):
+        raise NotificationError(f"{where}: expected an object, got {json_kind(item)}")
+    if "labels" not in item:
+        raise NotificationError(f"{where}.labels: required")
+    for key in ("startsAt", "endsAt", "generatorURL"):
+        _string(item.get(key), f"{where}.{key}", required=False)
+    return Alert(
+        status=_status(item.get("status"), f"{where}.status"),
+        labels=_string_map(item.get("labels"), f"{where}.labels"),
+        annotations=_string_map(item.get("annotations"), f"{where}.annotations"),
+        fingerprint=_string(item.get("fingerprint"), f"{where}.fingerprint", required=False),
+    )
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    """One line: an SMS has no room for layout, and the API refuses control characters."""
+    return _BLANKS.sub(" ", _SURROGATES.sub("\ufffd", text)).strip()
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    ellipsis = _ellipsis(text)
+    return text[: limit - len(ellipsis)] + ellipsis
+
+
+def _ellipsis(text: str) -> str:
+    # "…" is not in the GSM 7-bit alphabet: in a GSM-7 text it would make the whole SMS UCS-2
+    # and cut its capacity by more than half.
+    return "..." if segments.is_gsm7(text) else "…"
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    head: str
+    labels: tuple[str, ...]
+    tail: str
+
+    def compose(self, label_count: int, summary: str) -> str:
+        text = " ".join((self.head, *self.labels[:label_count]))
+        if summary:
+            text += f": {summary}"
+        return text + self.tail
+
+
+def _parts(notification: Notification) -> tuple[_Parts, str]:
+    status = notification.status
+    matching = [a for a in notification.alerts if a.status == status]
+    primary = matching[0] if matching else notification.alerts[0]
+    count = len(matching or notification.alerts) + notification.truncated_alerts
+    alertname = (
+        primary.labels.get("alertname") or notification.common_labels.get("alertname") or "alert"
+    )
+    names = [n for n in notification.group_labels if n != "alertname" and n in primary.labels]
+    names += sorted(n for n in primary.labels if n not in BACKGROUND_LABELS and n not in names)
+    labels = tuple(
+        f"{_clean(name)}={_shorten(_clean(primary.labels[name]), LABEL_VALUE_CHARS)}"
+        for name in names
+    )
+    summary = (
+        primary.annotations.get("summary")
+        or notification.common_annotations.get("summary")
+        or primary.annotations.get("description")
+        or notification.common_annotations.get("description")
+        or ""
+    )
+    head = f"[{status.upper()}:{count}] {_clean(alertname)}"
+    tail = f" (+{count - 1} more)" if count > 1 else ""
+    return _Parts(head, labels, tail), _clean(summary)
+
+
+def render(notification: Notification, max_segments: int, max_chars: int) -> str:
+    """One SMS for the whole notification, e.g.
+    `[FIRING:2] GoipdSimDead line=G101 server=hq: SIM of line hq/G101 not registered (+1 more)`,
+    at most `max_segments` SMS and `max_chars` characters long."""
+
+    def fits(text: str) -> bool:
+        return len(text) <= max_chars and segments.analyse(text).segments <= max_segments
+
+    parts, summary = _parts(notification)
+
+    def summary_fits(label_count: int) -> Callable[[int], bool]:
+        return lambda keep: fits(_cut(parts, label_count, summary, keep))
+
+    for count in range(len(parts.labels), -1, -1):
+        text = parts.compose(count, summary)
+        if fits(text):
+            return text
+        kept = _longest(len(summary), summary_fits(count))
+        if kept is not None and (kept >= MIN_SUMMARY_CHARS or count == 0):
+            return _cut(parts, count, summary, kept)
+    # Not even the alert name fits: cut the text itself.
+    whole = parts.compose(0, "")
+    kept = _longest(len(whole), lambda n: fits(_trimmed(whole, n)))
+    return _trimmed(whole, kept) if kept is not None else whole[:max_chars]
+
+
+def _cut(parts: _Parts, label_count: int, summary: str, keep: int) -> str:
+    return parts.compose(label_count, _trimmed(summary, keep) if keep else "")
+
+
+def _trimmed(text: str, keep: int) -> str:
+    head = text[:keep].rstrip()
+    return head + _ellipsis(head)
+
+
+def _longest(size: int, fits: Callable[[int], bool]) -> int | None:
+    """Largest n in 1..size-1 with fits(n), by bisection (fits is monotonic but for
+    encoding switches, where any answer it gives still fits); None when even 1 does not."""
+    low, high = 0, size - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low if low >= 1 and fits(low) else None
+
+
+# --- who gets it --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    key: tuple[str, str, str]
+    at: float
+    allowed: tuple[str, ...]
+    """Numbers to send to; their sends are already counted against the rate limit."""
+    limited: tuple[str, ...]
+    """Numbers over the rate limit: they get nothing."""
+    duplicate_of: str | None = None
+    """Set when the same groupKey and status was sent within the window (the message id, or ""
+    while that message is still being stored)."""
+
+
+class AlertGate:
+    """De-duplication by (receiver, groupKey, status) and a sliding-window rate limit per
+    number. Pure state: the caller passes a monotonic `now`."""
+
+    def __init__(self) -> None:
+        # Insertion order is time order: only new keys are inserted, with a non-decreasing now.
+        self._seen: OrderedDict[tuple[str, str, str], tuple[float, str]] = OrderedDict()
+        self._sends: dict[str, deque[float]] = {}
+
+    def admit(
+        self,
+        key: tuple[str, str, str],
+        numbers: Sequence[str],
+        now: float,
+        settings: AlertingSettings,
+    ) -> Admission:
+        """Decides and reserves: a send admitted here must be `commit`ted or `release`d."""
+        window = settings.dedup_window
+        while self._seen:
+            oldest, (at, _) = next(iter(self._seen.items()))
+            if at > now - window and len(self._seen) <= MAX_REMEMBERED:
+                break
+            del self._seen[oldest]
+        if key in self._seen:
+            return Admission(key, now, (), (), duplicate_of=self._seen[key][1])
+        limit = settings.rate_limit
+        allowed: list[str] = []
+        limited: list[str] = []
+        for number in numbers:
+            sends = self._sends.setdefault(number, deque())
+            while sends and sends[0] <= now - limit.per:
+                sends.popleft()
+            (allowed if len(sends) < limit.max_messages else limited).append(number)
+        for number in allowed:
+            self._sends[number].append(now)
+        if allowed and window > 0:
+            self._seen[key] = (now, "")
+        return Admission(key, now, tuple(allowed), tuple(limited))
+
+    def commit(self, admission: Admission, message_id: str) -> None:
+        if admission.key in self._seen:
+            self._seen[admission.key] = (admission.at, message_id)
+
+    def release(self, admission: Admission) -> None:
+        """The message could not be stored: as if it had never been admitted."""
+        if self._seen.get(admission.key, (None, ""))[0] == admission.at:
+            del self._seen[admission.key]
+        for number in admission.allowed:
+            with contextlib.suppress(ValueError, KeyError):
+                self._sends[number].remove(admission.at)
+
+
+# --- the relay ----------------------------------------------------------------------------------
+
+Submit = Callable[[Sequence[str], str, RouteTarget | None], Awaitable[str]]
+"""Stores one message through the API's accept path: (numbers, text, route) → message id."""
+
+
+def _masked(number: str) -> str:
+    return number[:4] + "…" + number[-3:]
+
+
+class AlertRelay:
+    """The receiver's state: settings (swapped on reload), the gate, and its metrics."""
+
+    def __init__(self, settings: AlertingSettings, metrics: Metrics) -> None:
+        self.settings = AlertingSettings()
+        self.metrics = metrics
+        self.gate = AlertGate()
+        for outcome in REQUEST_OUTCOMES:
+            metrics.alert_notifications.labels("", outcome)
+        self.configure(settings)
+
+    def configure(self, settings: AlertingSettings) -> None:
+        """Start every configured receiver's counters at 0 (so rate() works from the first
+        page) and drop the series of receivers no longer configured."""
+        for name in set(self.settings.receivers) - set(settings.receivers):
+            for outcome in RECEIVER_OUTCOMES:
+                with contextlib.suppress(KeyError):
+                    self.metrics.alert_notifications.remove(name, outcome)
+            with contextlib.suppress(KeyError):
+                self.metrics.alert_recipients_rate_limited.remove(name)
+        for name in settings.receivers:
+            for outcome in RECEIVER_OUTCOMES:
+                self.metrics.alert_notifications.labels(name, outcome)
+            self.metrics.alert_recipients_rate_limited.labels(name)
+        self.settings = settings
+
+    def receiver(self, name: str) -> AlertReceiverSettings | None:
+        return self.settings.receivers.get(name)
+
+    def count(self, outcome: Outcome, receiver: str = "") -> None:
+        self.metrics.alert_notifications.labels(receiver, outcome).inc()
+
+    def unknown_receiver(self, name: str) -> None:
+        # Logged because the two configs disagree: someone must add the receiver to goipd or
+        # fix Alertmanager's, and the metric deliberately does not carry the name.
+        self.count("unknown_receiver")
+        log.warning(
+            "alert_receiver_unknown",
+            receiver=_safe(name, 64),
+            configured=sorted(self.settings.receivers),
+        )
+
+    async def deliver(
+        self,
+        notification: Notification,
+        receiver: AlertReceiverSettings,
+        text: str,
+        now: float,
+        submit: Submit,
+    ) -> dict[str, Any]:
+        """Sends `text` (the rendered notification) to the receiver's numbers that are neither
+        deduplicated nor over their rate limit; the reply is the JSON answer."""
+        name = notification.receiver
+        key = (name, notification.group_key, notification.status)
+        admission = self.gate.admit(key, receiver.to, now, self.settings)
+        reply: dict[str, Any] = {
+            "receiver": name,
+            "status": notification.status,
+            "message_id": None,
+        }
+        if admission.duplicate_of is not None:
+            self.count("deduplicated", name)
+            log.info(
+                "alert_deduplicated",
+                receiver=name,
+                status=notification.status,
+                group_key=_safe(notification.group_key, 200),
+                duplicate_of=admission.duplicate_of or None,
+            )
+            reply |= {
+                "outcome": "deduplicated",
+                "duplicate_of": admission.duplicate_of or None,
+                "recipients": dict.fromkeys(receiver.to, "deduplicated"),
+            }
+            return reply
+        if admission.limited:
+            self.metrics.alert_recipients_rate_limited.labels(name).inc(len(admission.limited))
+            log.warning(
+                "alert_rate_limited",
+                receiver=name,
+                status=notification.status,
+                recipients=[_masked(n) for n in admission.limited],
+                max_messages=self.settings.rate_limit.max_messages,
+                per_seconds=self.settings.rate_limit.per,
+            )
+        recipients = dict.fromkeys(admission.limited, "rate_limited")
+        if not admission.allowed:
+            self.count("rate_limited", name)
+            return reply | {"outcome": "rate_limited", "recipients": recipients}
+        try:
+            message_id = await submit(admission.allowed, text, receiver.route)
+        except BaseException:
+            self.gate.release(admission)
+            self.count("failed", name)
+            raise
+        self.gate.commit(admission, message_id)
+        self.count("sent", name)
+        log.info(
+            "alert_relayed",
+            receiver=name,
+            status=notification.status,
+            alerts=len(notification.alerts),
+            message_id=message_id,
+            recipients=len(admission.allowed),
+        )
+        recipients |= dict.fromkeys(admission.allowed, "sent")
+        return reply | {
+            "outcome": "sent",
+            "message_id": message_id,
+            "recipients": {n: recipients[n] for n in receiver.to},
+        }

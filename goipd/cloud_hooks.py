@@ -1,0 +1,93 @@
+"""Push endpoints the cloud providers call: delivery reports (smsgo, PaaSoo) and replies (smsgo).
+
+Providers call these with GET and the data in the query string. The hook token is either the
+last path segment (`/hooks/smsgo/report/<token>`: what goipd gives smsgo, because smsgo appends
+its own `?msgid=...` to the URL it was given and a query of ours could be mangled) or a `token`
+query parameter (what an operator pastes into PaaSoo's console). It is checked before anything
+else is read, in constant time, and an unconfigured provider looks exactly like a wrong token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+
+import structlog
+from aiohttp import web
+from pydantic import SecretStr
+
+from goipd.clouds import CloudContext, apply_status, store_inbound
+from goipd.problems import Problem
+from goipd.upstream import paasoo, smsgo
+from goipd.upstream.errors import ParseError
+
+log = structlog.get_logger("goipd.cloud_hooks")
+MAX_QUERY_BYTES = 8 * 1024
+
+
+class CloudHooks:
+    def __init__(
+        self, ctx: CloudContext, hook_tokens: Callable[[], Mapping[str, SecretStr | None]]
+    ) -> None:
+        self.ctx = ctx
+        self.hook_tokens = hook_tokens
+
+    def _authorize(self, request: web.Request, provider: str, kind: str) -> dict[str, str]:
+        expected = self.hook_tokens().get(provider)
+        presented = request.match_info.get("token", request.query.get("token", "")).encode()
+        if expected is None or not hmac.compare_digest(
+            presented, expected.get_secret_value().encode()
+        ):
+            self.ctx.metrics.push_reports.labels(provider, kind, "unauthorized").inc()
+            log.warning("push_rejected", provider=provider, kind=kind, peer=request.remote)
+            raise Problem(401, "wrong or missing hook token")
+        if len(request.query_string) > MAX_QUERY_BYTES:
+            self.ctx.metrics.push_reports.labels(provider, kind, "malformed").inc()
+            raise Problem(414, f"query string longer than {MAX_QUERY_BYTES} bytes")
+        return {k: v for k, v in request.query.items() if k != "token"}
+
+    async def smsgo_report(self, request: web.Request) -> web.Response:
+        query = self._authorize(request, "smsgo", "report")
+        try:
+            status = smsgo.parse_report(query)
+        except ParseError as exc:
+            self.ctx.metrics.push_reports.labels("smsgo", "report", "malformed").inc()
+            raise Problem(400, f"malformed smsgo delivery report: {exc}") from None
+        outcome = await apply_status(self.ctx, "smsgo", status)
+        self.ctx.metrics.push_reports.labels("smsgo", "report", outcome).inc()
+        # smsgo repeats a report (3 times) until it reads exactly this acknowledgement, also
+        # for a message id goipd does not know: asking again would not change that.
+        return web.Response(
+            text=smsgo.report_ack(status.upstream_id), content_type="text/plain", charset="utf-8"
+        )
+
+    async def smsgo_reply(self, request: web.Request) -> web.Response:
+        query = self._authorize(request, "smsgo", "inbound")
+        try:
+            sms = smsgo.parse_reply(query)
+        except ParseError as exc:
+            self.ctx.metrics.push_reports.labels("smsgo", "inbound", "malformed").inc()
+            raise Problem(400, f"malformed smsgo reply: {exc}") from None
+        inbound_id = await store_inbound(self.ctx, "smsgo", sms)
+        self.ctx.metrics.push_reports.labels("smsgo", "inbound", "ok").inc()
+        return web.json_response({"status": "ok", "id": inbound_id})
+
+    async def paasoo_report(self, request: web.Request) -> web.Response:
+        query = self._authorize(request, "paasoo", "report")
+        try:
+            status = paasoo.parse_report(query)
+        except ParseError as exc:
+            self.ctx.metrics.push_reports.labels("paasoo", "report", "malformed").inc()
+            raise Problem(400, f"malformed PaaSoo delivery report: {exc}") from None
+        outcome = await apply_status(self.ctx, "paasoo", status)
+        self.ctx.metrics.push_reports.labels("paasoo", "report", outcome).inc()
+        return web.json_response({"status": outcome})
+
+    def add_routes(self, app: web.Application) -> None:
+        for path, handler in (
+            ("/hooks/smsgo/report", self.smsgo_report),
+            ("/hooks/smsgo/reply", self.smsgo_reply),
+            ("/hooks/paasoo/report", self.paasoo_report),
+        ):
+            app.router.add_get(path, handler)
+            app.router.add_get(path + "/{token}", handler)

@@ -1,0 +1,331 @@
+"""Cloud providers at run time: one client per configured provider, kept across reloads, and
+the work each needs besides sending (balance polling, status queries for overdue delivery
+reports, reply polling where replies are fetched rather than pushed).
+
+Delivery statuses reach goipd two ways, pushed (DLR hooks) and queried (status API); both go
+through `apply_status`, so a status has the same effect whichever way it arrives and applying
+it twice changes nothing (the ledger never moves a recipient backwards or out of a final state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import structlog
+
+from goipd.config import CloudProviderConfig, ReconcileSettings
+from goipd.ledger.base import Ledger, LedgerError, Outcome, Recipient, State
+from goipd.metrics import Metrics
+from goipd.upstream.cloud import CloudInbound, CloudProvider, CloudStatus, CountsSent, PullsInbound
+from goipd.upstream.errors import UpstreamError
+
+log = structlog.get_logger("goipd.clouds")
+STATUS_BATCH = 200
+TICK = 1.0
+
+
+def build_provider(config: CloudProviderConfig, public_url: str | None) -> CloudProvider:
+    """The client for one configured provider (imported lazily: each module pulls its own
+    dependencies, and an unconfigured provider costs nothing)."""
+    from goipd.config import C123Settings, PaasooSettings, SmsgoSettings
+
+    settings = config.settings
+    if isinstance(settings, SmsgoSettings):
+        from goipd.upstream.smsgo import SmsgoProvider
+
+        report_url = reply_url = None
+        if public_url is not None and config.hook_token is not None:
+            token = quote(config.hook_token.get_secret_value(), safe="")
+            # Token in the path: smsgo appends `?msgid=...` itself.
+            report_url = f"{public_url}/hooks/smsgo/report/{token}"
+            reply_url = f"{public_url}/hooks/smsgo/reply/{token}"
+        return SmsgoProvider(settings, config.secret, report_url=report_url, reply_url=reply_url)
+    if isinstance(settings, PaasooSettings):
+        from goipd.upstream.paasoo import PaasooProvider
+
+        return PaasooProvider(settings, config.secret)
+    if isinstance(settings, C123Settings):
+        from goipd.upstream.c123 import C123Provider
+
+        return C123Provider(settings, config.secret)
+    raise TypeError(f"no client for provider settings {type(settings).__name__}")
+
+
+@dataclass
+class CloudContext:
+    """What applying statuses and inbound SMS needs from the daemon."""
+
+    ledger: Ledger
+    metrics: Metrics
+    forward_urls: Callable[[], tuple[str, ...]]
+    clock: Callable[[], float] = time.time
+
+
+async def apply_status(ctx: CloudContext, provider: str, status: CloudStatus) -> str:
+    """Apply one delivery status (pushed or queried). Returns ok / unknown_task."""
+    recipients = _matching(
+        await ctx.ledger.find_by_upstream(provider, status.upstream_id), status.number
+    )
+    if not recipients:
+        log.info("report_unmatched", provider=provider, upstream_id=status.upstream_id)
+        return "unknown_task"
+    if status.state not in (State.DELIVERED, State.FAILED):
+        return "ok"  # still pending at the provider: nothing to record
+    changed = [r for r in recipients if r.state in (State.DISPATCHING, State.SUBMITTED, State.SENT)]
+    if not changed:
+        return "ok"  # already final: a repeated or late report
+    now = ctx.clock()
+    await ctx.ledger.record(
+        [
+            Outcome(
+                r.id,
+                status.state,
+                error_code=status.code if status.state is State.FAILED else None,
+                error_meaning=status.meaning if status.state is State.FAILED else None,
+            )
+            for r in changed
+        ],
+        now,
+    )
+    if status.state is State.DELIVERED:
+        ctx.metrics.sms_delivered.labels(provider, "", "").inc(len(changed))
+    else:
+        ctx.metrics.sms_undelivered.labels(provider).inc(len(changed))
+    log.info(
+        "report_applied",
+        provider=provider,
+        upstream_id=status.upstream_id,
+        recipients=len(changed),
+        state=status.state.value,
+        code=status.code,
+    )
+    return "ok"
+
+
+def _matching(recipients: list[Recipient], number: str | None) -> list[Recipient]:
+    """The recipients of one provider message id that a status names. Providers echo the
+    number in their own format (`0912345678`, `886912345678`), so numbers are compared by
+    their national significant digits; a status without a number covers the whole batch."""
+    if number is None or len(recipients) <= 1:
+        return recipients
+    digits = "".join(ch for ch in number if ch.isascii() and ch.isdigit()).lstrip("0")
+    if len(digits) < 6:
+        return []
+    return [r for r in recipients if r.number.endswith(digits)]
+
+
+async def store_inbound(ctx: CloudContext, provider: str, sms: CloudInbound) -> int:
+    inbound_id = await ctx.ledger.add_inbound(
+        provider,
+        None,
+        sms.from_number,
+        sms.to_number,
+        sms.text,
+        sms.upstream_time,
+        ctx.clock(),
+        forward_to=ctx.forward_urls(),
+    )
+    ctx.metrics.inbound_sms.labels(provider, "").inc()
+    log.info("inbound_received", provider=provider, inbound_id=inbound_id)
+    return inbound_id
+
+
+@dataclass
+class _Job:
+    name: str
+    interval: Callable[[], float]
+    work: Callable[[], Awaitable[None]]
+    next_at: float
+    task: asyncio.Task[None] | None = field(default=None)
+
+
+class CloudFleet:
+    """The configured providers and their periodic work."""
+
+    def __init__(
+        self,
+        ctx: CloudContext,
+        reconcile: Callable[[], ReconcileSettings],
+        *,
+        on_enable: Callable[[str], None] = lambda _name: None,
+        is_enabled: Callable[[str], bool] = lambda _name: True,
+        runs_jobs: Callable[[str], bool] = lambda _name: True,
+    ) -> None:
+        self.ctx = ctx
+        self.reconcile = reconcile
+        self.on_enable = on_enable
+        self.is_enabled = is_enabled
+        self.runs_jobs = runs_jobs
+        """Whether this instance does the provider's periodic work (goipd/ha.py): one instance
+        of several does, so c123's one reply poll per 10 minutes holds for the whole fleet."""
+        self.providers: dict[str, CloudProvider] = {}
+        self._configs: dict[str, tuple[CloudProviderConfig, str | None]] = {}
+        self._jobs: dict[tuple[str, str], _Job] = {}
+        self._stopping = False
+
+    def get(self, name: str) -> CloudProvider | None:
+        return self.providers.get(name)
+
+    def configure(
+        self, configs: Sequence[CloudProviderConfig], public_url: str | None
+    ) -> list[CloudProvider]:
+        """Adopt a (re)loaded config: unchanged providers keep their client and schedule;
+        changed or removed ones are returned, to be closed once sends in flight are done."""
+        retired: list[CloudProvider] = []
+        wanted = {c.name: c for c in configs}
+        for name in list(self.providers):
+            if name not in wanted or self._configs[name] != (wanted[name], public_url):
+                retired.append(self.providers.pop(name))
+                del self._configs[name]
+                self.ctx.metrics.remove_provider(name)
+                for key in [k for k in self._jobs if k[0] == name]:
+                    job = self._jobs.pop(key)
+                    if job.task is not None:
+                        job.task.cancel()
+        now = time.monotonic()
+        for name, config in wanted.items():
+            if name in self.providers:
+                continue
+            provider = build_provider(config, public_url)
+            self.providers[name] = provider
+            self._configs[name] = (config, public_url)
+            self._add_jobs(name, provider, config, now)
+            self.ctx.metrics.add_provider(name)
+        return retired
+
+    def _add_jobs(
+        self, name: str, provider: CloudProvider, config: CloudProviderConfig, now: float
+    ) -> None:
+        balance_every = config.settings.balance_interval
+        self._jobs[(name, "balance")] = _Job(
+            "balance", lambda: balance_every, lambda: self._poll_balance(name, provider), now
+        )
+        self._jobs[(name, "status")] = _Job(
+            "status",
+            lambda: self.reconcile().interval,
+            lambda: self._query_overdue(name, provider),
+            now + self.reconcile().interval,
+        )
+        if isinstance(provider, PullsInbound):
+            puller = provider
+            self._jobs[(name, "inbound")] = _Job(
+                "inbound",
+                lambda: puller.reply_poll_interval,
+                lambda: self._pull_inbound(name, puller),
+                now,
+            )
+
+    async def run(self) -> None:
+        """Start each job when it is due; one run of a job at a time, never overlapping."""
+        while not self._stopping:
+            now = time.monotonic()
+            for (name, _), job in list(self._jobs.items()):
+                # Another instance's job stays due here: should this one take over, it runs.
+                if job.next_at > now or not self.runs_jobs(name):
+                    continue
+                if job.task is None or job.task.done():
+                    job.next_at = now + job.interval()
+                    job.task = asyncio.create_task(self._guarded(job))
+            await asyncio.sleep(TICK)
+
+    async def _guarded(self, job: _Job) -> None:
+        try:
+            await job.work()
+        except LedgerError as exc:
+            log.error("cloud_job_failed", job=job.name, reason=str(exc))
+        except Exception:
+            log.exception("cloud_job_crashed", job=job.name)
+
+    async def _poll_balance(self, name: str, provider: CloudProvider) -> None:
+        try:
+            balance = await provider.balance()
+            if isinstance(provider, CountsSent):
+                sent = await provider.sent_total()
+                self.ctx.metrics.provider_sent_messages.labels(name).set(sent)
+        except UpstreamError as exc:
+            self._count_error(name, "balance", exc)
+            return
+        if balance is None:
+            return
+        self.ctx.metrics.provider_balance.labels(name).set(balance)
+        if balance > 0 and not self.is_enabled(name):
+            # The provider answered with our credentials and there is credit again: whatever
+            # disabled it (auth, credit) has been fixed at the provider's end.
+            self.on_enable(name)
+            log.info("provider_reenabled", provider=name, by="balance", balance=balance)
+
+    async def _query_overdue(self, name: str, provider: CloudProvider) -> None:
+        settings = self.reconcile()
+        now = self.ctx.clock()
+        overdue = await self.ctx.ledger.awaiting_report(
+            name, now - settings.report_deadline, now - settings.query_after, STATUS_BATCH
+        )
+        items = [(r.upstream_id, r.number) for r in overdue if r.upstream_id]
+        if not items:
+            return
+        try:
+            statuses = await provider.status(items)
+        except UpstreamError as exc:
+            self._count_error(name, "status", exc)
+            return
+        for status in statuses:
+            await apply_status(self.ctx, name, status)
+
+    async def _pull_inbound(self, name: str, provider: PullsInbound) -> None:
+        try:
+            replies = await provider.fetch_inbound()
+        except UpstreamError as exc:
+            self._count_error(name, "inbound", exc)
+            return
+        for sms in replies:
+            await store_inbound(self.ctx, name, sms)
+
+    async def cancel_handed_over(self, recipients: Sequence[Recipient]) -> list[int]:
+        """Ask each provider holding one of these scheduled sends to cancel it; returns the
+        ids of the recipients it confirmed (one provider id may cover a whole batch)."""
+        batches: dict[tuple[str, str], list[int]] = {}
+        for r in recipients:
+            if r.route and r.upstream_id:
+                batches.setdefault((r.route, r.upstream_id), []).append(r.id)
+        cancelled: list[int] = []
+        for (name, upstream_id), ids in batches.items():
+            provider = self.providers.get(name)
+            if provider is None:
+                continue
+            try:
+                done = await provider.cancel(upstream_id)
+            except UpstreamError as exc:
+                self._count_error(name, "cancel", exc)
+                continue
+            log.info(
+                "scheduled_send_cancelled" if done else "scheduled_send_not_cancelled",
+                provider=name,
+                upstream_id=upstream_id,
+                recipients=len(ids),
+            )
+            if done:
+                cancelled.extend(ids)
+        return cancelled
+
+    def _count_error(self, name: str, operation: str, exc: UpstreamError) -> None:
+        self.ctx.metrics.provider_errors.labels(name, operation, exc.reason.value).inc()
+        log.warning(
+            "provider_call_failed",
+            provider=name,
+            operation=operation,
+            reason=exc.reason.value,
+            detail=exc.detail,
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(p.close() for p in self.providers.values()))
+        self.providers.clear()
