@@ -8,10 +8,12 @@
   after the last task recorded before the claim and before the first task recorded well after
   it (instances sharing a ledger keep sending meanwhile). The ids in between that goipd has not
   recorded are asked for with querysms, and a task that holds the recipient's number is
-  adopted instead of sending again. Only a claim whose task is not found that way is re-queued,
-  counted in goipd_dispatch_ambiguous_total: the one window in which a recipient can be sent
-  twice (another client of the same SMS Server sending in between can push the task beyond the
-  scanned ids).
+  adopted instead of sending again. Reports carry numbers, not text: claims waiting on one
+  number get tasks in id order by claim time, a task settles claims of one message only, and a
+  task id some recipient carries in the ledger is never adopted. Only a claim whose task is
+  not found that way is re-queued, counted in goipd_dispatch_ambiguous_total: the one window
+  in which a recipient can be sent twice (another client of the same SMS Server sending in
+  between can push the task beyond the scanned ids).
 
 With several instances on one ledger (goipd/ha.py) each settles the claims of its own past and
 those of instances whose heartbeat expired, never a live instance's sends in flight; it takes
@@ -30,7 +32,7 @@ from goipd.hooks import HookContext, apply_goip_report
 from goipd.ledger.base import Outcome, Recipient, State
 from goipd.outcomes import retry_delay
 from goipd.upstream.errors import UpstreamError
-from goipd.upstream.goip import GoipClient
+from goipd.upstream.goip import GoipClient, SendReport
 
 log = structlog.get_logger("goipd.reconcile")
 BATCH = 500
@@ -129,9 +131,13 @@ class Reconciler:
         # Tasks goipd recorded are not interrupted ones: only the others are asked about.
         recorded = await self.ctx.ledger.recorded_task_ids(server, first, stop)
         last_recorded = max(recorded, default=first - 1)
-        waiting = {r.number: r for r in recipients}
-        waiting.update({r.number.lstrip("+"): r for r in recipients})
-        adopted: list[Outcome] = []
+        # GoIP reports carry the number, never the text: several claims may wait for one
+        # number (messages to it claimed close together). Tasks are matched in id order to
+        # claims in claim order, which is the order their sendsms calls started in.
+        waiting: dict[str, list[Recipient]] = {}
+        for recipient in sorted(recipients, key=lambda r: (r.updated_at, r.id)):
+            waiting.setdefault(_bare(recipient.number), []).append(recipient)
+        adopted: dict[int, tuple[int, SendReport]] = {}
         for task_id in range(first, stop):
             if not waiting:
                 break
@@ -144,25 +150,28 @@ class Reconciler:
                 break
             if not reports and task_id > last_recorded:
                 break  # ids are handed out in order: no task beyond this one exists yet
-            for report in reports:
-                recipient = waiting.pop(report.number, None)
-                if recipient is None:
-                    continue
-                waiting.pop(recipient.number, None)
-                waiting.pop(recipient.number.lstrip("+"), None)
-                adopted.append(
-                    Outcome(
-                        recipient.id,
-                        State.SUBMITTED,
-                        task_id=report.task_id,
-                        upstream_id=report.sub_task_id,
-                    )
-                )
+            for recipient, report in _match_task(reports, waiting):
+                adopted[recipient.id] = (task_id, report)
         if adopted:
-            await self.ctx.ledger.record(adopted, self.ctx.clock())
-            log.info("claims_adopted", server=server, recipients=len(adopted))
-        remaining = {id(r): r for r in waiting.values()}
-        return list(remaining.values())
+            # Another instance may have recorded one of these tasks for its own send (in flight
+            # while this scan ran): that task is not an interrupted one, so its claims are
+            # treated as not found.
+            taken = await self.ctx.ledger.recorded_task_ids(server, first, stop)
+            lost_race = {rid for rid, (task_id, _) in adopted.items() if task_id in taken}
+            outcomes = [
+                Outcome(
+                    rid, State.SUBMITTED, task_id=report.task_id, upstream_id=report.sub_task_id
+                )
+                for rid, (_, report) in adopted.items()
+                if rid not in lost_race
+            ]
+            if outcomes:
+                await self.ctx.ledger.record(outcomes, self.ctx.clock())
+                log.info("claims_adopted", server=server, recipients=len(outcomes))
+            if lost_race:
+                log.warning("claim_adoption_raced", server=server, recipients=len(lost_race))
+            adopted = {rid: a for rid, a in adopted.items() if rid not in lost_race}
+        return [r for r in recipients if r.id not in adopted]
 
     async def _query_submitted(self, older_than: float, now: float) -> None:
         deadline = self.settings().report_deadline
@@ -211,6 +220,54 @@ class Reconciler:
         if timed_out:
             await self.ctx.ledger.record(timed_out, now)
             log.warning("reports_timed_out", recipients=len(timed_out))
+
+
+def _bare(number: str) -> str:
+    # The SMS Server reports the number as it was sent, with or without the leading "+".
+    return number.lstrip("+")
+
+
+def _match_task(
+    reports: list[SendReport], waiting: dict[str, list[Recipient]]
+) -> list[tuple[Recipient, SendReport]]:
+    """The waiting claims one task settles, removed from `waiting`. One sendsms call carries
+    one message, so a task settles claims of a single message: the one waiting on most of the
+    task's numbers, then the one with the oldest claim. A claim bound to a line is not settled
+    by a task another line sent (the line is known once the task has left "unsend")."""
+
+    def fits(recipient: Recipient, report: SendReport) -> bool:
+        line = report.goip_line
+        return recipient.line is None or line in (None, "null") or line == recipient.line
+
+    candidates = [
+        (recipient, report)
+        for report in reports
+        for recipient in waiting.get(_bare(report.number), [])
+        if fits(recipient, report)
+    ]
+    if not candidates:
+        return []
+    covered: dict[str, set[str]] = {}
+    oldest: dict[str, tuple[float, int]] = {}
+    for recipient, report in candidates:
+        covered.setdefault(recipient.message_id, set()).add(report.number)
+        seen = oldest.get(recipient.message_id, (recipient.updated_at, recipient.id))
+        oldest[recipient.message_id] = min(seen, (recipient.updated_at, recipient.id))
+    # The batch sent as this task had all of the task's numbers: a message waiting on more of
+    # them is the likelier sender; among equals, the oldest claim started its call first.
+    message = min(covered, key=lambda m: (-len(covered[m]), oldest[m]))
+    matched: list[tuple[Recipient, SendReport]] = []
+    for report in reports:
+        queue = waiting.get(_bare(report.number), [])
+        # Oldest first: an older claim's send started earlier, so it got the lower task id.
+        found = next((r for r in queue if r.message_id == message and fits(r, report)), None)
+        if found is None:
+            continue
+        queue.remove(found)
+        if not queue:
+            del waiting[_bare(report.number)]
+        matched.append((found, report))
+    return matched
 
 
 def _after_lost_claim(recipient: Recipient, max_attempts: int, now: float, delay: float) -> Outcome:

@@ -1,0 +1,134 @@
+"""Settling claims a crash left `dispatching`, against the GoIP simulator over loopback HTTP: the
+crash is reproduced by making the claim in the ledger and the sendsms call on the SMS Server
+without recording its answer, exactly what a process killed inside the call leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from goipd.app import Daemon
+from goipd.ledger.base import Claim, Outcome, Recipient, State
+from goipd.sim.goip import RunningSimulator
+from goipd.upstream.goip import GoipClient, SendAccepted
+from tests.conftest import daemon_config, fleet_spec, sample
+from tests.test_ledger import new
+
+N = "+886912000001"
+M = "+886912000002"
+LATER = 3600.0
+"""Messages are scheduled this far ahead so the running dispatcher leaves them alone."""
+
+
+async def _claim(
+    daemon: Daemon, numbers: tuple[str, ...], text: str, line: str | None, at: float
+) -> list[Recipient]:
+    accepted = await daemon.ledger.accept(new(numbers, text=text, send_at=at + LATER), at)
+    recipients = list(accepted.message.recipients)
+    claimed = await daemon.ledger.claim([Claim(r.id, "goip", "hq", line) for r in recipients], at)
+    assert sorted(claimed) == sorted(r.id for r in recipients)
+    return recipients
+
+
+async def _send(client: GoipClient, numbers: tuple[str, ...], text: str, line: str | None) -> str:
+    reply = await client.send_sms(list(numbers), text, goip_line=line)
+    assert isinstance(reply, SendAccepted), reply
+    return reply.task_id
+
+
+async def _crashed_fleet(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    tmp_path: Path,
+) -> tuple[Daemon, GoipClient, float]:
+    """A daemon whose ledger knows one earlier task of hq, recorded a minute ago: the task ids
+    after it are where interrupted sends are looked for."""
+    sim = await simulator(fleet_spec(hq=[{"line_id": "G101"}, {"line_id": "G102"}]))
+    daemon = await daemon_factory(daemon_config(sim, ["hq"], tmp_path))
+    client = daemon.poller.clients["hq"]
+    now = time.time()
+    (earlier,) = await _claim(daemon, ("+886912999999",), "earlier", None, now - 60)
+    task = await _send(client, ("+886912999999",), "earlier", None)
+    await daemon.ledger.record([Outcome(earlier.id, State.SUBMITTED, task_id=task)], now - 59)
+    return daemon, client, now
+
+
+async def _ambiguous(daemon: Daemon) -> float:
+    text = await daemon.metrics.render_async()
+    return sample(text.decode(), "goipd_dispatch_ambiguous_total") or 0.0
+
+
+async def _task_of(daemon: Daemon, recipient: Recipient) -> str | None:
+    """The task id an adopted claim carries (None if it was re-queued)."""
+    message = await daemon.ledger.get_message(recipient.message_id)
+    assert message is not None
+    (found,) = [r for r in message.recipients if r.id == recipient.id]
+    # An adopted task is asked about at once, so its state may already be past `submitted`.
+    assert (found.state is State.QUEUED) == (found.task_id is None), found
+    return found.task_id
+
+
+async def test_two_claims_for_one_number_get_their_own_tasks_in_claim_order(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    tmp_path: Path,
+) -> None:
+    daemon, client, now = await _crashed_fleet(simulator, daemon_factory, tmp_path)
+    # Two messages to one number, claimed a second apart; both calls reached the SMS Server,
+    # in claim order, and the process died before recording either answer.
+    (first,) = await _claim(daemon, (N,), "first", None, now)
+    (second,) = await _claim(daemon, (N,), "second", None, now + 1)
+    first_task = await _send(client, (N,), "first", None)
+    second_task = await _send(client, (N,), "second", None)
+
+    await daemon.reconciler.startup()
+
+    # Keyed by number alone, one task went to the wrong claim and the other claim was sent
+    # again; each must carry its own task and nothing be re-queued.
+    assert await _task_of(daemon, first) == first_task
+    assert await _task_of(daemon, second) == second_task
+    assert await _ambiguous(daemon) == 0
+
+
+async def test_a_task_settles_claims_of_one_message_and_of_its_line(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    tmp_path: Path,
+) -> None:
+    daemon, client, now = await _crashed_fleet(simulator, daemon_factory, tmp_path)
+    # Claimed in this order, but sends run concurrently: the calls reached the SMS Server the
+    # other way round, so task ids are not in claim order here.
+    (alone,) = await _claim(daemon, (N,), "alone", "G101", now)
+    pair = await _claim(daemon, (N, M), "pair", "G102", now + 1)
+    pair_task = await _send(client, (N, M), "pair", "G102")
+    alone_task = await _send(client, (N,), "alone", "G101")
+    # Lines show in querysms once the sends have left "unsend".
+    await asyncio.sleep(0.3)
+
+    await daemon.reconciler.startup()
+
+    assert await _task_of(daemon, alone) == alone_task
+    assert [await _task_of(daemon, r) for r in pair] == [pair_task] * 2
+    assert await _ambiguous(daemon) == 0
+
+
+async def test_a_task_recorded_for_another_recipient_is_never_adopted(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    tmp_path: Path,
+) -> None:
+    daemon, client, now = await _crashed_fleet(simulator, daemon_factory, tmp_path)
+    # The claim's call never reached the SMS Server; a send to the same number by another
+    # instance did, and that instance recorded its task.
+    (lost,) = await _claim(daemon, (N,), "lost", None, now)
+    (other,) = await _claim(daemon, (N,), "other", None, now + 1)
+    other_task = await _send(client, (N,), "other", None)
+    await daemon.ledger.record([Outcome(other.id, State.SUBMITTED, task_id=other_task)], now + 2)
+
+    await daemon.reconciler.startup()
+
+    assert await _task_of(daemon, lost) is None
+    assert await _ambiguous(daemon) == 1
