@@ -306,7 +306,8 @@ class ReconcileSettings(_Strict):
     """A send still `submitted` this long after the SMS Server accepted it is asked about with
     querysms (its push report may be lost)."""
     report_deadline: Duration = 3600.0
-    """Still no result after this long: the recipient fails with reason report_timeout."""
+    """Still no result after this long: the recipient fails with reason report_timeout
+    (server_removed when a reload removed its server)."""
 
 
 class InboundSettings(_Strict):

@@ -1,7 +1,8 @@
 """Recovers what push reports did not tell: lost reports, and sends cut short by a crash.
 
 - `submitted` longer than `query_after`: ask the SMS Server with querysms (per task), apply the
-  answers exactly as if pushed; past `report_deadline` with no result: fail `report_timeout`.
+  answers exactly as if pushed; past `report_deadline` with no result: fail `report_timeout`,
+  or `server_removed` when a reload took the server out of the config (nobody asks it then).
 - `dispatching` (the claim was written, the answer was not): the process died, or its send task
   did, inside the sendsms call, so no task id was recorded. GoIP task ids are global increasing
   integers per server, and the task, if the server created one, was created during the call:
@@ -75,6 +76,35 @@ class Reconciler:
         now = self.ctx.clock()
         await self._requeue_claims(now - self.stale_claim_after)
         await self._query_submitted(now - self.settings().query_after, now)
+        await self._fail_unserved(now)
+
+    async def _fail_unserved(self, now: float) -> None:
+        """Submitted sends of a server a reload removed: no instance polls or asks that server
+        any more, so no report can come; past `report_deadline` they fail like a lost report,
+        named for what happened. Every instance may do this: failing twice changes nothing."""
+        deadline = self.settings().report_deadline
+        while True:
+            unserved = await self.ctx.ledger.submitted_not_of(
+                list(self.ctx.servers()), now - deadline, BATCH
+            )
+            if not unserved:
+                return
+            await self.ctx.ledger.record(
+                [
+                    Outcome(
+                        r.id,
+                        State.FAILED,
+                        error_code="server_removed",
+                        error_meaning="its SMS Server was removed from the config before it "
+                        "reported a send result",
+                    )
+                    for r in unserved
+                ],
+                now,
+            )
+            log.warning("reports_abandoned", recipients=len(unserved), reason="server_removed")
+            if len(unserved) < BATCH:
+                return
 
     async def _requeue_claims(self, own_older_than: float) -> None:
         settings = self.ctx.routing()

@@ -172,6 +172,20 @@ async def test_submitted_of_and_task_ids_by_time(instance: Open) -> None:
     assert await a.submitted_of([], NOW + 100, 10) == []
 
 
+async def test_submitted_of_servers_no_longer_configured(instance: Open) -> None:
+    a = await instance("a")
+    ids = await claimed(a, ("+886900000001", "+886900000002", "+886900000003"))
+    # One send submitted on hq, one on branch; the third still in flight on hq.
+    await a.record([Outcome(ids[0], State.SUBMITTED, task_id="10")], NOW + 1)
+    await a.record([Outcome(ids[1], State.QUEUED)], NOW + 1)
+    assert await a.claim([Claim(ids[1], "goip", "branch", "B1")], NOW + 1) == [ids[1]]
+    await a.record([Outcome(ids[1], State.SUBMITTED, task_id="7")], NOW + 2)
+    assert [r.id for r in await a.submitted_not_of(["hq"], NOW + 100, 10)] == [ids[1]]
+    assert [r.id for r in await a.submitted_not_of([], NOW + 100, 10)] == [ids[0], ids[1]]
+    assert await a.submitted_not_of(["hq", "branch"], NOW + 100, 10) == []
+    assert await a.submitted_not_of(["hq"], NOW + 1.5, 10) == []  # updated since
+
+
 async def test_line_sends_are_counted_for_all_instances_together(instance: Open) -> None:
     stores = [await instance(f"i{n}") for n in range(4)]
     line, other = ("hq", "G1"), ("hq", "G2")

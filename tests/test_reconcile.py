@@ -10,12 +10,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import yaml
+
 from goipd.app import Daemon
 from goipd.ledger.base import Claim, Outcome, Recipient, State
 from goipd.sim.goip import RunningSimulator
 from goipd.upstream.goip import GoipClient, SendAccepted
 from tests.conftest import daemon_config, fleet_spec, sample
 from tests.test_ledger import new
+from tests.test_pipeline_e2e import message, send, wait_states
 
 N = "+886912000001"
 M = "+886912000002"
@@ -132,3 +136,44 @@ async def test_a_task_recorded_for_another_recipient_is_never_adopted(
 
     assert await _task_of(daemon, lost) is None
     assert await _ambiguous(daemon) == 1
+
+
+async def test_submitted_sends_of_a_removed_server_fail_after_the_deadline(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    sim = await simulator(fleet_spec(hq=[{"line_id": "G101"}], branch=[{"line_id": "B101"}]))
+    # Neither server finishes a send: only the reconciler can settle them.
+    for server in sim.fleet.servers.values():
+        server.send_delay = 3600
+    daemon = await daemon_factory(
+        daemon_config(
+            sim,
+            ["hq", "branch"],
+            tmp_path,
+            reconcile={"interval": "1h", "query_after": "1h", "report_deadline": "1s"},
+        )
+    )
+    base = f"http://127.0.0.1:{daemon.port}"
+    kept = await send(http, base, {"to": [N], "text": "kept", "route": {"server": "hq"}})
+    gone = await send(http, base, {"to": [N], "text": "gone", "route": {"server": "branch"}})
+    await wait_states(http, base, kept["id"], {"submitted"})
+    await wait_states(http, base, gone["id"], {"submitted"})
+    assert daemon.settings.source is not None
+    config = yaml.safe_load(daemon.settings.source.read_text())
+    config["servers"] = [s for s in config["servers"] if s["name"] != "branch"]
+    daemon.settings.source.write_text(yaml.safe_dump(config))
+    assert await daemon.reload()
+
+    # Before the deadline nothing is given up; hq's send is left to querysms/report_timeout,
+    # which query_after keeps away here.
+    await daemon.reconciler.run_once()
+    assert (await message(http, base, gone["id"]))["recipients"][0]["state"] == "submitted"
+    await asyncio.sleep(1.2)
+    await daemon.reconciler.run_once()
+    failed = (await message(http, base, gone["id"]))["recipients"][0]
+    assert failed["state"] == "failed"
+    assert failed["error"]["code"] == "server_removed"
+    assert (await message(http, base, kept["id"]))["recipients"][0]["state"] == "submitted"

@@ -7,7 +7,8 @@ A recipient moves through these states, and ends in exactly one final state:
        └──retry (line)────┴──────────────────────┘                      │
     queued/scheduled ──DELETE──► cancelled         any non-final ──► failed (recipient/content
                                                                      error, attempts exhausted,
-                                                                     expired, report_timeout)
+                                                                     expired, report_timeout,
+                                                                     server_removed)
 
 `dispatching` is internal (shown as `submitted` by the API): the row says which server and line
 were asked *before* the upstream call, so a crash inside that call is detectable afterwards.
@@ -344,6 +345,12 @@ class Ledger(Protocol):
         self, servers: Collection[str], older_than: float, limit: int
     ) -> list[Recipient]:
         """`submitted` recipients of `servers` not updated since `older_than`, oldest first."""
+
+    async def submitted_not_of(
+        self, servers: Collection[str], older_than: float, limit: int
+    ) -> list[Recipient]:
+        """`submitted` GoIP recipients whose server is none of `servers` (it was removed from
+        the config), not updated since `older_than`, oldest first."""
 
     async def task_id_bounds(
         self, server: str, before: float, after: float

@@ -143,6 +143,22 @@ class PostgresCoordination:
 
         return await self._read(op)
 
+    async def submitted_not_of(
+        self, servers: Collection[str], older_than: float, limit: int
+    ) -> list[Recipient]:
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'submitted'"
+                " AND updated_at < $1 AND route = 'goip' AND server IS NOT NULL"
+                " AND server <> ALL($2::text[]) ORDER BY updated_at, id LIMIT $3",
+                older_than,
+                list(servers),
+                limit,
+            )
+            return [recipient_from_row(row) for row in rows]
+
+        return await self._read(op)
+
     async def task_id_bounds(
         self, server: str, before: float, after: float
     ) -> tuple[int | None, int | None]:

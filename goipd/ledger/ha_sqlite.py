@@ -5,6 +5,7 @@ path is the same as on PostgreSQL all the same, so a single instance behaves lik
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -156,6 +157,26 @@ class SqliteCoordination:
                 )
             found.sort(key=lambda r: (r.updated_at, r.id))
             return found[:limit]
+
+        return await self._read(op)
+
+    async def submitted_not_of(
+        self, servers: Collection[str], older_than: float, limit: int
+    ) -> list[Recipient]:
+        # One JSON parameter: a NOT IN cannot be split into chunks like an IN.
+        names = json.dumps(sorted(servers))
+
+        def op(conn: sqlite3.Connection) -> list[Recipient]:
+            return [
+                recipient_from_row(row)
+                for row in conn.execute(
+                    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'submitted'"
+                    " AND updated_at < ? AND route = 'goip' AND server IS NOT NULL"
+                    " AND server NOT IN (SELECT value FROM json_each(?))"
+                    " ORDER BY updated_at, id LIMIT ?",
+                    (older_than, names, limit),
+                )
+            ]
 
         return await self._read(op)
 
