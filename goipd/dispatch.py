@@ -160,8 +160,9 @@ class Dispatcher:
                     plans.append((choice, body, take))
         if deferred:
             await self.ledger.record(deferred, now)
+        reserved_in: int | None = None
         if plans and self.shared_line_rate:
-            plans = await shared_rate.admit(
+            plans, reserved_in = await shared_rate.admit(
                 self.ledger, self.router, plans, self.settings.line_rate_per_minute
             )
         if not plans:
@@ -182,7 +183,7 @@ class Dispatcher:
         if len(claimed) < sum(len(recipients) for _, _, recipients in plans):
             # Another instance on the ledger claimed some first: those are not sent here.
             await shared_rate.forget_unclaimed(
-                self.ledger, self.router, plans, claimed, self.shared_line_rate
+                self.ledger, self.router, plans, claimed, reserved_in
             )
         started = 0
         for choice, body, recipients in plans:

@@ -27,21 +27,25 @@ def _line(choice: Choice) -> tuple[str, str] | None:
     return None  # a carrier group (the SMS Server picks the line) or a cloud provider
 
 
-async def admit(ledger: Ledger, router: Router, plans: Plans[B], per_minute: int) -> Plans[B]:
-    """`plans` cut to what the shared rate allows. Raises LedgerError like any ledger call."""
+async def admit(
+    ledger: Ledger, router: Router, plans: Plans[B], per_minute: int
+) -> tuple[Plans[B], int | None]:
+    """`plans` cut to what the shared rate allows, and the minute the sends were reserved in
+    (None: nothing reserved), for forget_unclaimed. Raises LedgerError like any ledger call."""
     wanted: dict[tuple[str, str], int] = {}
     for choice, _, recipients in plans:
         key = _line(choice)
         if key is not None:
             wanted[key] = wanted.get(key, 0) + len(recipients)
     if not wanted:
-        return plans
+        return plans, None
     quotas = {}
     for key in wanted:
         line = router.registry.line(*key)
         if line is not None and line.quota_at_poll is not None:
             quotas[key] = (line.quota_at_poll, line.last_seen)
-    left = await ledger.reserve_line_sends(wanted, per_minute, quotas)
+    reservation = await ledger.reserve_line_sends(wanted, per_minute, quotas)
+    left = dict(reservation.granted)
     admitted: Plans[B] = []
     held_back = 0
     for choice, body, recipients in plans:
@@ -59,7 +63,7 @@ async def admit(ledger: Ledger, router: Router, plans: Plans[B], per_minute: int
     if held_back:
         # Other instances sent on these lines this minute; the recipients wait, still queued.
         log.debug("line_rate_shared_limit", recipients=held_back)
-    return admitted
+    return admitted, reservation.minute
 
 
 async def forget_unclaimed(
@@ -67,11 +71,11 @@ async def forget_unclaimed(
     router: Router,
     plans: Sequence[tuple[Choice, object, list[Recipient]]],
     claimed: Collection[int],
-    shared: bool,
+    reserved_in: int | None,
 ) -> None:
     """Recipients another instance claimed first are not sent here: their use of the line
-    (rate window, quota and, with a shared rate, the reservation) is given back. Never raises:
-    the claimed recipients are sent next."""
+    (rate window, quota and, with a shared rate, the reservation made in minute `reserved_in`)
+    is given back. Never raises: the claimed recipients are sent next."""
     unused: dict[tuple[str, str], int] = {}
     for choice, _, recipients in plans:
         lost = sum(1 for r in recipients if r.id not in claimed)
@@ -79,9 +83,9 @@ async def forget_unclaimed(
         if lost and key is not None:
             router.release_use(choice, lost)
             unused[key] = unused.get(key, 0) + lost
-    if unused and shared:
+    if unused and reserved_in is not None:
         try:
-            await ledger.release_line_sends(unused)
+            await ledger.release_line_sends(unused, reserved_in)
         except LedgerError as exc:
             # The claimed recipients must go out all the same; the lines lose a few sends of
             # this minute at worst.

@@ -6,6 +6,7 @@ one schema per test; "instances" are ledger objects with different instance ids 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -189,18 +190,18 @@ async def test_submitted_of_servers_no_longer_configured(instance: Open) -> None
 async def test_line_sends_are_counted_for_all_instances_together(instance: Open) -> None:
     stores = [await instance(f"i{n}") for n in range(4)]
     line, other = ("hq", "G1"), ("hq", "G2")
-    granted = await asyncio.gather(
+    reserved = await asyncio.gather(
         *(store.reserve_line_sends({line: 3, other: 1}, per_minute=6) for store in stores)
     )
-    assert sum(g[line] for g in granted) == 6, granted
-    assert all(g[other] == 1 for g in granted)
-    assert await stores[0].reserve_line_sends({line: 5}, per_minute=6) == {line: 0}
-    await stores[3].release_line_sends({line: 2, other: 0})  # two reserved were not sent
-    assert await stores[0].reserve_line_sends({line: 5}, per_minute=6) == {line: 2}
-    assert await stores[1].reserve_line_sends({line: 5}, per_minute=10) == {line: 4}
-    assert await stores[2].reserve_line_sends({("branch", "G1"): 50}, per_minute=6) == {
-        ("branch", "G1"): 6
-    }
+    assert sum(r.granted[line] for r in reserved) == 6, reserved
+    assert all(r.granted[other] == 1 for r in reserved)
+    assert (await stores[0].reserve_line_sends({line: 5}, per_minute=6)).granted == {line: 0}
+    # Two reserved were not sent.
+    await stores[3].release_line_sends({line: 2, other: 0}, reserved[3].minute)
+    assert (await stores[0].reserve_line_sends({line: 5}, per_minute=6)).granted == {line: 2}
+    assert (await stores[1].reserve_line_sends({line: 5}, per_minute=10)).granted == {line: 4}
+    branch = await stores[2].reserve_line_sends({("branch", "G1"): 50}, per_minute=6)
+    assert branch.granted == {("branch", "G1"): 6}
 
 
 async def test_a_polled_quota_is_shared_by_all_instances(instance: Open) -> None:
@@ -208,19 +209,58 @@ async def test_a_polled_quota_is_shared_by_all_instances(instance: Open) -> None
     line = ("hq", "G1")
     # The last poll saw 5 SMS of day quota left; the rate alone would allow 60 a minute.
     quota = {line: (5, time.time())}
-    granted = await asyncio.gather(
+    reserved = await asyncio.gather(
         *(store.reserve_line_sends({line: 4}, per_minute=60, quotas=quota) for store in stores)
     )
-    assert sum(g[line] for g in granted) == 5, granted
-    assert await stores[0].reserve_line_sends({line: 1}, per_minute=60, quotas=quota) == {line: 0}
+    assert sum(r.granted[line] for r in reserved) == 5, reserved
+    again = await stores[0].reserve_line_sends({line: 1}, per_minute=60, quotas=quota)
+    assert again.granted == {line: 0}
     # A send given back is quota back.
-    await stores[1].release_line_sends({line: 1})
-    assert await stores[2].reserve_line_sends({line: 3}, per_minute=60, quotas=quota) == {line: 1}
+    await stores[1].release_line_sends({line: 1}, reserved[1].minute)
+    again = await stores[2].reserve_line_sends({line: 3}, per_minute=60, quotas=quota)
+    assert again.granted == {line: 1}
     # A newer poll reports the quota after those sends: counted from then on.
     later = {line: (4, time.time() + 120)}
-    assert await stores[0].reserve_line_sends({line: 9}, per_minute=60, quotas=later) == {line: 4}
+    again = await stores[0].reserve_line_sends({line: 9}, per_minute=60, quotas=later)
+    assert again.granted == {line: 4}
     # Without a quota only the rate limits.
-    assert await stores[1].reserve_line_sends({line: 9}, per_minute=60) == {line: 9}
+    assert (await stores[1].reserve_line_sends({line: 9}, per_minute=60)).granted == {line: 9}
+
+
+async def _line_sends(store: Ledger, sql: str = "") -> dict[int, int]:
+    """The line_sends buckets of hq/G1, read (or first changed by `sql`) straight in the store."""
+    query = "SELECT minute, sends FROM line_sends WHERE server = 'hq' AND line = 'G1'"
+    if isinstance(store, SqliteLedger):
+        with sqlite3.connect(store.path) as db:
+            if sql:
+                db.execute(sql)
+            return dict(db.execute(query).fetchall())
+    conn = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
+    try:
+        if sql:
+            await conn.execute(sql)
+        return {int(m): int(n) for m, n in await conn.fetch(query)}
+    finally:
+        await conn.close()
+
+
+async def test_sends_given_back_after_the_minute_rolled_over_leave_their_own_minute(
+    instance: Open,
+) -> None:
+    a, b = await instance("a"), await instance("b")
+    line = ("hq", "G1")
+    reserved = await a.reserve_line_sends({line: 5}, per_minute=60)
+    assert reserved.granted == {line: 5}
+    # Waiting for a real minute boundary would take up to a minute: the bucket is moved back
+    # one minute instead, which is what the ledger holds when the release comes a minute late.
+    await _line_sends(a, "UPDATE line_sends SET minute = minute - 1")
+    made_in = reserved.minute - 1
+    current = await b.reserve_line_sends({line: 3}, per_minute=60)
+    assert current.granted == {line: 3}
+    assert current.minute > made_in
+    await a.release_line_sends({line: 2}, made_in)
+    # Released into the current minute, b's 3 sends would count as 1 and a's 5 would stay.
+    assert await _line_sends(a) == {made_in: 3, current.minute: 3}
 
 
 def test_a_quota_counts_every_send_since_its_poll() -> None:

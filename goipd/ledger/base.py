@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
+from goipd.ledger.line_rate import LineReservation
+
 T = TypeVar("T")
 
 
@@ -366,12 +368,14 @@ class Ledger(Protocol):
         wanted: Mapping[tuple[str, str], int],
         per_minute: int,
         quotas: Mapping[tuple[str, str], tuple[int, float]] | None = None,
-    ) -> dict[tuple[str, str], int]:
+    ) -> LineReservation:
         """(server, line) → sends wanted now; returns how many each may make, atomically
         counted against `per_minute` over the sends of every instance in the last minute
         (this minute's count plus the previous minute's, weighted by what is left of it) and,
         for the lines in `quotas`, against (quota left, when a poll saw it) minus every
         instance's sends since that poll (line_rate.quota_grant)."""
 
-    async def release_line_sends(self, unused: Mapping[tuple[str, str], int]) -> None:
-        """Give back reserved sends that did not happen, so other instances may make them."""
+    async def release_line_sends(self, unused: Mapping[tuple[str, str], int], minute: int) -> None:
+        """Give back reserved sends that did not happen, so other instances may make them:
+        `minute` is the reservation's (LineReservation.minute), the bucket they were counted
+        in, even if a later minute has begun since."""

@@ -19,6 +19,7 @@ import asyncpg
 from goipd.ledger.base import FleetSnapshot, Recipient
 from goipd.ledger.line_rate import (
     HORIZON_MINUTES,
+    LineReservation,
     grant,
     minute_bucket,
     quota_grant,
@@ -205,13 +206,13 @@ class PostgresCoordination:
         wanted: Mapping[tuple[str, str], int],
         per_minute: int,
         quotas: Mapping[tuple[str, str], tuple[int, float]] | None = None,
-    ) -> dict[tuple[str, str], int]:
+    ) -> LineReservation:
         quotas = quotas or {}
         keys = sorted(wanted)  # one lock order for every instance: no deadlock
         servers, lines = [k[0] for k in keys], [k[1] for k in keys]
         oldest_poll = min((quotas[k][1] for k in keys if k in quotas), default=None)
 
-        async def op(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
+        async def op(conn: asyncpg.Connection) -> LineReservation:
             async with conn.transaction():
                 minute, weight = minute_bucket(float(await conn.fetchval(f"SELECT {DB_NOW}")))
                 await conn.execute(
@@ -262,11 +263,11 @@ class PostgresCoordination:
                     "DELETE FROM line_sends WHERE minute < $1", minute - HORIZON_MINUTES - 1
                 )
                 self._line_sends_pruned = minute
-            return granted
+            return LineReservation(minute, granted)
 
         return await self._read(op)  # a pool connection: not queued behind a group commit
 
-    async def release_line_sends(self, unused: Mapping[tuple[str, str], int]) -> None:
+    async def release_line_sends(self, unused: Mapping[tuple[str, str], int], minute: int) -> None:
         keys = sorted(key for key, n in unused.items() if n > 0)
 
         async def op(conn: asyncpg.Connection) -> None:
@@ -274,10 +275,11 @@ class PostgresCoordination:
                 "UPDATE line_sends SET sends = GREATEST(sends - g.n, 0)"
                 " FROM unnest($1::text[], $2::text[], $3::int[]) AS g(server, line, n)"
                 " WHERE line_sends.server = g.server AND line_sends.line = g.line"
-                f" AND line_sends.minute = floor({DB_NOW} / 60)::bigint",
+                " AND line_sends.minute = $4",
                 [k[0] for k in keys],
                 [k[1] for k in keys],
                 [unused[k] for k in keys],
+                minute,
             )
 
         if keys:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 from goipd.ledger.base import FleetSnapshot, Recipient
 from goipd.ledger.line_rate import (
     HORIZON_MINUTES,
+    LineReservation,
     grant,
     minute_bucket,
     quota_grant,
@@ -223,10 +224,10 @@ class SqliteCoordination:
         wanted: Mapping[tuple[str, str], int],
         per_minute: int,
         quotas: Mapping[tuple[str, str], tuple[int, float]] | None = None,
-    ) -> dict[tuple[str, str], int]:
+    ) -> LineReservation:
         quotas = quotas or {}
 
-        def op(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+        def op(conn: sqlite3.Connection) -> LineReservation:
             minute, weight = minute_bucket(time.time())
             granted = {}
             for (server, line), want in wanted.items():
@@ -251,13 +252,12 @@ class SqliteCoordination:
                         (server, line, minute, n),
                     )
             conn.execute("DELETE FROM line_sends WHERE minute < ?", (minute - HORIZON_MINUTES - 1,))
-            return granted
+            return LineReservation(minute, granted)
 
         return await self._write(op)
 
-    async def release_line_sends(self, unused: Mapping[tuple[str, str], int]) -> None:
+    async def release_line_sends(self, unused: Mapping[tuple[str, str], int], minute: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            minute, _ = minute_bucket(time.time())
             conn.executemany(
                 "UPDATE line_sends SET sends = MAX(sends - ?, 0)"
                 " WHERE server = ? AND line = ? AND minute = ?",

@@ -5,6 +5,7 @@ rate, and summed since the last poll for the quota."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 BUCKET = 60.0
 HORIZON_MINUTES = 60
@@ -13,6 +14,15 @@ the line until a newer poll)."""
 CLOCK_SKEW = 10.0
 """Seconds the instances' clocks may differ: sends this long before a poll still count against
 the quota it reported (a few sends of quota are given up rather than overshot)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineReservation:
+    """What Ledger.reserve_line_sends granted, and the bucket it counted the sends in: sends
+    given back later must leave that bucket, whatever minute it is by then."""
+
+    minute: int
+    granted: dict[tuple[str, str], int]
 
 
 def minute_bucket(now: float) -> tuple[int, float]:
