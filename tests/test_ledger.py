@@ -1002,6 +1002,28 @@ async def test_sqlite_write_errors_become_ledger_errors_and_the_ledger_recovers(
     await store.close()
 
 
+async def test_sqlite_write_error_is_reported_until_a_write_commits(tmp_path: Path) -> None:
+    store = SqliteLedger(tmp_path / "goipd.db")
+    await store.open()
+    try:
+        writer, pool = store._writer, store._writer_pool
+        assert writer is not None and pool is not None
+        loop = asyncio.get_running_loop()
+        assert store.write_error is None and await store.check_writes() is None
+        await loop.run_in_executor(pool, writer.execute, "PRAGMA query_only=ON")
+        with pytest.raises(LedgerError):
+            await store.accept(new(), NOW)
+        assert store.write_error is not None and "readonly" in store.write_error
+        # The probe is a real write: it fails as long as writes do.
+        assert await store.check_writes() is not None
+        await loop.run_in_executor(pool, writer.execute, "PRAGMA query_only=OFF")
+        assert await store.check_writes() is None  # no caller's write needed
+        assert store.write_error is None
+        assert (await store.counts())[State.QUEUED] == 0
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 def immutable(tmp_path: Path) -> Iterator[Callable[[bool], None]]:
     """chattr +i: even root cannot write the file, through descriptors already open too."""

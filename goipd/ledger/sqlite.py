@@ -11,6 +11,7 @@ Reads use a second connection in another thread: WAL lets them run while the wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -227,6 +228,20 @@ class SqliteLedger(SqliteCoordination):
     def commits(self) -> int:
         """Transactions committed; with group commit, fewer than write calls."""
         return self._committer.commits
+
+    @property
+    def write_error(self) -> str | None:
+        return self._committer.last_error
+
+    async def check_writes(self) -> str | None:
+        if self._committer.last_error is not None:
+            with contextlib.suppress(LedgerError):
+                # A real (if unchanging) row write: an empty transaction commits even on a
+                # full disk or a read-only file.
+                await self._write(
+                    lambda conn: conn.execute("UPDATE schema_version SET version = version")
+                )
+        return self._committer.last_error
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._committer.submit(op)
