@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -796,6 +797,72 @@ async def test_inbound_and_outbox(ledger: Ledger) -> None:
     assert retry.attempts == 1
     await ledger.outbox_result(retry.id, done=False, retry_at=None, error="gave up", now=NOW)
     assert await ledger.outbox_due(NOW + 1000, 10) == []
+
+
+async def test_nul_in_stored_text_becomes_u_fffd_and_the_batch_commits(ledger: Ledger) -> None:
+    # PostgreSQL text cannot hold U+0000: unreplaced, the inbound SMS would be lost and, in
+    # one group commit with it, everyone else's writes too.
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(ledger.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+            ledger.add_inbound("hq", "G1\x00", "100\x0086", None, "a\x00b", "t\x00", NOW),
+            ledger.accept(new(("+886912349999",), text="x\x00y", key="k\x00"), NOW),
+            *(ledger.accept(new((f"+88691235{i:04d}",)), NOW) for i in range(3)),
+            return_exceptions=True,
+        ),
+        timeout=10,
+    )
+    assert not any(isinstance(r, BaseException) for r in results), results
+    (record,) = await ledger.list_inbound(10, None)
+    assert (record.line, record.from_number, record.content, record.upstream_time) == (
+        "G1\ufffd",
+        "100\ufffd86",
+        "a\ufffdb",
+        "t\ufffd",
+    )
+    accepted = results[4]
+    assert not isinstance(accepted, BaseException) and not isinstance(accepted, int)
+    stored = await ledger.get_message(accepted.message.id)
+    assert stored is not None and stored == accepted.message
+    assert (stored.text, stored.idempotency_key) == ("x\ufffdy", "k\ufffd")
+    assert await ledger.recent_duplicate("+886912349999", "x\x00y", NOW - 1) == stored.id
+    (r,) = stored.recipients
+    await ledger.claim([Claim(r.id, "goip", "hq", "G1")], NOW)
+    await ledger.record(
+        [Outcome(r.id, State.FAILED, error_code="5\x00", error_meaning="bad\x00 reply")], NOW
+    )
+    failed = await only_recipient(ledger, stored.id)
+    assert (failed.error_code, failed.error_meaning) == ("5\ufffd", "bad\ufffd reply")
+    assert (await ledger.counts())[State.QUEUED] == 6
+
+
+async def test_postgresql_text_it_cannot_store_fails_only_that_write(tmp_path: Path) -> None:
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+
+    async def raw_nul(conn: asyncpg.Connection) -> None:
+        # Past the boundary that replaces NUL: what any other unstorable text would do.
+        await conn.execute("INSERT INTO line_quarantines VALUES ('hq', $1, NULL, 0)", "G\x00")
+
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+                store._committer.submit(raw_nul),
+                *(store.accept(new((f"+88691235{i:04d}",)), NOW) for i in range(3)),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(results[3], LedgerError)
+        assert "\x00" not in str(results[3])
+        assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 3)
+        assert (await store.counts())[State.QUEUED] == 6
+        assert await store.line_quarantines() == []
+        assert store.write_error is None  # one caller's data, not the store
+    finally:
+        await store.close()
+        await store.drop_schema()
 
 
 async def test_inbound_without_forwarding_and_paging(ledger: Ledger) -> None:

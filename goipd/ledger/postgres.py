@@ -41,6 +41,9 @@ from goipd.ledger.rows import (
     message_from_row,
     new_message_id,
     recipient_from_row,
+    storable,
+    storable_message,
+    storable_or_none,
     text_hash,
 )
 from goipd.ledger.rules import transition
@@ -359,7 +362,8 @@ class PostgresLedger(PostgresCoordination):
     # --- messages ----------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
-        return await self._write(lambda conn: _accept(conn, message, now))
+        stored = storable_message(message)
+        return await self._write(lambda conn: _accept(conn, stored, now))
 
     async def get_message(self, message_id: str) -> Message | None:
         async def op(conn: asyncpg.Connection) -> Message | None:
@@ -412,6 +416,7 @@ class PostgresLedger(PostgresCoordination):
         return await self._read(op)
 
     async def recent_duplicate(self, number: str, text: str, since: float) -> str | None:
+        number, text = storable(number), storable(text)
         digest = text_hash(text)
 
         async def op(conn: asyncpg.Connection) -> str | None:
@@ -482,6 +487,7 @@ class PostgresLedger(PostgresCoordination):
         await self._write(lambda conn: _record(conn, outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
+        server, task_id, number = storable(server), storable(task_id), storable(number)
         plus = number if number.startswith("+") else f"+{number}"
 
         async def op(conn: asyncpg.Connection) -> Recipient | None:
@@ -505,6 +511,7 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
+        server, task_id, number = storable(server), storable(task_id), storable(number)
         plus = number if number.startswith("+") else f"+{number}"
 
         async def op(conn: asyncpg.Connection) -> tuple[Recipient, T] | None:
@@ -529,6 +536,8 @@ class PostgresLedger(PostgresCoordination):
         return await self._write(op)
 
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
+        route, upstream_id = storable(route), storable(upstream_id)
+
         async def op(conn: asyncpg.Connection) -> list[Recipient]:
             rows = await conn.fetch(
                 f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE route = $1 "
@@ -614,6 +623,10 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         forward_to: Sequence[str] = (),
     ) -> int:
+        source, from_number, content = storable(source), storable(from_number), storable(content)
+        line, to_number = storable_or_none(line), storable_or_none(to_number)
+        upstream_time, forward_to = storable(upstream_time), [storable(url) for url in forward_to]
+
         async def op(conn: asyncpg.Connection) -> int:
             inbound_id = int(
                 await conn.fetchval(
@@ -667,6 +680,8 @@ class PostgresLedger(PostgresCoordination):
     async def outbox_result(
         self, item_id: int, *, done: bool, retry_at: float | None, error: str | None, now: float
     ) -> None:
+        error = storable_or_none(error)
+
         async def op(conn: asyncpg.Connection) -> None:
             if done or retry_at is None:
                 await conn.execute(
@@ -692,6 +707,8 @@ class PostgresLedger(PostgresCoordination):
     async def quarantine_line(
         self, server: str, line: str, reason: str | None, now: float
     ) -> LineQuarantine:
+        server, line, reason = storable(server), storable(line), storable_or_none(reason)
+
         async def op(conn: asyncpg.Connection) -> LineQuarantine:
             row = await conn.fetchrow(
                 "INSERT INTO line_quarantines (server, line, reason, since) "
@@ -707,6 +724,8 @@ class PostgresLedger(PostgresCoordination):
         return await self._write(op)
 
     async def release_line(self, server: str, line: str) -> bool:
+        server, line = storable(server), storable(line)
+
         async def op(conn: asyncpg.Connection) -> bool:
             deleted = await conn.fetchval(
                 "DELETE FROM line_quarantines WHERE server = $1 AND line = $2 RETURNING 1",
