@@ -36,6 +36,7 @@ from goipd.sdnotify import Notifier, watchdog_loop
 log = structlog.get_logger("goipd")
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 QUEUE_METRICS_INTERVAL = 5.0
+READY_WRITE_TIMEOUT = 2.0
 
 
 class Daemon:
@@ -441,6 +442,16 @@ async def _readyz(request: web.Request) -> web.Response:
     if not daemon.ready:
         return problem_response(
             503, "first poll round of the SMS Servers is not finished", title="Not ready"
+        )
+    try:
+        write_error = await asyncio.wait_for(daemon.ledger.check_writes(), READY_WRITE_TIMEOUT)
+    except TimeoutError:
+        # The probe waits behind a commit that hangs: still not ready, and a prober's
+        # request must not hang with it.
+        write_error = daemon.ledger.write_error or "the ledger did not commit in time"
+    if write_error is not None:
+        return problem_response(
+            503, f"the ledger cannot store writes: {write_error}", title="Not ready"
         )
     return web.json_response({"status": "ready"})
 

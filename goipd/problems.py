@@ -10,6 +10,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from goipd.ledger.base import LedgerError
+
 log = structlog.get_logger("goipd.http")
 PROBLEM_TYPE = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,6 +90,15 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             detail,
             instance=path,
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+    except LedgerError as exc:
+        # A hook or read that met a ledger it cannot use: the sender should retry later, and
+        # the store's condition is no stack trace.
+        return problem_response(
+            503,
+            f"the ledger cannot take this right now: {exc}",
+            instance=_public_path(request),
+            headers={"Retry-After": "5"},
         )
     except Exception:
         path = _public_path(request)

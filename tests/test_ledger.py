@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -798,6 +799,72 @@ async def test_inbound_and_outbox(ledger: Ledger) -> None:
     assert await ledger.outbox_due(NOW + 1000, 10) == []
 
 
+async def test_nul_in_stored_text_becomes_u_fffd_and_the_batch_commits(ledger: Ledger) -> None:
+    # PostgreSQL text cannot hold U+0000: unreplaced, the inbound SMS would be lost and, in
+    # one group commit with it, everyone else's writes too.
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(ledger.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+            ledger.add_inbound("hq", "G1\x00", "100\x0086", None, "a\x00b", "t\x00", NOW),
+            ledger.accept(new(("+886912349999",), text="x\x00y", key="k\x00"), NOW),
+            *(ledger.accept(new((f"+88691235{i:04d}",)), NOW) for i in range(3)),
+            return_exceptions=True,
+        ),
+        timeout=10,
+    )
+    assert not any(isinstance(r, BaseException) for r in results), results
+    (record,) = await ledger.list_inbound(10, None)
+    assert (record.line, record.from_number, record.content, record.upstream_time) == (
+        "G1\ufffd",
+        "100\ufffd86",
+        "a\ufffdb",
+        "t\ufffd",
+    )
+    accepted = results[4]
+    assert not isinstance(accepted, BaseException) and not isinstance(accepted, int)
+    stored = await ledger.get_message(accepted.message.id)
+    assert stored is not None and stored == accepted.message
+    assert (stored.text, stored.idempotency_key) == ("x\ufffdy", "k\ufffd")
+    assert await ledger.recent_duplicate("+886912349999", "x\x00y", NOW - 1) == stored.id
+    (r,) = stored.recipients
+    await ledger.claim([Claim(r.id, "goip", "hq", "G1")], NOW)
+    await ledger.record(
+        [Outcome(r.id, State.FAILED, error_code="5\x00", error_meaning="bad\x00 reply")], NOW
+    )
+    failed = await only_recipient(ledger, stored.id)
+    assert (failed.error_code, failed.error_meaning) == ("5\ufffd", "bad\ufffd reply")
+    assert (await ledger.counts())[State.QUEUED] == 6
+
+
+async def test_postgresql_text_it_cannot_store_fails_only_that_write(tmp_path: Path) -> None:
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+
+    async def raw_nul(conn: asyncpg.Connection) -> None:
+        # Past the boundary that replaces NUL: what any other unstorable text would do.
+        await conn.execute("INSERT INTO line_quarantines VALUES ('hq', $1, NULL, 0)", "G\x00")
+
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+                store._committer.submit(raw_nul),
+                *(store.accept(new((f"+88691235{i:04d}",)), NOW) for i in range(3)),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(results[3], LedgerError)
+        assert "\x00" not in str(results[3])
+        assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 3)
+        assert (await store.counts())[State.QUEUED] == 6
+        assert await store.line_quarantines() == []
+        assert store.write_error is None  # one caller's data, not the store
+    finally:
+        await store.close()
+        await store.drop_schema()
+
+
 async def test_inbound_without_forwarding_and_paging(ledger: Ledger) -> None:
     ids = [
         await ledger.add_inbound("hq", None, f"1008{i}", "+886900000000", f"m{i}", "", NOW + i)
@@ -1000,6 +1067,28 @@ async def test_sqlite_write_errors_become_ledger_errors_and_the_ledger_recovers(
     assert (await store.accept(new(), NOW)).created
     assert (await store.counts())[State.QUEUED] == 1
     await store.close()
+
+
+async def test_sqlite_write_error_is_reported_until_a_write_commits(tmp_path: Path) -> None:
+    store = SqliteLedger(tmp_path / "goipd.db")
+    await store.open()
+    try:
+        writer, pool = store._writer, store._writer_pool
+        assert writer is not None and pool is not None
+        loop = asyncio.get_running_loop()
+        assert store.write_error is None and await store.check_writes() is None
+        await loop.run_in_executor(pool, writer.execute, "PRAGMA query_only=ON")
+        with pytest.raises(LedgerError):
+            await store.accept(new(), NOW)
+        assert store.write_error is not None and "readonly" in store.write_error
+        # The probe is a real write: it fails as long as writes do.
+        assert await store.check_writes() is not None
+        await loop.run_in_executor(pool, writer.execute, "PRAGMA query_only=OFF")
+        assert await store.check_writes() is None  # no caller's write needed
+        assert store.write_error is None
+        assert (await store.counts())[State.QUEUED] == 0
+    finally:
+        await store.close()
 
 
 @pytest.fixture

@@ -207,6 +207,17 @@ class Ledger(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def write_error(self) -> str | None:
+        """Why the last group commit failed as a whole (disk full, read-only file, connection
+        to PostgreSQL lost), None since one committed. One caller's rejected item does not
+        count. /readyz answers 503 while it is set."""
+
+    async def check_writes(self) -> str | None:
+        """`write_error`, after trying a write of nothing but a transaction when it is set:
+        without it a daemon taken out of service for failing writes would get no traffic to
+        find out they work again."""
+
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
         """Durable (fsync'd) before returning; concurrent callers share one commit. The
         idempotency key is looked up first, then the flood guard (`duplicate_since`), both in

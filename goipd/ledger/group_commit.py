@@ -32,6 +32,9 @@ class GroupCommitter(Generic[Op]):
         self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
+        self.last_error: str | None = None
+        """Why the last batch failed as a whole (the store, not one caller's data); None
+        since a batch committed. Readiness follows it (see Ledger.write_error)."""
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -58,20 +61,7 @@ class GroupCommitter(Generic[Op]):
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                results = await self._run_batch([op for op, _ in batch])
-                self.commits += 1
-            except self._errors as exc:
-                # The whole transaction is gone; every caller hears why, and the next batch
-                # starts afresh (a disk that was full may have room again).
-                error = LedgerError(self._describe(exc))
-                log.error("ledger_commit_failed", reason=str(error), writes=len(batch))
-                results = [error] * len(batch)
-            except Exception:
-                # A bug in one caller's work must not end this loop: every later write would
-                # wait forever. The batch fails; the loop goes on.
-                log.exception("ledger_commit_crashed", writes=len(batch))
-                results = [LedgerError("internal error in the ledger")] * len(batch)
+            results = await self._run([op for op, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     if isinstance(result, BaseException):
@@ -79,3 +69,29 @@ class GroupCommitter(Generic[Op]):
                     else:
                         future.set_result(result)
                 self._queue.task_done()
+
+    async def _run(self, ops: list[Op]) -> list[Any]:
+        try:
+            results = await self._run_batch(ops)
+        except LedgerError as exc:
+            # The backend already knows why (e.g. no connection to the database yet).
+            return self._failed(exc, len(ops))
+        except self._errors as exc:
+            # The whole transaction is gone; every caller hears why, and the next batch
+            # starts afresh (a disk that was full may have room again).
+            return self._failed(LedgerError(self._describe(exc)), len(ops))
+        except Exception:
+            # A bug in one caller's work must not end this loop: every later write would
+            # wait forever. The batch fails; the loop goes on.
+            log.exception("ledger_commit_crashed", writes=len(ops))
+            return [LedgerError("internal error in the ledger")] * len(ops)
+        self.commits += 1
+        if self.last_error is not None:
+            log.info("ledger_write_recovered", after=self.last_error)
+            self.last_error = None
+        return results
+
+    def _failed(self, error: LedgerError, writes: int) -> list[Any]:
+        self.last_error = str(error)
+        log.error("ledger_write_failed", reason=self.last_error, writes=writes)
+        return [error] * writes

@@ -9,8 +9,10 @@ advisory lock so instances starting together do not race.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +41,9 @@ from goipd.ledger.rows import (
     message_from_row,
     new_message_id,
     recipient_from_row,
+    storable,
+    storable_message,
+    storable_or_none,
     text_hash,
 )
 from goipd.ledger.rules import transition
@@ -48,6 +53,25 @@ T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 MIGRATION_LOCK = 0x60_1D_00_01
 DEADLOCK_RETRIES = 3
+WRITER_NAME = "goipd-writer"
+"""application_name of the writer connection, so operators can tell it in pg_stat_activity."""
+CONNECT_TIMEOUT = 5.0
+"""A reconnect holds up every queued write: better a quick error than a minute's wait."""
+RECONNECT_FIRST_DELAY = 0.5
+RECONNECT_MAX_DELAY = 10.0
+# After these the writer connection cannot be trusted with another batch: it is gone, the
+# server is shutting it down, or it reached a standby that a failover left read-only.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
+# Errors of one caller's statement (a constraint, text PostgreSQL cannot store): the savepoint
+# undoes that caller's work alone and the rest of the batch commits.
+ITEM_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 MIGRATIONS: tuple[str, ...] = (
@@ -160,6 +184,8 @@ MIGRATIONS: tuple[str, ...] = (
 
 def _short(exc: BaseException) -> str:
     """The server's reason, never SQL parameters (they may hold numbers or text)."""
+    if isinstance(exc, LedgerError):
+        return str(exc)
     if isinstance(exc, asyncpg.PostgresError):
         return f"{exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:160]
     return exc.__class__.__name__
@@ -174,6 +200,10 @@ class PostgresLedger(PostgresCoordination):
         self.instance_id = instance_id
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Connection | None = None
+        self._reconnect_delay = 0.0
+        self._reconnect_at = 0.0
+        """Monotonic time before which no reconnect is tried: a database that is down gets
+        one attempt per delay, not one per queued write."""
         self._committer: GroupCommitter[Op] = GroupCommitter(
             self._run_batch, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError), _short
         )
@@ -193,16 +223,24 @@ class PostgresLedger(PostgresCoordination):
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=8, server_settings=settings
             )
-            self._writer = await asyncpg.connect(self.url, server_settings=settings)
+            self._writer = await self._connect_writer()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LedgerError(f"cannot open the PostgreSQL ledger: {_short(exc)}") from None
         log.info("ledger_opened", backend="postgresql", schema=self.schema, schema_version=version)
         self._committer.start()
 
+    async def _connect_writer(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.url,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"search_path": self.schema, "application_name": WRITER_NAME},
+        )
+
     async def close(self) -> None:
         await self._committer.close()
         if self._writer is not None:
-            await self._writer.close()
+            if not self._writer.is_closed():
+                await self._writer.close()
             self._writer = None
         if self._pool is not None:
             await self._pool.close()
@@ -226,10 +264,72 @@ class PostgresLedger(PostgresCoordination):
         result: T = await self._committer.submit(op)
         return result
 
+    @property
+    def write_error(self) -> str | None:
+        return self._committer.last_error
+
+    async def check_writes(self) -> str | None:
+        if self._committer.last_error is not None:
+            with contextlib.suppress(LedgerError):
+                # An xid makes the COMMIT a real one (a WAL record), which a read-only
+                # standby refuses: a live connection alone does not prove writes work.
+                await self._write(lambda conn: conn.fetchval("SELECT txid_current()"))
+        return self._committer.last_error
+
     async def _run_batch(self, ops: list[Op]) -> list[Any]:
+        conn = await self._connected_writer()
+        try:
+            return await self._run_batch_retrying(conn, ops)
+        except CONNECTION_ERRORS as exc:
+            # Not run again on a new connection: if the COMMIT was sent, the server may have
+            # applied it (an accept without idempotency key would be stored twice). Callers
+            # hear the error; the next batch gets a new connection.
+            self._drop_writer(conn, exc)
+            raise
+        except asyncpg.PostgresError as exc:
+            if conn.is_closed():
+                self._drop_writer(conn, exc)
+            raise
+
+    async def _connected_writer(self) -> asyncpg.Connection:
+        conn = self._writer
+        if conn is not None and not conn.is_closed():
+            return conn
+        if conn is not None:
+            # Closed while idle (backend terminated, server restarted): no batch was on it,
+            # so this one goes to a new connection.
+            self._drop_writer(conn, None)
+        wait = self._reconnect_at - time.monotonic()
+        if wait > 0:
+            raise LedgerError(f"no connection to PostgreSQL; next attempt in {wait:.1f}s")
+        try:
+            self._writer = await self._connect_writer()
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            self._reconnect_delay = min(
+                max(self._reconnect_delay * 2, RECONNECT_FIRST_DELAY), RECONNECT_MAX_DELAY
+            )
+            self._reconnect_at = time.monotonic() + self._reconnect_delay
+            log.warning(
+                "ledger_reconnect_failed", reason=_short(exc), retry_in=self._reconnect_delay
+            )
+            raise LedgerError(f"cannot reconnect to PostgreSQL: {_short(exc)}") from None
+        self._reconnect_delay = self._reconnect_at = 0.0
+        log.info("ledger_reconnected", backend="postgresql", schema=self.schema)
+        return self._writer
+
+    def _drop_writer(self, conn: asyncpg.Connection, exc: BaseException | None) -> None:
+        if self._writer is conn:
+            self._writer = None
+        conn.terminate()  # no goodbye to a server that may not answer
+        log.warning(
+            "ledger_connection_lost",
+            reason=_short(exc) if exc is not None else "closed while idle",
+        )
+
+    async def _run_batch_retrying(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
         for attempt in range(1, DEADLOCK_RETRIES + 1):
             try:
-                return await self._run_batch_once(ops)
+                return await self._run_batch_once(conn, ops)
             except asyncpg.DeadlockDetectedError:
                 # Another instance's batch locked the same recipients in the other order and
                 # PostgreSQL rolled this one back: nothing of it happened, so it runs again.
@@ -238,16 +338,15 @@ class PostgresLedger(PostgresCoordination):
                 log.warning("ledger_deadlock_retried", writes=len(ops), attempt=attempt)
         raise AssertionError("unreachable")
 
-    async def _run_batch_once(self, ops: list[Op]) -> list[Any]:
-        conn = self._writer
-        assert conn is not None
+    async def _run_batch_once(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
         results: list[Any] = []
         async with conn.transaction():
             for op in ops:
                 try:
                     async with conn.transaction():  # a SAVEPOINT inside the batch
                         results.append(await op(conn))
-                except asyncpg.IntegrityConstraintViolationError as exc:
+                except ITEM_ERRORS as exc:
+                    log.warning("ledger_write_rejected", reason=_short(exc))
                     results.append(LedgerError(_short(exc)))
         return results
 
@@ -263,7 +362,8 @@ class PostgresLedger(PostgresCoordination):
     # --- messages ----------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
-        return await self._write(lambda conn: _accept(conn, message, now))
+        stored = storable_message(message)
+        return await self._write(lambda conn: _accept(conn, stored, now))
 
     async def get_message(self, message_id: str) -> Message | None:
         async def op(conn: asyncpg.Connection) -> Message | None:
@@ -316,6 +416,7 @@ class PostgresLedger(PostgresCoordination):
         return await self._read(op)
 
     async def recent_duplicate(self, number: str, text: str, since: float) -> str | None:
+        number, text = storable(number), storable(text)
         digest = text_hash(text)
 
         async def op(conn: asyncpg.Connection) -> str | None:
@@ -386,6 +487,7 @@ class PostgresLedger(PostgresCoordination):
         await self._write(lambda conn: _record(conn, outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
+        server, task_id, number = storable(server), storable(task_id), storable(number)
         plus = number if number.startswith("+") else f"+{number}"
 
         async def op(conn: asyncpg.Connection) -> Recipient | None:
@@ -409,6 +511,7 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
+        server, task_id, number = storable(server), storable(task_id), storable(number)
         plus = number if number.startswith("+") else f"+{number}"
 
         async def op(conn: asyncpg.Connection) -> tuple[Recipient, T] | None:
@@ -433,6 +536,8 @@ class PostgresLedger(PostgresCoordination):
         return await self._write(op)
 
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
+        route, upstream_id = storable(route), storable(upstream_id)
+
         async def op(conn: asyncpg.Connection) -> list[Recipient]:
             rows = await conn.fetch(
                 f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE route = $1 "
@@ -518,6 +623,10 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         forward_to: Sequence[str] = (),
     ) -> int:
+        source, from_number, content = storable(source), storable(from_number), storable(content)
+        line, to_number = storable_or_none(line), storable_or_none(to_number)
+        upstream_time, forward_to = storable(upstream_time), [storable(url) for url in forward_to]
+
         async def op(conn: asyncpg.Connection) -> int:
             inbound_id = int(
                 await conn.fetchval(
@@ -571,6 +680,8 @@ class PostgresLedger(PostgresCoordination):
     async def outbox_result(
         self, item_id: int, *, done: bool, retry_at: float | None, error: str | None, now: float
     ) -> None:
+        error = storable_or_none(error)
+
         async def op(conn: asyncpg.Connection) -> None:
             if done or retry_at is None:
                 await conn.execute(
@@ -596,6 +707,8 @@ class PostgresLedger(PostgresCoordination):
     async def quarantine_line(
         self, server: str, line: str, reason: str | None, now: float
     ) -> LineQuarantine:
+        server, line, reason = storable(server), storable(line), storable_or_none(reason)
+
         async def op(conn: asyncpg.Connection) -> LineQuarantine:
             row = await conn.fetchrow(
                 "INSERT INTO line_quarantines (server, line, reason, since) "
@@ -611,6 +724,8 @@ class PostgresLedger(PostgresCoordination):
         return await self._write(op)
 
     async def release_line(self, server: str, line: str) -> bool:
+        server, line = storable(server), storable(line)
+
         async def op(conn: asyncpg.Connection) -> bool:
             deleted = await conn.fetchval(
                 "DELETE FROM line_quarantines WHERE server = $1 AND line = $2 RETURNING 1",

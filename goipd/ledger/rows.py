@@ -6,9 +6,10 @@ import hashlib
 import json
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from goipd.ledger.base import Message, Recipient, State
+from goipd.ledger.base import Message, NewMessage, Recipient, State
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 RECIPIENT_COLUMNS = (
@@ -31,6 +32,35 @@ def new_message_id(now: float) -> str:
         chars.append(CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def storable(text: str) -> str:
+    """`text` as every backend stores it. PostgreSQL text cannot hold U+0000 (the statement
+    fails, and an inbound SMS with it would be lost), so NUL becomes U+FFFD; SQLite could keep
+    it but does the same, so a message reads back alike whichever backend holds it."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def storable_or_none(text: str | None) -> str | None:
+    return None if text is None else storable(text)
+
+
+def storable_message(message: NewMessage) -> NewMessage:
+    # Every accept passes here, with up to thousands of numbers: copy only when needed.
+    fields = (message.text, message.route or "", message.idempotency_key or "", message.client)
+    # A number that is not text is left for the database to refuse, as that caller's error.
+    if not any("\x00" in value for value in fields) and not any(
+        isinstance(n, str) and "\x00" in n for n in message.recipients
+    ):
+        return message
+    return replace(
+        message,
+        text=storable(message.text),
+        recipients=[storable(n) if isinstance(n, str) else n for n in message.recipients],
+        route=storable_or_none(message.route),
+        idempotency_key=storable_or_none(message.idempotency_key),
+        client=storable(message.client),
+    )
 
 
 def text_hash(text: str) -> str:

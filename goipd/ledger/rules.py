@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from goipd.ledger.base import FINAL_STATES, RANK, Outcome, State
+from goipd.ledger.rows import storable
 
 
 def transition(
@@ -19,8 +20,9 @@ def transition(
     if new is State.QUEUED:
         if current not in (State.QUEUED, State.DISPATCHING, State.SUBMITTED):
             return None  # a sent SMS is never queued again
-        if outcome.exclude_line and outcome.exclude_line not in excluded:
-            excluded = [*excluded, outcome.exclude_line]
+        exclude = storable(outcome.exclude_line) if outcome.exclude_line else None
+        if exclude and exclude not in excluded:
+            excluded = [*excluded, exclude]
         sets.update(
             state=new.value, next_attempt_at=outcome.retry_at or now, excluded_lines=excluded
         )
@@ -39,5 +41,5 @@ def transition(
     for name in ("task_id", "upstream_id", "error_code", "error_meaning"):
         value = getattr(outcome, name)
         if value is not None:
-            sets[name] = value
+            sets[name] = storable(value)  # upstream words (error meanings) are untrusted
     return sets

@@ -11,6 +11,7 @@ Reads use a second connection in another thread: WAL lets them run while the wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -47,6 +48,9 @@ from goipd.ledger.rows import (
     message_from_row,
     new_message_id,
     recipient_from_row,
+    storable,
+    storable_message,
+    storable_or_none,
     text_hash,
 )
 from goipd.ledger.rules import transition
@@ -228,6 +232,20 @@ class SqliteLedger(SqliteCoordination):
         """Transactions committed; with group commit, fewer than write calls."""
         return self._committer.commits
 
+    @property
+    def write_error(self) -> str | None:
+        return self._committer.last_error
+
+    async def check_writes(self) -> str | None:
+        if self._committer.last_error is not None:
+            with contextlib.suppress(LedgerError):
+                # A real (if unchanging) row write: an empty transaction commits even on a
+                # full disk or a read-only file.
+                await self._write(
+                    lambda conn: conn.execute("UPDATE schema_version SET version = version")
+                )
+        return self._committer.last_error
+
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._committer.submit(op)
         return result
@@ -299,7 +317,7 @@ class SqliteLedger(SqliteCoordination):
     # --- messages ----------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
-        result: AcceptResult = await self._committer.submit(_Accept(message, now))
+        result: AcceptResult = await self._committer.submit(_Accept(storable_message(message), now))
         return result
 
     async def get_message(self, message_id: str) -> Message | None:
@@ -367,6 +385,7 @@ class SqliteLedger(SqliteCoordination):
         return await self._read(op)
 
     async def recent_duplicate(self, number: str, text: str, since: float) -> str | None:
+        number, text = storable(number), storable(text)
         digest = text_hash(text)
 
         def op(conn: sqlite3.Connection) -> str | None:
@@ -441,6 +460,7 @@ class SqliteLedger(SqliteCoordination):
         await self._write(lambda conn: _record(conn, outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
+        server, task_id, number = storable(server), storable(task_id), storable(number)
         # The SMS Server echoes the number with or without the leading "+".
         plus = number if number.startswith("+") else f"+{number}"
 
@@ -462,6 +482,7 @@ class SqliteLedger(SqliteCoordination):
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
+        server, task_id, number = storable(server), storable(task_id), storable(number)
         plus = number if number.startswith("+") else f"+{number}"
 
         # In the writer's transaction: one thread hop per report instead of a read and a
@@ -485,6 +506,7 @@ class SqliteLedger(SqliteCoordination):
         return await self._write(op)
 
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
+        route, upstream_id = storable(route), storable(upstream_id)
         return await self._read(
             lambda conn: [
                 recipient_from_row(row)
@@ -571,6 +593,10 @@ class SqliteLedger(SqliteCoordination):
         now: float,
         forward_to: Sequence[str] = (),
     ) -> int:
+        source, from_number, content = storable(source), storable(from_number), storable(content)
+        line, to_number = storable_or_none(line), storable_or_none(to_number)
+        upstream_time, forward_to = storable(upstream_time), [storable(url) for url in forward_to]
+
         def op(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
                 "INSERT INTO inbound (source, line, from_number, to_number, content, received_at,"
@@ -621,6 +647,8 @@ class SqliteLedger(SqliteCoordination):
     async def outbox_result(
         self, item_id: int, *, done: bool, retry_at: float | None, error: str | None, now: float
     ) -> None:
+        error = storable_or_none(error)
+
         def op(conn: sqlite3.Connection) -> None:
             # `done = 0` in each: a late second answer for a finished row changes nothing.
             if done:
@@ -648,6 +676,8 @@ class SqliteLedger(SqliteCoordination):
     async def quarantine_line(
         self, server: str, line: str, reason: str | None, now: float
     ) -> LineQuarantine:
+        server, line, reason = storable(server), storable(line), storable_or_none(reason)
+
         def op(conn: sqlite3.Connection) -> LineQuarantine:
             row = conn.execute(
                 "INSERT INTO line_quarantines (server, line, reason, since) VALUES (?, ?, ?, ?) "
@@ -660,6 +690,8 @@ class SqliteLedger(SqliteCoordination):
         return await self._write(op)
 
     async def release_line(self, server: str, line: str) -> bool:
+        server, line = storable(server), storable(line)
+
         def op(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
                 "DELETE FROM line_quarantines WHERE server = ? AND line = ?", (server, line)
