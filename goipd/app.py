@@ -220,6 +220,7 @@ class Daemon:
             asyncio.create_task(self.dispatcher.run(), name="dispatch"),
             asyncio.create_task(self.forwarder.run(), name="forward"),
             asyncio.create_task(self.clouds.run(), name="clouds"),
+            asyncio.create_task(self.cloud_hooks.held.run(), name="held_reports"),
             asyncio.create_task(self._maintenance(), name="maintenance"),
             self._coordinator_task,
             asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"),

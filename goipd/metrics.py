@@ -395,8 +395,19 @@ class Metrics:
         )
         self.push_reports = Counter(
             "goipd_push_reports",
-            "Push reports received; outcome: ok, unknown_task, malformed, unauthorized.",
+            "Push reports received; outcome: ok, held (a provider report that came before its "
+            "send was recorded, see goipd_cloud_reports_held_total), unknown_task, malformed, "
+            "unauthorized.",
             ["source", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.cloud_reports_held = Counter(
+            "goipd_cloud_reports_held",
+            "Provider delivery reports that came before goipd had recorded the send's message id, "
+            "by what became of them: held (kept in memory to be matched again), matched (applied "
+            "later), expired (never matched within the hold time), overflow (dropped: too many "
+            "held).",
+            ["provider", "outcome"],
             registry=self.registry,
         )
         self.dispatch_ambiguous = Counter(
