@@ -247,12 +247,16 @@ class Daemon:
         return self.registry.first_round_done
 
     async def _maintenance(self) -> None:
-        """Queue gauges and manual quarantines every few seconds; reconciliation on its own
-        interval."""
+        """Hand-overs whose time has passed, queue gauges and manual quarantines every few
+        seconds; reconciliation on its own interval."""
         next_reconcile = time.monotonic() + self.settings.reconcile.interval
         while True:
             await asyncio.sleep(QUEUE_METRICS_INTERVAL)
             try:
+                # Hand-overs never reported on would otherwise stay `submitted` for good.
+                settled = await self.ledger.settle_handed_over(time.time())
+                if settled:
+                    log.info("handovers_settled", recipients=settled)
                 await self.update_queue_metrics()
                 # Quarantines set through another goipd sharing a PostgreSQL ledger.
                 await self.quarantines.sync()

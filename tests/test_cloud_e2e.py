@@ -571,3 +571,40 @@ async def test_smsgo_report_before_the_send_is_recorded_is_held_and_applied(
     text = await metrics(http, base)
     assert sample(text, "goipd_cloud_reports_held_total", provider="smsgo", outcome="matched") == 1
     assert sample(text, "goipd_sms_undelivered_total", route="smsgo") == 1
+
+
+async def test_failed_handover_waits_for_its_time_and_settles_without_a_report(
+    cloud_goipd: Start, clouds: Clouds, http: aiohttp.ClientSession
+) -> None:
+    configured = providers(clouds)
+    configured["c123"]["schedule_ahead"] = "1h"
+    daemon, base = await cloud_goipd(
+        [{"match": {"country": ["CN"]}, "via": [{"cloud": "c123"}, {"cloud": "paasoo"}]}],
+        providers=configured,
+    )
+    clouds.c123.sim.set_fault("http_500")
+    scheduled = await send(http, base, {"to": [CN], "text": "定时", "send_at": _in(5)})
+
+    async def refused() -> bool:
+        body = await message(http, base, scheduled["id"])
+        return bool(body["recipients"][0]["attempts"])
+
+    await eventually(refused, 5, "the hand-over refused by c123")
+    await asyncio.sleep(1.0)
+    [waiting] = (await message(http, base, scheduled["id"]))["recipients"]
+    # Not sent early through the next hop, and not tried again at once (that would have used
+    # up its 6 attempts and failed it within a second at 100 ms retry delays).
+    assert waiting["state"] == "queued" and waiting["attempts"] <= 4, waiting
+    assert not clouds.paasoo.sim.sent and not clouds.c123.sim.sent
+    clouds.c123.sim.set_fault("none")
+    handed = await until_state(http, base, scheduled["id"], {"submitted"}, within=5)
+    # (Due within a minute, so without c123's minute-resolution `time`: it sends at once.)
+    assert handed["route"] == "c123" and len(clouds.c123.sim.sent) == 1
+    # Scheduled for later: not backlog, though not final (gauges refreshed now, not in 5 s).
+    await daemon.update_queue_metrics()
+    text = await metrics(http, base)
+    assert sample(text, "goipd_queue_oldest_age_seconds") == 0
+    assert sample(text, "goipd_queue_messages", state="submitted") == 1
+    # c123 sends no delivery reports: once its time has passed it is with the network.
+    settled = await until_state(http, base, scheduled["id"], {"sent"}, within=15)
+    assert settled["route"] == "c123" and not clouds.paasoo.sim.sent
