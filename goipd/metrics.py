@@ -410,6 +410,13 @@ class Metrics:
             ["provider", "outcome"],
             registry=self.registry,
         )
+        self.task_restarts = Counter(
+            "goipd_task_restarts",
+            "Background tasks (dispatch, forwarding, provider jobs, maintenance...) restarted "
+            "after they crashed with an unexpected exception.",
+            ["task"],
+            registry=self.registry,
+        )
         self.dispatch_ambiguous = Counter(
             "goipd_dispatch_ambiguous",
             "Recipients re-queued after a send whose fate is unknown (timeout, garbled reply, "
