@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -32,6 +32,8 @@ HELD_FOR = 600.0
 HELD_RETRY = 1.0
 HELD_MAX_RETRY = 16.0
 HELD_EAGER = 30.0
+UNSTORED_LIMIT = 10_000
+"""Fetched replies kept while the ledger refuses them (c123 hands each reply out once)."""
 
 
 def build_provider(config: CloudProviderConfig, public_url: str | None) -> CloudProvider:
@@ -264,6 +266,9 @@ class CloudFleet:
         self.providers: dict[str, CloudProvider] = {}
         self._configs: dict[str, tuple[CloudProviderConfig, str | None]] = {}
         self._jobs: dict[tuple[str, str], _Job] = {}
+        self._unstored: dict[str, deque[CloudInbound]] = {}
+        """Replies fetched from a provider that removes them on fetch (c123) which the ledger
+        has not taken yet: stored first on the next poll. Memory only (lost on restart)."""
         self._stopping = False
 
     def get(self, name: str) -> CloudProvider | None:
@@ -375,13 +380,36 @@ class CloudFleet:
             await apply_status(self.ctx, name, status)
 
     async def _pull_inbound(self, name: str, provider: PullsInbound) -> None:
+        unstored = self._unstored.setdefault(name, deque())
+        # Leftovers first, and nothing new while they cannot be stored: what is fetched is gone
+        # from the provider, so fetching more would only pile up replies goipd may lose.
+        if not await self._store_unstored(name, unstored):
+            return
         try:
             replies = await provider.fetch_inbound()
         except UpstreamError as exc:
             self._count_error(name, "inbound", exc)
             return
-        for sms in replies:
-            await store_inbound(self.ctx, name, sms)
+        unstored.extend(replies)
+        dropped = len(unstored) - UNSTORED_LIMIT
+        for _ in range(max(dropped, 0)):
+            unstored.popleft()
+        if dropped > 0:
+            log.error("inbound_dropped", provider=name, replies=dropped, reason="too many unstored")
+        await self._store_unstored(name, unstored)
+
+    async def _store_unstored(self, name: str, unstored: deque[CloudInbound]) -> bool:
+        """Store the kept replies in order; False (the rest kept) if the ledger refuses one."""
+        try:
+            while unstored:
+                await store_inbound(self.ctx, name, unstored[0])
+                unstored.popleft()
+        except LedgerError as exc:
+            log.error("inbound_store_failed", provider=name, kept=len(unstored), reason=str(exc))
+            return False
+        finally:
+            self.ctx.metrics.cloud_replies_pending.labels(name).set(len(unstored))
+        return True
 
     async def cancel_handed_over(self, recipients: Sequence[Recipient]) -> list[int]:
         """Ask each provider holding one of these scheduled sends to cancel it; returns the

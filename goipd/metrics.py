@@ -417,6 +417,13 @@ class Metrics:
             ["task"],
             registry=self.registry,
         )
+        self.cloud_replies_pending = Gauge(
+            "goipd_cloud_replies_pending",
+            "Replies fetched from a provider (c123 removes them on fetch) that could not be "
+            "stored yet and are kept in memory to be stored first on the next poll.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.dispatch_ambiguous = Counter(
             "goipd_dispatch_ambiguous",
             "Recipients re-queued after a send whose fate is unknown (timeout, garbled reply, "
@@ -476,6 +483,7 @@ class Metrics:
         _remove(self.provider_balance, name)
         _remove(self.provider_disabled, name)
         _remove(self.provider_sent_messages, name)
+        _remove(self.cloud_replies_pending, name)
         for operation in PROVIDER_OPERATIONS:
             for reason in ErrorReason:
                 _remove(self.provider_errors, name, operation, reason.value)
