@@ -6,8 +6,9 @@ import asyncio
 import re
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -32,6 +33,7 @@ from goipd.ratelimit import RateLimit, rate_limit_middleware
 from goipd.reconcile import Reconciler
 from goipd.routing import Router
 from goipd.sdnotify import Notifier, watchdog_loop
+from goipd.supervise import supervised
 
 log = structlog.get_logger("goipd")
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
@@ -200,7 +202,7 @@ class Daemon:
         # can take longer than a lease, and neither the poll leases nor this instance's
         # heartbeat may run out meanwhile (another instance would poll too, or settle claims
         # this one is settling).
-        self._coordinator_task = asyncio.create_task(self.coordinator.run(), name="ha")
+        self._coordinator_task = self._supervise("ha", self.coordinator.run)
         self.clouds.configure(self.settings.providers, self.settings.http.public_url)
         self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -218,12 +220,13 @@ class Daemon:
         # Claims left by a previous process are settled before the dispatcher may resend.
         await self.reconciler.startup()
         self._tasks = [
-            asyncio.create_task(self.dispatcher.run(), name="dispatch"),
-            asyncio.create_task(self.forwarder.run(), name="forward"),
-            asyncio.create_task(self.clouds.run(), name="clouds"),
-            asyncio.create_task(self._maintenance(), name="maintenance"),
+            self._supervise("dispatch", self.dispatcher.run),
+            self._supervise("forward", self.forwarder.run),
+            self._supervise("clouds", self.clouds.run),
+            self._supervise("held_reports", self.cloud_hooks.held.run),
+            self._supervise("maintenance", self._maintenance),
             self._coordinator_task,
-            asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"),
+            self._supervise("watchdog", lambda: watchdog_loop(self.notifier)),
         ]
         await self.update_queue_metrics()
         self.notifier.ready(self.status_line())
@@ -231,6 +234,13 @@ class Daemon:
             "daemon_ready",
             servers=len(self.registry.servers),
             lines=sum(1 for _ in self.registry.lines()),
+        )
+
+    def _supervise(
+        self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        return asyncio.create_task(
+            supervised(name, factory, self.metrics, lambda: self.stopping), name=name
         )
 
     def _schedule_ahead(self, name: str) -> float:
@@ -247,12 +257,16 @@ class Daemon:
         return self.registry.first_round_done
 
     async def _maintenance(self) -> None:
-        """Queue gauges and manual quarantines every few seconds; reconciliation on its own
-        interval."""
+        """Hand-overs whose time has passed, queue gauges and manual quarantines every few
+        seconds; reconciliation on its own interval."""
         next_reconcile = time.monotonic() + self.settings.reconcile.interval
         while True:
             await asyncio.sleep(QUEUE_METRICS_INTERVAL)
             try:
+                # Hand-overs never reported on would otherwise stay `submitted` for good.
+                settled = await self.ledger.settle_handed_over(time.time())
+                if settled:
+                    log.info("handovers_settled", recipients=settled)
                 await self.update_queue_metrics()
                 # Quarantines set through another goipd sharing a PostgreSQL ledger.
                 await self.quarantines.sync()

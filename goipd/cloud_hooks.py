@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from goipd.clouds import CloudContext, apply_status, store_inbound
+from goipd.clouds import CloudContext, HeldReports, store_inbound
 from goipd.problems import Problem
 from goipd.upstream import paasoo, smsgo
 from goipd.upstream.errors import ParseError
@@ -31,6 +31,8 @@ class CloudHooks:
     ) -> None:
         self.ctx = ctx
         self.hook_tokens = hook_tokens
+        self.held = HeldReports(ctx)
+        """Reports that came before their send was recorded; Daemon runs `held.run()`."""
 
     def _authorize(self, request: web.Request, provider: str, kind: str) -> dict[str, str]:
         expected = self.hook_tokens().get(provider)
@@ -53,10 +55,10 @@ class CloudHooks:
         except ParseError as exc:
             self.ctx.metrics.push_reports.labels("smsgo", "report", "malformed").inc()
             raise Problem(400, f"malformed smsgo delivery report: {exc}") from None
-        outcome = await apply_status(self.ctx, "smsgo", status)
+        outcome = await self.held.apply("smsgo", status)
         self.ctx.metrics.push_reports.labels("smsgo", "report", outcome).inc()
         # smsgo repeats a report (3 times) until it reads exactly this acknowledgement, also
-        # for a message id goipd does not know: asking again would not change that.
+        # for a message id goipd does not know (yet: a held report is matched again here).
         return web.Response(
             text=smsgo.report_ack(status.upstream_id), content_type="text/plain", charset="utf-8"
         )
@@ -79,7 +81,7 @@ class CloudHooks:
         except ParseError as exc:
             self.ctx.metrics.push_reports.labels("paasoo", "report", "malformed").inc()
             raise Problem(400, f"malformed PaaSoo delivery report: {exc}") from None
-        outcome = await apply_status(self.ctx, "paasoo", status)
+        outcome = await self.held.apply("paasoo", status)
         self.ctx.metrics.push_reports.labels("paasoo", "report", outcome).inc()
         return web.json_response({"status": outcome})
 

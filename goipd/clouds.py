@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -26,6 +27,13 @@ from goipd.upstream.errors import UpstreamError
 log = structlog.get_logger("goipd.clouds")
 STATUS_BATCH = 200
 TICK = 1.0
+HELD_LIMIT = 10_000
+HELD_FOR = 600.0
+HELD_RETRY = 1.0
+HELD_MAX_RETRY = 16.0
+HELD_EAGER = 30.0
+UNSTORED_LIMIT = 10_000
+"""Fetched replies kept while the ledger refuses them (c123 hands each reply out once)."""
 
 
 def build_provider(config: CloudProviderConfig, public_url: str | None) -> CloudProvider:
@@ -65,13 +73,16 @@ class CloudContext:
     clock: Callable[[], float] = time.time
 
 
-async def apply_status(ctx: CloudContext, provider: str, status: CloudStatus) -> str:
+async def apply_status(
+    ctx: CloudContext, provider: str, status: CloudStatus, *, log_unmatched: bool = True
+) -> str:
     """Apply one delivery status (pushed or queried). Returns ok / unknown_task."""
     recipients = _matching(
         await ctx.ledger.find_by_upstream(provider, status.upstream_id), status.number
     )
     if not recipients:
-        log.info("report_unmatched", provider=provider, upstream_id=status.upstream_id)
+        if log_unmatched:
+            log.info("report_unmatched", provider=provider, upstream_id=status.upstream_id)
         return "unknown_task"
     if status.state not in (State.DELIVERED, State.FAILED):
         return "ok"  # still pending at the provider: nothing to record
@@ -104,6 +115,96 @@ async def apply_status(ctx: CloudContext, provider: str, status: CloudStatus) ->
         code=status.code,
     )
     return "ok"
+
+
+@dataclass(slots=True)
+class _Held:
+    status: CloudStatus
+    since: float
+    next_try: float
+    wait: float
+
+
+class HeldReports:
+    """Delivery reports that arrived before goipd recorded the message id they name.
+
+    A provider may push its report while dispatch is still writing the send's answer (the
+    provider id) to the ledger: matched at once, such a report would find nobody and be lost.
+    It is kept here instead and matched again until the id is recorded or `keep_for` passes.
+    Memory only, bounded by `limit`: after a restart the status query (smsgo) finds what a
+    lost report would have said.
+    """
+
+    def __init__(
+        self,
+        ctx: CloudContext,
+        *,
+        limit: int = HELD_LIMIT,
+        keep_for: float = HELD_FOR,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ctx = ctx
+        self.limit = limit
+        self.keep_for = keep_for
+        self.clock = clock
+        self._held: OrderedDict[tuple[str, str, str | None], _Held] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    async def apply(self, provider: str, status: CloudStatus) -> str:
+        """apply_status for a pushed report; one that matches nobody yet is held ("held")."""
+        outcome = await apply_status(self.ctx, provider, status)
+        if outcome != "unknown_task" or status.state not in (State.DELIVERED, State.FAILED):
+            return outcome  # a pending status is not worth holding: nothing would be recorded
+        key = (provider, status.upstream_id, status.number)
+        now = self.clock()
+        held = self._held.get(key)
+        if held is not None:
+            held.status = status  # the provider repeated it: one slot, the first arrival's age
+            return "held"
+        if len(self._held) >= self.limit:
+            # The oldest is the one least likely ever to match (a send goipd did not make).
+            (old_provider, old_id, _), _dropped = self._held.popitem(last=False)
+            self.ctx.metrics.cloud_reports_held.labels(old_provider, "overflow").inc()
+            log.warning("report_hold_overflowed", provider=old_provider, upstream_id=old_id)
+        self._held[key] = _Held(status, now, now + HELD_RETRY, HELD_RETRY)
+        self.ctx.metrics.cloud_reports_held.labels(provider, "held").inc()
+        log.info("report_held", provider=provider, upstream_id=status.upstream_id)
+        return "held"
+
+    async def retry_once(self) -> None:
+        """Match every held report that is due again; apply, expire or keep each."""
+        now = self.clock()
+        for key, held in list(self._held.items()):
+            if self._held.get(key) is not held:
+                continue  # replaced or dropped while an earlier one was being matched
+            provider = key[0]
+            if now - held.since > self.keep_for:
+                del self._held[key]
+                self.ctx.metrics.cloud_reports_held.labels(provider, "expired").inc()
+                log.warning(
+                    "report_hold_expired", provider=provider, upstream_id=held.status.upstream_id
+                )
+                continue
+            if held.next_try > now:
+                continue
+            outcome = await apply_status(self.ctx, provider, held.status, log_unmatched=False)
+            if outcome == "unknown_task":
+                # A send's answer is recorded within seconds; a report still unmatched after
+                # HELD_EAGER most likely never will be, and should not cost a read every second.
+                if now - held.since >= HELD_EAGER:
+                    held.wait = min(held.wait * 2, HELD_MAX_RETRY)
+                held.next_try = now + held.wait
+                continue
+            if self._held.get(key) is held:
+                del self._held[key]
+            self.ctx.metrics.cloud_reports_held.labels(provider, "matched").inc()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(HELD_RETRY)
+            await self.retry_once()
 
 
 def _matching(recipients: list[Recipient], number: str | None) -> list[Recipient]:
@@ -165,6 +266,9 @@ class CloudFleet:
         self.providers: dict[str, CloudProvider] = {}
         self._configs: dict[str, tuple[CloudProviderConfig, str | None]] = {}
         self._jobs: dict[tuple[str, str], _Job] = {}
+        self._unstored: dict[str, deque[CloudInbound]] = {}
+        """Replies fetched from a provider that removes them on fetch (c123) which the ledger
+        has not taken yet: stored first on the next poll. Memory only (lost on restart)."""
         self._stopping = False
 
     def get(self, name: str) -> CloudProvider | None:
@@ -276,13 +380,36 @@ class CloudFleet:
             await apply_status(self.ctx, name, status)
 
     async def _pull_inbound(self, name: str, provider: PullsInbound) -> None:
+        unstored = self._unstored.setdefault(name, deque())
+        # Leftovers first, and nothing new while they cannot be stored: what is fetched is gone
+        # from the provider, so fetching more would only pile up replies goipd may lose.
+        if not await self._store_unstored(name, unstored):
+            return
         try:
             replies = await provider.fetch_inbound()
         except UpstreamError as exc:
             self._count_error(name, "inbound", exc)
             return
-        for sms in replies:
-            await store_inbound(self.ctx, name, sms)
+        unstored.extend(replies)
+        dropped = len(unstored) - UNSTORED_LIMIT
+        for _ in range(max(dropped, 0)):
+            unstored.popleft()
+        if dropped > 0:
+            log.error("inbound_dropped", provider=name, replies=dropped, reason="too many unstored")
+        await self._store_unstored(name, unstored)
+
+    async def _store_unstored(self, name: str, unstored: deque[CloudInbound]) -> bool:
+        """Store the kept replies in order; False (the rest kept) if the ledger refuses one."""
+        try:
+            while unstored:
+                await store_inbound(self.ctx, name, unstored[0])
+                unstored.popleft()
+        except LedgerError as exc:
+            log.error("inbound_store_failed", provider=name, kept=len(unstored), reason=str(exc))
+            return False
+        finally:
+            self.ctx.metrics.cloud_replies_pending.labels(name).set(len(unstored))
+        return True
 
     async def cancel_handed_over(self, recipients: Sequence[Recipient]) -> list[int]:
         """Ask each provider holding one of these scheduled sends to cancel it; returns the

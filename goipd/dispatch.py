@@ -32,6 +32,8 @@ log = structlog.get_logger("goipd.dispatch")
 IDLE_WAIT = 1.0
 BODY_CACHE = 10_000
 """Messages whose text and route are kept for later passes (big messages span many)."""
+HANDOVER_RETRIES = 10_000
+"""Failed hand-overs whose retry time is remembered (others wait in goipd until due)."""
 TRANSPORT_REASONS = frozenset(reason.value for reason in ErrorReason)
 AMBIGUOUS_CODES = frozenset(reason.value for reason in AMBIGUOUS_REASONS)
 
@@ -77,6 +79,10 @@ class Dispatcher:
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._bodies: OrderedDict[str, Body] = OrderedDict()
+        self._handover_retry: OrderedDict[int, float] = OrderedDict()
+        """Recipient id → when its failed hand-over may be tried again. A failed hand-over
+        waits queued at its send_at (so no other pass sends it early); only this tells the
+        hand-over pass it is a scheduled recipient and not one waiting for a retry."""
         self._outcomes = _OutcomeWriter(ledger, clock)
 
     def wake(self) -> None:
@@ -220,7 +226,8 @@ class Dispatcher:
         early = [
             r
             for r in await self.ledger.due(now + horizon, self.batch)
-            if r.next_attempt_at > now and r.attempts == 0
+            if r.next_attempt_at > now
+            and (r.attempts == 0 or self._handover_retry.get(r.id, float("inf")) <= now)
         ]
         if not early:
             return 0
@@ -243,6 +250,8 @@ class Dispatcher:
                 [Claim(r.id, key[1], None, None) for key, rs in groups.items() for r in rs], now
             )
         )
+        for rid in claimed:
+            self._handover_retry.pop(rid, None)
         started = 0
         for (message_id, name, send_at), recipients in groups.items():
             batch = [r for r in recipients if r.id in claimed]
@@ -365,6 +374,7 @@ class Dispatcher:
                 "cloud_unavailable",
                 f"cloud provider {choice.provider} is not configured",
                 0,
+                hold_until=send_at,
             )
             return
         by_number = {r.number: r for r in batch}
@@ -453,6 +463,7 @@ class Dispatcher:
                 (refusal.code if refusal else None) or "no_answer",
                 (refusal.meaning if refusal else None) or "the provider gave no result",
                 1,
+                hold_until=send_at,
             )
 
     async def _requeue(
@@ -462,12 +473,35 @@ class Dispatcher:
         code: str,
         meaning: str,
         delay_factor: int,
+        *,
+        hold_until: float | None = None,
     ) -> None:
+        """Back to the queue for another try, or failed once attempts are used up. With
+        `hold_until` (the send_at of a failed hand-over) it waits for its time instead: were
+        it due earlier, a pass would send it at once through the route's first usable hop,
+        scheduling or not. The hand-over itself is tried again after the retry delay."""
         now = self.clock()
         outcomes = []
         for r in recipients:
             attempts = r.attempts + 1
-            if attempts >= self.settings.max_attempts:
+            delay = delay_factor * retry_delay(self.settings, attempts)
+            if hold_until is not None and hold_until > now:
+                # Not failed before its time: the pass at send_at still has its own try.
+                if attempts + 1 < self.settings.max_attempts:
+                    self._handover_retry[r.id] = now + max(delay, self.settings.retry_delay)
+                    while len(self._handover_retry) > HANDOVER_RETRIES:
+                        self._handover_retry.popitem(last=False)
+                outcomes.append(
+                    Outcome(
+                        r.id,
+                        State.QUEUED,
+                        error_code=code,
+                        error_meaning=meaning,
+                        retry_at=max(hold_until, now + delay),
+                        exclude_line=choice.key,
+                    )
+                )
+            elif attempts >= self.settings.max_attempts:
                 outcomes.append(
                     Outcome(
                         r.id,
@@ -483,7 +517,7 @@ class Dispatcher:
                         State.QUEUED,
                         error_code=code,
                         error_meaning=meaning,
-                        retry_at=now + delay_factor * retry_delay(self.settings, attempts),
+                        retry_at=now + delay,
                         exclude_line=choice.key,
                     )
                 )

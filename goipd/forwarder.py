@@ -58,8 +58,18 @@ class InboundForwarder:
                     log.error("forward_paused", reason=str(exc))
                     items = []
                 if items:
-                    await asyncio.gather(*(self._forward(item) for item in items))
-                    continue
+                    results = await asyncio.gather(
+                        *(self._forward(item) for item in items), return_exceptions=True
+                    )
+                    for result in results:
+                        if isinstance(result, BaseException) and not isinstance(
+                            result, asyncio.CancelledError
+                        ):
+                            log.error("forward_crashed", exc_info=result)
+                    if all(result is True for result in results):
+                        continue
+                    # A result that could not be written leaves its row due: going again at
+                    # once would post the same SMS over and over while the ledger is down.
                 await self._wake.sleep(IDLE_WAIT)
         finally:
             await self._session.close()
@@ -68,7 +78,9 @@ class InboundForwarder:
         self._stopping = True
         self._wake.ring()
 
-    async def _forward(self, item: OutboxItem) -> None:
+    async def _forward(self, item: OutboxItem) -> bool:
+        """Post one SMS to one URL and record how it went; False if that could not be
+        recorded (the row stays due and is posted again: receivers de-duplicate by id)."""
         assert self._session is not None
         settings = self.settings()
         record = item.inbound
@@ -96,15 +108,24 @@ class InboundForwarder:
         except aiohttp.ClientError as exc:
             error = exc.__class__.__name__
         now = self.clock()
-        if error is None:
-            await self.ledger.outbox_result(item.id, done=True, retry_at=None, error=None, now=now)
-            log.info("inbound_forwarded", inbound_id=record.id, url=_safe_url(item.url))
-            return
         give_up = now - record.received_at > settings.forward_give_up_after
         retry_at = None if give_up else now + min(5.0 * 2**item.attempts, MAX_BACKOFF)
-        await self.ledger.outbox_result(
-            item.id, done=False, retry_at=retry_at, error=error, now=now
-        )
+        try:
+            await self.ledger.outbox_result(
+                item.id, done=error is None, retry_at=retry_at, error=error, now=now
+            )
+        except LedgerError as exc:
+            log.error(
+                "forward_record_failed",
+                inbound_id=record.id,
+                url=_safe_url(item.url),
+                forwarded=error is None,
+                reason=str(exc),
+            )
+            return False
+        if error is None:
+            log.info("inbound_forwarded", inbound_id=record.id, url=_safe_url(item.url))
+            return True
         log.warning(
             "inbound_forward_failed",
             inbound_id=record.id,
@@ -113,6 +134,7 @@ class InboundForwarder:
             attempts=item.attempts + 1,
             given_up=give_up,
         )
+        return True
 
 
 def _safe_url(url: str) -> str:

@@ -395,8 +395,33 @@ class Metrics:
         )
         self.push_reports = Counter(
             "goipd_push_reports",
-            "Push reports received; outcome: ok, unknown_task, malformed, unauthorized.",
+            "Push reports received; outcome: ok, held (a provider report that came before its "
+            "send was recorded, see goipd_cloud_reports_held_total), unknown_task, malformed, "
+            "unauthorized.",
             ["source", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.cloud_reports_held = Counter(
+            "goipd_cloud_reports_held",
+            "Provider delivery reports that came before goipd had recorded the send's message id, "
+            "by what became of them: held (kept in memory to be matched again), matched (applied "
+            "later), expired (never matched within the hold time), overflow (dropped: too many "
+            "held).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
+        self.task_restarts = Counter(
+            "goipd_task_restarts",
+            "Background tasks (dispatch, forwarding, provider jobs, maintenance...) restarted "
+            "after they crashed with an unexpected exception.",
+            ["task"],
+            registry=self.registry,
+        )
+        self.cloud_replies_pending = Gauge(
+            "goipd_cloud_replies_pending",
+            "Replies fetched from a provider (c123 removes them on fetch) that could not be "
+            "stored yet and are kept in memory to be stored first on the next poll.",
+            ["provider"],
             registry=self.registry,
         )
         self.dispatch_ambiguous = Counter(
@@ -458,6 +483,7 @@ class Metrics:
         _remove(self.provider_balance, name)
         _remove(self.provider_disabled, name)
         _remove(self.provider_sent_messages, name)
+        _remove(self.cloud_replies_pending, name)
         for operation in PROVIDER_OPERATIONS:
             for reason in ErrorReason:
                 _remove(self.provider_errors, name, operation, reason.value)

@@ -22,7 +22,7 @@ from goipd.app import Daemon
 from goipd.sim.c123 import RunningC123Sim, start_c123_sim
 from goipd.sim.goip import RunningSimulator
 from goipd.sim.paasoo import RunningPaasooSim, start_paasoo_sim
-from goipd.sim.smsgo import RunningSmsgoSim, start_smsgo_sim
+from goipd.sim.smsgo import FIRST_MSGID, RunningSmsgoSim, start_smsgo_sim
 from tests.conftest import daemon_config, eventually, fleet_spec, sample
 from tests.test_pipeline_e2e import send
 
@@ -544,3 +544,67 @@ async def test_reload_adds_and_removes_providers(
     daemon.settings.source.write_text(yaml.safe_dump(config))
     assert not await daemon.reload()
     assert daemon.router.clouds == {"paasoo", "c123"}
+
+
+async def test_smsgo_report_before_the_send_is_recorded_is_held_and_applied(
+    cloud_goipd: Start, clouds: Clouds, http: aiohttp.ClientSession
+) -> None:
+    daemon, base = await cloud_goipd([{"via": [{"cloud": "smsgo"}]}])
+    # smsgo's own report comes much later: the one that decides is the early one below.
+    clouds.smsgo.sim.set_dlr(delay=60)
+    assert not clouds.smsgo.sim.messages
+    msgid = str(FIRST_MSGID + 1)  # the id the simulator gives its next send
+    report = f"{base}/hooks/smsgo/report/{SMSGO_HOOK}"
+    query = {"msgid": msgid, "statusstr": "UNDELIV", "statuscode": "0", "dstaddr": "0912345678"}
+    async with http.get(report, params=query) as resp:
+        # smsgo repeats a report until it reads exactly this, held or not.
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        assert await resp.text() == f"magicid=tccrd_sms_gateway_rpack\nmsgid={msgid}\n"
+    assert len(daemon.cloud_hooks.held) == 1
+    text = await metrics(http, base)
+    assert sample(text, "goipd_cloud_reports_held_total", provider="smsgo", outcome="held") == 1
+
+    sent = await send(http, base, {"to": [TW], "text": "answer recorded after its report"})
+    failed = await until_state(http, base, sent["id"], {"failed"}, within=5)
+    assert failed["upstream_id"] == msgid and failed["error"]["code"] == "UNDELIV"
+    assert len(daemon.cloud_hooks.held) == 0
+    text = await metrics(http, base)
+    assert sample(text, "goipd_cloud_reports_held_total", provider="smsgo", outcome="matched") == 1
+    assert sample(text, "goipd_sms_undelivered_total", route="smsgo") == 1
+
+
+async def test_failed_handover_waits_for_its_time_and_settles_without_a_report(
+    cloud_goipd: Start, clouds: Clouds, http: aiohttp.ClientSession
+) -> None:
+    configured = providers(clouds)
+    configured["c123"]["schedule_ahead"] = "1h"
+    daemon, base = await cloud_goipd(
+        [{"match": {"country": ["CN"]}, "via": [{"cloud": "c123"}, {"cloud": "paasoo"}]}],
+        providers=configured,
+    )
+    clouds.c123.sim.set_fault("http_500")
+    scheduled = await send(http, base, {"to": [CN], "text": "定时", "send_at": _in(5)})
+
+    async def refused() -> bool:
+        body = await message(http, base, scheduled["id"])
+        return bool(body["recipients"][0]["attempts"])
+
+    await eventually(refused, 5, "the hand-over refused by c123")
+    await asyncio.sleep(1.0)
+    [waiting] = (await message(http, base, scheduled["id"]))["recipients"]
+    # Not sent early through the next hop, and not tried again at once (that would have used
+    # up its 6 attempts and failed it within a second at 100 ms retry delays).
+    assert waiting["state"] == "queued" and waiting["attempts"] <= 4, waiting
+    assert not clouds.paasoo.sim.sent and not clouds.c123.sim.sent
+    clouds.c123.sim.set_fault("none")
+    handed = await until_state(http, base, scheduled["id"], {"submitted"}, within=5)
+    # (Due within a minute, so without c123's minute-resolution `time`: it sends at once.)
+    assert handed["route"] == "c123" and len(clouds.c123.sim.sent) == 1
+    # Scheduled for later: not backlog, though not final (gauges refreshed now, not in 5 s).
+    await daemon.update_queue_metrics()
+    text = await metrics(http, base)
+    assert sample(text, "goipd_queue_oldest_age_seconds") == 0
+    assert sample(text, "goipd_queue_messages", state="submitted") == 1
+    # c123 sends no delivery reports: once its time has passed it is with the network.
+    settled = await until_state(http, base, scheduled["id"], {"sent"}, within=15)
+    assert settled["route"] == "c123" and not clouds.paasoo.sim.sent

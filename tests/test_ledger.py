@@ -589,6 +589,67 @@ async def test_due_order_limit_and_scheduling(ledger: Ledger) -> None:
     assert [r.message_id for r in await ledger.due(NOW, 10)] == [second.id, second.id]
 
 
+async def test_settle_handed_over_moves_cloud_handovers_whose_time_came(ledger: Ledger) -> None:
+    numbers = ("+886900000001", "+886900000002", "+886900000003", "+886900000004")
+    soon = (await ledger.accept(new(numbers, send_at=NOW + 60), NOW)).message
+    later = (await ledger.accept(new(("+886900000005",), send_at=NOW + 600), NOW)).message
+    handed, reported, on_sim, queued = (r.id for r in soon.recipients)
+    far = later.recipients[0].id
+    await ledger.claim(
+        [
+            Claim(handed, "smsgo", None, None),
+            Claim(reported, "c123", None, None),
+            Claim(far, "smsgo", None, None),
+        ],
+        NOW,
+    )
+    await ledger.record(
+        [
+            Outcome(handed, State.SUBMITTED, upstream_id="m1"),
+            Outcome(reported, State.SUBMITTED, upstream_id="m2"),
+            Outcome(far, State.SUBMITTED, upstream_id="m3"),
+        ],
+        NOW,
+    )
+    await ledger.record([Outcome(reported, State.DELIVERED)], NOW + 61)
+    # A GoIP task still waiting for its report is not a hand-over: reconciliation owns it.
+    await ledger.claim([Claim(on_sim, "goip", "hq", "G1")], NOW + 60)
+    await ledger.record([Outcome(on_sim, State.SUBMITTED, task_id="7")], NOW + 60)
+    assert await ledger.settle_handed_over(NOW + 59) == 0
+    assert await ledger.settle_handed_over(NOW + 70) == 1
+    assert await ledger.settle_handed_over(NOW + 70) == 0  # once
+    stored = await ledger.get_message(soon.id)
+    assert stored is not None
+    states = {r.id: r for r in stored.recipients}
+    assert states[handed].state is State.SENT and states[handed].sent_at == NOW + 60
+    assert states[reported].state is State.DELIVERED
+    assert states[on_sim].state is State.SUBMITTED and states[queued].state is State.QUEUED
+    assert await state_of(ledger, later.id) is State.SUBMITTED
+    # A report after settling still lands, and the status query window sees it meanwhile.
+    assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 70, 10)] == [handed]
+    await ledger.record([Outcome(handed, State.FAILED, error_code="UNDELIV")], NOW + 80)
+    assert (await ledger.find_by_upstream("smsgo", "m1"))[0].state is State.FAILED
+
+
+async def test_oldest_pending_leaves_out_recipients_scheduled_for_later(ledger: Ledger) -> None:
+    handed = (await ledger.accept(new(("+886900000001",), send_at=NOW + 600), NOW - 100)).message
+    retried = (await ledger.accept(new(("+886900000002",), send_at=NOW + 600), NOW - 90)).message
+    waiting = (await ledger.accept(new(("+886900000003",)), NOW - 50)).message
+    h, r, w = (m.recipients[0].id for m in (handed, retried, waiting))
+    await ledger.claim([Claim(h, "smsgo", None, None), Claim(r, "smsgo", None, None)], NOW - 10)
+    await ledger.record([Outcome(h, State.SUBMITTED, upstream_id="m1")], NOW - 10)
+    # A hand-over the provider refused waits queued (attempts 1) until its send_at.
+    await ledger.record([Outcome(r, State.QUEUED, retry_at=NOW + 600)], NOW - 10)
+    # A plain retry in the future is backlog all the same.
+    await ledger.claim([Claim(w, "goip", "hq", "G1")], NOW - 5)
+    await ledger.record([Outcome(w, State.QUEUED, retry_at=NOW + 30)], NOW - 5)
+    assert await ledger.oldest_pending(NOW) == NOW - 50
+    await ledger.record([Outcome(w, State.SENT)], NOW)
+    assert await ledger.oldest_pending(NOW) is None
+    # Once their time has come they are backlog again (until settled or sent).
+    assert await ledger.oldest_pending(NOW + 600) == NOW - 100
+
+
 async def test_in_state_is_by_last_update(ledger: Ledger) -> None:
     message = (await ledger.accept(new(("+886912345678", "+886912345679")), NOW)).message
     a, b = (r.id for r in message.recipients)

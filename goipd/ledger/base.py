@@ -291,8 +291,14 @@ class Ledger(Protocol):
         """Recipients by state (for goipd_queue_messages)."""
 
     async def oldest_pending(self, now: float) -> float | None:
-        """created_at of the oldest recipient not yet sent; a scheduled recipient whose time
-        has not come is not backlog and does not count."""
+        """created_at of the oldest recipient not yet sent; a recipient of a scheduled message
+        whose time has not come (queued, or handed over to a provider) is not backlog and does
+        not count."""
+
+    async def settle_handed_over(self, now: float) -> int:
+        """`submitted` recipients of a cloud route whose message's send_at has come → `sent`
+        (sent_at = send_at): a provider holding a scheduled send has sent it by then, and a
+        delivery report may still move it on. Returns how many moved."""
 
     async def add_inbound(
         self,

@@ -600,15 +600,34 @@ class PostgresLedger(PostgresCoordination):
 
     async def oldest_pending(self, now: float) -> float | None:
         async def op(conn: asyncpg.Connection) -> float | None:
+            # Scheduled recipients wait with next_attempt_at at (a failed hand-over: up to)
+            # their send_at; only for those is the message read, to tell them from retries.
             value = await conn.fetchval(
-                "SELECT MIN(created_at) FROM recipients WHERE state = ANY($1::text[]) "
-                "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > $2)",
+                "SELECT MIN(created_at) FROM recipients r WHERE state = ANY($1::text[]) "
+                "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > $2) "
+                "AND NOT (next_attempt_at > $2 AND EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.id = r.message_id AND m.send_at > $2))",
                 list(PENDING),
                 now,
             )
             return float(value) if value is not None else None
 
         return await self._read(op)
+
+    async def settle_handed_over(self, now: float) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            # next_attempt_at of a hand-over is its send_at (set at accept, kept by a failed
+            # hand-over): the index narrows the rows before the message is read.
+            status = await conn.execute(
+                "UPDATE recipients r SET state = 'sent', updated_at = $1, sent_at = m.send_at "
+                "FROM messages m WHERE m.id = r.message_id AND r.state = 'submitted' "
+                "AND r.next_attempt_at <= $1 AND r.route IS NOT NULL AND r.route <> 'goip' "
+                "AND m.send_at <= $1",
+                now,
+            )
+            return int(status.split()[-1])
+
+        return await self._write(op)
 
     # --- inbound -----------------------------------------------------------------------------
 

@@ -571,14 +571,34 @@ class SqliteLedger(SqliteCoordination):
         def op(conn: sqlite3.Connection) -> float | None:
             # A scheduled recipient waiting for its time is not backlog; one waiting for a
             # retry is.
+            # Scheduled recipients wait with next_attempt_at at (a failed hand-over: up to)
+            # their send_at; only for those is the message read, to tell them from retries.
             row = conn.execute(
-                "SELECT MIN(created_at) FROM recipients WHERE state IN (?, ?, ?) "
-                "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > ?)",
-                (*PENDING, now),
+                "SELECT MIN(created_at) FROM recipients r WHERE state IN (?, ?, ?) "
+                "AND NOT (state = 'queued' AND attempts = 0 AND next_attempt_at > ?) "
+                "AND NOT (next_attempt_at > ? AND EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.id = r.message_id AND m.send_at > ?))",
+                (*PENDING, now, now, now),
             ).fetchone()
             return float(row[0]) if row and row[0] is not None else None
 
         return await self._read(op)
+
+    async def settle_handed_over(self, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            # next_attempt_at of a hand-over is its send_at (set at accept, kept by a failed
+            # hand-over): the index narrows the rows before the message is read.
+            cursor = conn.execute(
+                "UPDATE recipients SET state = 'sent', updated_at = ?, sent_at = "
+                "(SELECT send_at FROM messages m WHERE m.id = recipients.message_id) "
+                "WHERE state = 'submitted' AND next_attempt_at <= ? AND route IS NOT NULL "
+                "AND route <> 'goip' AND EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.id = recipients.message_id AND m.send_at <= ?)",
+                (now, now, now),
+            )
+            return cursor.rowcount
+
+        return await self._write(op)
 
     # --- inbound -----------------------------------------------------------------------------
 

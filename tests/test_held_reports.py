@@ -1,0 +1,124 @@
+"""Provider delivery reports that arrive before their send is recorded: held in memory, bounded
+in number and age, applied once the provider id is in the ledger (a real SQLite ledger)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from goipd.clouds import CloudContext, HeldReports
+from goipd.fleet.registry import LineRegistry
+from goipd.ledger.base import Claim, NewMessage, Outcome, State
+from goipd.ledger.sqlite import SqliteLedger
+from goipd.metrics import Metrics
+from goipd.upstream.cloud import CloudStatus
+
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def ctx(tmp_path: Path) -> AsyncIterator[CloudContext]:
+    ledger = SqliteLedger(tmp_path / "goipd.db")
+    await ledger.open()
+    yield CloudContext(ledger, Metrics(LineRegistry()), lambda: (), clock=lambda: NOW)
+    await ledger.close()
+
+
+def delivered(upstream_id: str, number: str | None = None) -> CloudStatus:
+    return CloudStatus(upstream_id, number, State.DELIVERED, "DELIVRD", "delivered")
+
+
+def counted(ctx: CloudContext, outcome: str, provider: str = "paasoo") -> float:
+    value = ctx.metrics.registry.get_sample_value(
+        "goipd_cloud_reports_held_total", {"provider": provider, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def sent_via(ctx: CloudContext, provider: str, upstream_id: str) -> int:
+    """A recipient sent through `provider` whose answer (the provider id) is now recorded."""
+    accepted = await ctx.ledger.accept(
+        NewMessage(text="hi", recipients=("+6591234567",), segments=1, encoding="GSM-7"), NOW
+    )
+    rid = accepted.message.recipients[0].id
+    await ctx.ledger.claim([Claim(rid, provider, None, None)], NOW)
+    await ctx.ledger.record([Outcome(rid, State.SENT, upstream_id=upstream_id)], NOW)
+    return rid
+
+
+async def state(ctx: CloudContext, rid: int) -> State:
+    found = await ctx.ledger.in_state(State.DELIVERED, NOW + 1, 10)
+    return State.DELIVERED if any(r.id == rid for r in found) else State.SENT
+
+
+async def test_held_report_is_applied_once_the_send_is_recorded(ctx: CloudContext) -> None:
+    clock = Clock()
+    held = HeldReports(ctx, clock=clock)
+    assert await held.apply("paasoo", delivered("m-1")) == "held"
+    assert await held.apply("paasoo", delivered("m-1")) == "held"  # a repeat takes no slot
+    assert len(held) == 1 and counted(ctx, "held") == 1
+    clock.now += 1
+    await held.retry_once()
+    assert len(held) == 1  # nothing recorded yet: still held
+    rid = await sent_via(ctx, "paasoo", "m-1")
+    clock.now += 1
+    await held.retry_once()
+    assert len(held) == 0 and counted(ctx, "matched") == 1
+    assert await state(ctx, rid) is State.DELIVERED
+
+
+async def test_matching_report_and_pending_status_are_not_held(ctx: CloudContext) -> None:
+    held = HeldReports(ctx)
+    rid = await sent_via(ctx, "paasoo", "m-2")
+    assert await held.apply("paasoo", delivered("m-2")) == "ok"
+    assert await state(ctx, rid) is State.DELIVERED
+    pending = CloudStatus("m-3", None, State.SENT, "ACCEPTD", "accepted")
+    assert await held.apply("paasoo", pending) == "unknown_task"
+    assert len(held) == 0 and counted(ctx, "held") == 0
+
+
+async def test_held_reports_expire_and_are_bounded(ctx: CloudContext) -> None:
+    clock = Clock()
+    held = HeldReports(ctx, limit=3, keep_for=600.0, clock=clock)
+    for n in range(3):
+        await held.apply("paasoo", delivered(f"old-{n}"))
+        clock.now += 1
+    await held.apply("smsgo", delivered("new-0"))
+    # The oldest gives way.
+    assert len(held) == 3 and counted(ctx, "overflow") == 1
+    clock.now += 600
+    await held.retry_once()
+    assert len(held) == 1  # old-1 and old-2 are older than keep_for, new-0 is exactly that old
+    assert counted(ctx, "expired") == 2
+    clock.now += 1
+    await held.retry_once()
+    assert len(held) == 0 and counted(ctx, "expired", "smsgo") == 1
+    # An expired report is gone for good: the send recorded afterwards stays sent.
+    rid = await sent_via(ctx, "paasoo", "old-1")
+    await held.retry_once()
+    assert await state(ctx, rid) is State.SENT
+
+
+async def test_unmatched_reports_are_retried_less_often_after_a_while(ctx: CloudContext) -> None:
+    clock = Clock()
+    held = HeldReports(ctx, clock=clock)
+    await held.apply("paasoo", delivered("late"))
+    clock.now += 40  # past the eager phase: the next tries back off
+    await held.retry_once()
+    clock.now += 1
+    rid = await sent_via(ctx, "paasoo", "late")
+    await held.retry_once()
+    assert len(held) == 1  # waiting out its back-off (2 s)
+    clock.now += 1
+    await held.retry_once()
+    assert len(held) == 0 and await state(ctx, rid) is State.DELIVERED
