@@ -79,7 +79,7 @@ class Daemon:
             self.cloud_ctx,
             lambda: self.settings.reconcile,
             on_enable=self._enable_provider,
-            is_enabled=lambda name: self.router.cloud_enabled.get(name, False),
+            disabled_by=self.router.disabled_by,
             runs_jobs=lambda name: self.coordinator.holds(f"{CLOUD_LEASE}{name}"),
         )
         self.cloud_hooks = CloudHooks(

@@ -253,13 +253,14 @@ class CloudFleet:
         reconcile: Callable[[], ReconcileSettings],
         *,
         on_enable: Callable[[str], None] = lambda _name: None,
-        is_enabled: Callable[[str], bool] = lambda _name: True,
+        disabled_by: Callable[[str], str | None] = lambda _name: None,
         runs_jobs: Callable[[str], bool] = lambda _name: True,
     ) -> None:
         self.ctx = ctx
         self.reconcile = reconcile
         self.on_enable = on_enable
-        self.is_enabled = is_enabled
+        self.disabled_by = disabled_by
+        """The refusal code that took a provider out of routing, None while it is in."""
         self.runs_jobs = runs_jobs
         """Whether this instance does the provider's periodic work (goipd/ha.py): one instance
         of several does, so c123's one reply poll per 10 minutes holds for the whole fleet."""
@@ -356,9 +357,12 @@ class CloudFleet:
         if balance is None:
             return
         self.ctx.metrics.provider_balance.labels(name).set(balance)
-        if balance > 0 and not self.is_enabled(name):
-            # The provider answered with our credentials and there is credit again: whatever
-            # disabled it (auth, credit) has been fixed at the provider's end.
+        refusal = self.disabled_by(name)
+        if balance > 0 and refusal is not None and refusal in provider.balance_clears:
+            # The provider answered with our credentials and there is credit again: what
+            # disabled it (auth, credit) has been fixed at the provider's end. A frozen account
+            # or a forbidden sender can have credit too: those wait for a probe send, or every
+            # balance poll would send a burst of messages into the same refusal.
             self.on_enable(name)
             log.info("provider_reenabled", provider=name, by="balance", balance=balance)
 

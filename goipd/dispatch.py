@@ -421,11 +421,12 @@ class Dispatcher:
                 if result.retry_after is not None:
                     self.router.pause_cloud(choice.provider, now + result.retry_after)
                 if result.verdict is Verdict.DISABLE and self.router.disable_cloud(
-                    choice.provider, now
+                    choice.provider, now, result.code or ""
                 ):
                     # Credentials, credit or account: nothing a quick retry fixes. Stop routing
-                    # there until it is fixed (a balance poll with credit, a probe send that is
-                    # accepted, or a reload), and say so loudly.
+                    # there until it is fixed (a balance poll with credit when credentials or
+                    # credit disabled it, a probe send that is accepted, or a reload), and say
+                    # so loudly.
                     self.metrics.provider_disabled.labels(choice.provider).set(1)
                     log.error(
                         "provider_disabled",

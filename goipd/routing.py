@@ -88,6 +88,8 @@ class Router:
         self.cloud_enabled: dict[str, bool] = dict.fromkeys(self.clouds, True)
         self._cloud_probe_at: dict[str, float] = {}
         """When a disabled provider is next given one send to find out whether it is fixed."""
+        self._cloud_disabled_by: dict[str, str] = {}
+        """The provider's refusal code that disabled it."""
         self._cloud_paused_until: dict[str, float] = {}
         """Providers that asked for a pause in sending (rate limits), until when."""
         # LRU order: least recently used first. One order across the fleet for "any server"
@@ -114,6 +116,7 @@ class Router:
         self.clouds = frozenset(clouds)
         self.cloud_enabled = dict.fromkeys(self.clouds, True)
         self._cloud_probe_at = {}
+        self._cloud_disabled_by = {}
         self._cloud_paused_until = {}
         self._synced_generation = -1
 
@@ -122,13 +125,20 @@ class Router:
         would only be refused, and each refusal would cost the recipient an attempt."""
         self._cloud_paused_until[name] = max(until, self._cloud_paused_until.get(name, until))
 
-    def disable_cloud(self, name: str, now: float) -> bool:
-        """Take a provider out of routing; False if it already was (a probe that failed: the
-        next probe is one interval later)."""
+    def disable_cloud(self, name: str, now: float, code: str = "") -> bool:
+        """Take a provider out of routing because it refused with `code`; False if it already
+        was (a probe that failed: the next probe is one interval later)."""
         was_enabled = self.cloud_enabled.get(name, False)
         self.cloud_enabled[name] = False
         self._cloud_probe_at[name] = now + self.settings.provider_probe_interval
+        self._cloud_disabled_by[name] = code
         return was_enabled
+
+    def disabled_by(self, name: str) -> str | None:
+        """The refusal code that took the provider out of routing; None while it is in."""
+        if self.cloud_enabled.get(name, False):
+            return None
+        return self._cloud_disabled_by.get(name, "")
 
     def enable_cloud(self, name: str) -> bool:
         """Back into routing; False if it already was."""
@@ -136,6 +146,7 @@ class Router:
             return False
         self.cloud_enabled[name] = True
         self._cloud_probe_at.pop(name, None)
+        self._cloud_disabled_by.pop(name, None)
         return True
 
     def _cloud_usable(self, name: str, now: float) -> bool:

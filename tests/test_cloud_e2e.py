@@ -446,6 +446,48 @@ async def test_provider_fault_fails_over_loses_nothing_and_recovers(
     assert sample(await metrics(http, base), "goipd_provider_disabled", provider=provider) == 0
 
 
+async def test_balance_poll_reenables_only_what_credit_fixes(
+    cloud_goipd: Start, clouds: Clouds, http: aiohttp.ClientSession
+) -> None:
+    # provider_probe_interval stays at its default (10m): within this test only a balance
+    # poll (every 500ms) can put c123 back into routing.
+    daemon, base = await cloud_goipd([{"via": [{"cloud": "c123"}, {"cloud": "paasoo"}]}])
+    sim = clouds.c123.sim
+
+    # A frozen account (109 on /tx/ only) still answers /mm/ with credit: that proves nothing
+    # about the freeze, so the balance polls must not send more messages into the refusal.
+    sim.set_fault("code", code="109")
+    first = await send(http, base, {"to": [CN], "text": "frozen account"})
+    assert (await until_state(http, base, first["id"], {"sent", "delivered"}))["route"] == "paasoo"
+    assert sim.counters["tx_109"] == 1
+    await asyncio.sleep(2.0)
+    text = await metrics(http, base)
+    assert sample(text, "goipd_provider_balance", provider="c123") == sim.balance > 0
+    assert sample(text, "goipd_provider_disabled", provider="c123") == 1
+    second = await send(http, base, {"to": [CN], "text": "still frozen"})
+    assert (await until_state(http, base, second["id"], {"sent", "delivered"}))["route"] == (
+        "paasoo"
+    )
+    assert sim.counters["tx_109"] == 1
+
+    # Out of credit: the balance poll that finds credit again is what fixed it. A reload
+    # re-enables every provider; c123 is then refused for credit instead.
+    assert await daemon.reload()
+    sim.set_fault("no_credit")
+    third = await send(http, base, {"to": [CN], "text": "no credit"})
+    assert (await until_state(http, base, third["id"], {"sent", "delivered"}))["route"] == "paasoo"
+    assert sim.counters["tx_102"] == 1
+    sim.set_fault("none")
+
+    async def reenabled() -> bool:
+        text = await metrics(http, base)
+        return sample(text, "goipd_provider_disabled", provider="c123") == 0
+
+    await eventually(reenabled, 5, "c123 re-enabled by a balance poll with credit")
+    fourth = await send(http, base, {"to": [CN], "text": "topped up"})
+    assert (await until_state(http, base, fourth["id"], {"sent", "delivered"}))["route"] == "c123"
+
+
 async def test_smsgo_status_query_recovers_a_missing_report(
     cloud_goipd: Start, clouds: Clouds, http: aiohttp.ClientSession
 ) -> None:

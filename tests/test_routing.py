@@ -168,19 +168,23 @@ def test_a_disabled_provider_gets_one_probe_per_interval() -> None:
     router = Router(registry, settings, (), {}, ("smsgo", "paasoo"))
     targets = router.targets_for("+886912345678")
     assert router.choose(targets, NOW) == CloudChoice("paasoo", 1)
-    assert router.disable_cloud("paasoo", NOW) is True
+    assert router.disabled_by("paasoo") is None
+    assert router.disable_cloud("paasoo", NOW, "404") is True
+    assert router.disabled_by("paasoo") == "404"
     assert router.choose(targets, NOW) == CloudChoice("smsgo", 1)
     assert router.choose(targets, NOW + 599) == CloudChoice("smsgo", 1)
     # The interval is up: one send probes paasoo, the next ones go on to smsgo.
     assert router.choose(targets, NOW + 600) == CloudChoice("paasoo", 1)
     assert router.choose(targets, NOW + 601) == CloudChoice("smsgo", 1)
     # The probe was refused again: disabled already, the next probe one interval later.
-    assert router.disable_cloud("paasoo", NOW + 601) is False
+    assert router.disable_cloud("paasoo", NOW + 601, "401") is False
+    assert router.disabled_by("paasoo") == "401"
     assert router.choose(targets, NOW + 1200) == CloudChoice("smsgo", 1)
     assert router.choose(targets, NOW + 1201) == CloudChoice("paasoo", 1)
     # The probe was answered: back for good.
     assert router.enable_cloud("paasoo") is True
     assert router.enable_cloud("paasoo") is False
+    assert router.disabled_by("paasoo") is None
     assert router.choose(targets, NOW + 1202) == CloudChoice("paasoo", 1)
     assert router.choose(targets, NOW + 1203) == CloudChoice("paasoo", 1)
 

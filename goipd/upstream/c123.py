@@ -314,6 +314,8 @@ class C123Provider(HttpClient):
 
     name = NAME
     max_batch = MAX_BATCH
+    balance_clears = frozenset({"101", "102"})
+    """Authentication and credit: `/mm/` answers only with the right password."""
 
     def __init__(
         self,

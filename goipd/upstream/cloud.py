@@ -63,6 +63,10 @@ class CloudProvider(Protocol):
     name: str
     max_batch: int
     """Most numbers one send call takes (smsgo 50, PaaSoo 50, c123 2000 by POST)."""
+    balance_clears: frozenset[str]
+    """Refusal codes that a balance answer with credit proves fixed: wrong credentials and no
+    credit. Others (account closed or frozen, sender or API use forbidden) leave a provider
+    disabled until a probe send is accepted, however much credit it has."""
 
     async def send(
         self, numbers: Sequence[str], text: str, *, send_at: float | None = None

@@ -280,6 +280,8 @@ class PaasooProvider(HttpClient):
 
     name = NAME
     max_batch = MAX_BATCH
+    balance_clears: frozenset[str] = frozenset()
+    """PaaSoo has no balance call: only a probe send re-enables it."""
 
     def __init__(self, settings: PaasooSettings, secret: SecretStr) -> None:
         super().__init__(settings.timeout, connection_limit=8)

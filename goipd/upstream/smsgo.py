@@ -85,6 +85,9 @@ _WORD = re.compile(r"[A-Za-z_]{0,32}")
 # Table 1 (statuscode of a request). The judgement behind each verdict is in the comment:
 # DISABLE = an account problem no retry fixes, FAILED = this message or number can never go,
 # RETRY = may work later or elsewhere (dispatch bounds the attempts).
+BALANCE_CLEARS: Final = frozenset({"-2", "-8"})
+"""Authorization and credit: a balance answer with points says both are fixed."""
+
 SEND_CODES: Final[dict[int, tuple[Verdict, str]]] = {
     0: (Verdict.ACCEPTED, "OK"),
     # "CGI string error or Unknow": malformed request (the FAQ: usually an empty text, which
@@ -637,6 +640,7 @@ class SmsgoProvider(HttpClient):
         super().__init__(settings.timeout)
         self.name = "smsgo"
         self.max_batch = MAX_BATCH
+        self.balance_clears = BALANCE_CLEARS
         self.settings = settings
         self._password = password
         self._report_url = report_url or None
