@@ -36,6 +36,8 @@ async def supervised(
     """Run `factory()` until it returns (a loop that ends on purpose) or is cancelled; when it
     raises, run it again after a back-off, unless the daemon is stopping."""
     delay = backoff
+    # The series exists at 0 before a crash, so that the first one is an increase an alert sees.
+    metrics.task_restarts.labels(name)
     while True:
         started = time.monotonic()
         try:

@@ -748,8 +748,10 @@ def fleet_overview() -> Json:
     lay.add(
         timeseries(
             "Push reports by outcome",
-            "Hooks received from the SMS Servers (status and inbound) by outcome; unauthorized "
-            "means a wrong token or address, unknown_task a report for a send goipd did not make.",
+            "Hooks received from the SMS Servers and providers (status and inbound) by outcome; "
+            "unauthorized means a wrong token or address, unknown_task a report for a send goipd "
+            "did not make, held a provider report that came before its send was recorded (see "
+            "goipd_cloud_reports_held_total).",
             targets(
                 (
                     "sum by (kind, outcome) (rate(goipd_push_reports_total"

@@ -103,6 +103,18 @@ async def test_supervised_restarts_a_crashed_loop_and_counts_it() -> None:
     assert runs == [0, 1, 2] and restarts(metrics, "demo") == 2
 
 
+async def test_supervised_exports_its_restart_series_before_any_crash() -> None:
+    # Without a 0 sample, increase() cannot see the first crash and GoipdTaskCrashing misses it.
+    metrics = Metrics(LineRegistry())
+
+    async def quiet() -> None:
+        return None
+
+    await supervised("calm", quiet, metrics, lambda: False)
+    sample = metrics.registry.get_sample_value("goipd_task_restarts_total", {"task": "calm"})
+    assert sample == 0.0
+
+
 async def test_supervised_does_not_restart_during_shutdown() -> None:
     metrics = Metrics(LineRegistry())
     runs = 0
