@@ -39,12 +39,14 @@ def new(number: str, key: str | None = None) -> NewMessage:
 class PgProxy:
     """Loopback TCP proxy in front of PostgreSQL. `cut()` drops every connection and, until
     `resume()`, accepts new ones only to close them at once: what clients see of a server that
-    restarts."""
+    restarts. `stall()` keeps connections open but drops what they carry, until `resume()`: a
+    network partition that sends no reset."""
 
     def __init__(self) -> None:
         target = urlsplit(PG_URL)
         self.target = (target.hostname or "127.0.0.1", target.port or 5432)
         self.refusing = False
+        self.stalled = False
         self.refused = 0
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
@@ -66,8 +68,11 @@ class PgProxy:
             writer.transport.abort()
         self._open.clear()
 
+    def stall(self) -> None:
+        self.stalled = True
+
     def resume(self) -> None:
-        self.refusing = False
+        self.refusing = self.stalled = False
 
     async def stop(self) -> None:
         self.cut()
@@ -90,6 +95,8 @@ class PgProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
+                    if self.stalled:
+                        continue
                     dst.write(data)
                     await dst.drain()
             dst.transport.abort()
@@ -232,6 +239,32 @@ async def test_unreachable_database_is_retried_with_backoff(proxy: PgProxy, sche
 
         await eventually(writable, 5, "writes work again")
         assert (await store.accept(new("+886912300002"), NOW)).created
+        assert (await store.counts())[State.QUEUED] == 2
+    finally:
+        await store.close()
+
+
+async def test_a_write_without_an_answer_times_out_and_the_writer_is_replaced(
+    proxy: PgProxy, schema: str
+) -> None:
+    store = PostgresLedger(proxy.url, schema=schema, write_timeout=0.5)
+    await store.open()
+    try:
+        assert (await store.accept(new("+886912400000"), NOW)).created
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(LedgerError, match=r"did not finish a write within 0\.5s"):
+            await store.accept(new("+886912400001", "k1"), NOW)
+        assert time.monotonic() - started < 2.0
+        assert store.write_error is not None
+        proxy.resume()
+
+        async def writable() -> bool:
+            return await store.check_writes() is None
+
+        await eventually(writable, 5, "writes work again on a new connection")
+        # The timed-out write never reached the server: retrying its key stores it once.
+        assert (await store.accept(new("+886912400001", "k1"), NOW)).created
         assert (await store.counts())[State.QUEUED] == 2
     finally:
         await store.close()

@@ -9,6 +9,7 @@ advisory lock so instances starting together do not race.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -57,6 +58,10 @@ WRITER_NAME = "goipd-writer"
 """application_name of the writer connection, so operators can tell it in pg_stat_activity."""
 CONNECT_TIMEOUT = 5.0
 """A reconnect holds up every queued write: better a quick error than a minute's wait."""
+WRITE_TIMEOUT = 30.0
+"""Longest one group-committed batch (or one read) may take. A network that drops packets
+without a reset would otherwise hold every queued write, and /readyz's verdict, until TCP gives
+up many minutes later; a batch that waits this long for row locks is no healthier."""
 RECONNECT_FIRST_DELAY = 0.5
 RECONNECT_MAX_DELAY = 10.0
 # After these the writer connection cannot be trusted with another batch: it is gone, the
@@ -192,12 +197,20 @@ def _short(exc: BaseException) -> str:
 
 
 class PostgresLedger(PostgresCoordination):
-    def __init__(self, url: str, schema: str = "goipd", instance_id: str = "local") -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str = "goipd",
+        instance_id: str = "local",
+        *,
+        write_timeout: float = WRITE_TIMEOUT,
+    ) -> None:
         if not SCHEMA_NAME.match(schema):
             raise LedgerError(f"schema name must match {SCHEMA_NAME.pattern}")
         self.url = url
         self.schema = schema
         self.instance_id = instance_id
+        self.write_timeout = write_timeout
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Connection | None = None
         self._reconnect_delay = 0.0
@@ -221,7 +234,11 @@ class PostgresLedger(PostgresCoordination):
                 await setup.close()
             settings = {"search_path": self.schema}
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=8, server_settings=settings
+                self.url,
+                min_size=1,
+                max_size=8,
+                server_settings=settings,
+                command_timeout=self.write_timeout,
             )
             self._writer = await self._connect_writer()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -279,7 +296,14 @@ class PostgresLedger(PostgresCoordination):
     async def _run_batch(self, ops: list[Op]) -> list[Any]:
         conn = await self._connected_writer()
         try:
-            return await self._run_batch_retrying(conn, ops)
+            async with asyncio.timeout(self.write_timeout):
+                return await self._run_batch_retrying(conn, ops)
+        except TimeoutError:
+            # Whether the COMMIT arrived is unknown, as for a lost connection: not run again.
+            self._drop_writer(conn, None, f"no answer within {self.write_timeout:g}s")
+            raise LedgerError(
+                f"PostgreSQL did not finish a write within {self.write_timeout:g}s"
+            ) from None
         except CONNECTION_ERRORS as exc:
             # Not run again on a new connection: if the COMMIT was sent, the server may have
             # applied it (an accept without idempotency key would be stored twice). Callers
@@ -317,14 +341,15 @@ class PostgresLedger(PostgresCoordination):
         log.info("ledger_reconnected", backend="postgresql", schema=self.schema)
         return self._writer
 
-    def _drop_writer(self, conn: asyncpg.Connection, exc: BaseException | None) -> None:
+    def _drop_writer(
+        self, conn: asyncpg.Connection, exc: BaseException | None, reason: str = ""
+    ) -> None:
         if self._writer is conn:
             self._writer = None
         conn.terminate()  # no goodbye to a server that may not answer
-        log.warning(
-            "ledger_connection_lost",
-            reason=_short(exc) if exc is not None else "closed while idle",
-        )
+        if exc is not None:
+            reason = _short(exc)
+        log.warning("ledger_connection_lost", reason=reason or "closed while idle")
 
     async def _run_batch_retrying(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
         for attempt in range(1, DEADLOCK_RETRIES + 1):
