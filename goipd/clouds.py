@@ -255,8 +255,11 @@ class CloudFleet:
         on_enable: Callable[[str], None] = lambda _name: None,
         disabled_by: Callable[[str], str | None] = lambda _name: None,
         runs_jobs: Callable[[str], bool] = lambda _name: True,
+        status_batch: int = STATUS_BATCH,
     ) -> None:
         self.ctx = ctx
+        self.status_batch = status_batch
+        """Overdue sends asked about per status query job and provider."""
         self.reconcile = reconcile
         self.on_enable = on_enable
         self.disabled_by = disabled_by
@@ -270,6 +273,9 @@ class CloudFleet:
         self._unstored: dict[str, deque[CloudInbound]] = {}
         """Replies fetched from a provider that removes them on fetch (c123) which the ledger
         has not taken yet: stored first on the next poll. Memory only (lost on restart)."""
+        self._status_cursor: dict[str, tuple[float, int]] = {}
+        """(sent_at, id) of the last recipient asked about per provider; the next status
+        query starts behind it, and from the oldest again after the last page."""
         self._stopping = False
 
     def get(self, name: str) -> CloudProvider | None:
@@ -370,8 +376,17 @@ class CloudFleet:
         settings = self.reconcile()
         now = self.ctx.clock()
         overdue = await self.ctx.ledger.awaiting_report(
-            name, now - settings.report_deadline, now - settings.query_after, STATUS_BATCH
+            name,
+            now - settings.report_deadline,
+            now - settings.query_after,
+            self.status_batch,
+            self._status_cursor.pop(name, None),
         )
+        # Page on through the window: if the oldest stay pending at the provider for hours,
+        # asking only for them would leave every later send unasked until they expire.
+        last = overdue[-1] if len(overdue) == self.status_batch else None
+        if last is not None and last.sent_at is not None:
+            self._status_cursor[name] = (last.sent_at, last.id)
         items = [(r.upstream_id, r.number) for r in overdue if r.upstream_id]
         if not items:
             return

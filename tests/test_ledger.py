@@ -568,6 +568,14 @@ async def test_awaiting_report_is_sent_cloud_recipients_in_window(ledger: Ledger
     assert [r.id for r in await ledger.awaiting_report("smsgo", NOW + 15, NOW + 30, 10)] == [b]
     assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 15, 10)] == [a]
     assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 30, 1)] == [a]
+    # Pages: behind the (sent_at, id) of the last one seen, ties on sent_at broken by id.
+    assert [
+        r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 30, 10, (NOW + 10, a))
+    ] == [b]
+    assert [
+        r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 30, 10, (NOW + 10, a - 1))
+    ] == [a, b]
+    assert await ledger.awaiting_report("smsgo", NOW, NOW + 30, 10, (NOW + 20, b)) == []
     # Delivered is no longer awaiting anything.
     await ledger.record([Outcome(a, State.DELIVERED)], NOW + 25)
     assert [r.id for r in await ledger.awaiting_report("smsgo", NOW, NOW + 30, 10)] == [b]

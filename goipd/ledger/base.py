@@ -279,10 +279,16 @@ class Ledger(Protocol):
         """Recipients in `state` whose last update is older than `older_than` (reconciliation)."""
 
     async def awaiting_report(
-        self, route: str, sent_after: float, sent_before: float, limit: int
+        self,
+        route: str,
+        sent_after: float,
+        sent_before: float,
+        limit: int,
+        after: tuple[float, int] | None = None,
     ) -> list[Recipient]:
         """`sent` recipients of a cloud route whose sent_at lies in the window, oldest first:
-        the ones whose delivery report is overdue but still worth asking for."""
+        the ones whose delivery report is overdue but still worth asking for. `after` is the
+        (sent_at, id) of the last one of the previous page: this page starts behind it."""
 
     async def max_task_id(self, server: str) -> int | None:
         """The highest GoIP task id recorded for `server` (task ids are integers)."""

@@ -588,15 +588,25 @@ class PostgresLedger(PostgresCoordination):
         return await self._read(op)
 
     async def awaiting_report(
-        self, route: str, sent_after: float, sent_before: float, limit: int
+        self,
+        route: str,
+        sent_after: float,
+        sent_before: float,
+        limit: int,
+        after: tuple[float, int] | None = None,
     ) -> list[Recipient]:
+        after_sent, after_id = after if after is not None else (sent_after, 0)
+
         async def op(conn: asyncpg.Connection) -> list[Recipient]:
             rows = await conn.fetch(
                 f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'sent' "
-                "AND route = $1 AND sent_at > $2 AND sent_at < $3 ORDER BY sent_at, id LIMIT $4",
+                "AND route = $1 AND sent_at > $2 AND sent_at < $3 AND (sent_at, id) > ($4, $5) "
+                "ORDER BY sent_at, id LIMIT $6",
                 route,
                 sent_after,
                 sent_before,
+                after_sent,
+                after_id,
                 limit,
             )
             return [recipient_from_row(row) for row in rows]

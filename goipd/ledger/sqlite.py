@@ -531,15 +531,22 @@ class SqliteLedger(SqliteCoordination):
         )
 
     async def awaiting_report(
-        self, route: str, sent_after: float, sent_before: float, limit: int
+        self,
+        route: str,
+        sent_after: float,
+        sent_before: float,
+        limit: int,
+        after: tuple[float, int] | None = None,
     ) -> list[Recipient]:
+        after_sent, after_id = after if after is not None else (sent_after, 0)
         return await self._read(
             lambda conn: [
                 recipient_from_row(row)
                 for row in conn.execute(
                     f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'sent' "
-                    "AND route = ? AND sent_at > ? AND sent_at < ? ORDER BY sent_at, id LIMIT ?",
-                    (route, sent_after, sent_before, limit),
+                    "AND route = ? AND sent_at > ? AND sent_at < ? AND (sent_at, id) > (?, ?) "
+                    "ORDER BY sent_at, id LIMIT ?",
+                    (route, sent_after, sent_before, after_sent, after_id, limit),
                 )
             ]
         )
