@@ -197,6 +197,7 @@ class Dispatcher:
             if not batch:
                 continue
             await self._slots.acquire()
+            await self._restamp_if_late(choice, batch, now)
             task = asyncio.create_task(self._send(choice, body, batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -266,6 +267,26 @@ class Dispatcher:
             task.add_done_callback(self._in_flight.discard)
             started += 1
         return started
+
+    async def _restamp_if_late(
+        self, choice: Choice, batch: Sequence[Recipient], claimed_at: float
+    ) -> None:
+        """A GoIP send that starts long after its claim (every send slot was busy with slow
+        servers) would fall outside the task-id window crash recovery scans, so a crash then
+        would send it twice: its claim time moves to now first. One write, only when late."""
+        if not isinstance(choice, LineChoice):
+            return
+        client = self.clients(choice.server)
+        waited = self.clock() - claimed_at
+        if client is None or waited <= client.timeout / 2:
+            return
+        try:
+            await self.ledger.restamp_claims([r.id for r in batch], self.clock())
+        except LedgerError as exc:
+            # The send goes ahead as before; only its crash window is the older one.
+            log.warning("claims_restamp_failed", reason=str(exc), recipients=len(batch))
+            return
+        log.info("claims_restamped", server=choice.server, waited=round(waited, 3))
 
     async def _send(
         self,

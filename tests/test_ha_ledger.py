@@ -110,6 +110,23 @@ async def claimed(store: Ledger, numbers: tuple[str, ...]) -> list[int]:
     return ids
 
 
+async def test_restamped_claims_are_only_this_instances_dispatching_ones(instance: Open) -> None:
+    a, b = await instance("a"), await instance("b")
+    mine = await claimed(a, ("+886900000011", "+886900000012"))
+    theirs = await claimed(b, ("+886900000013",))
+    await a.record([Outcome(mine[1], State.SUBMITTED, task_id="7")], NOW)
+    await a.restamp_claims([*mine, *theirs], NOW + 40)
+
+    async def updated(store: Ledger, recipient_id: int) -> float:
+        found = await store.in_state(State.DISPATCHING, NOW + 1000, 100)
+        found += await store.in_state(State.SUBMITTED, NOW + 1000, 100)
+        return next(r.updated_at for r in found if r.id == recipient_id)
+
+    assert await updated(a, mine[0]) == NOW + 40
+    assert await updated(a, mine[1]) == NOW  # submitted: no claim any more
+    assert await updated(b, theirs[0]) == NOW  # another instance's claim
+
+
 async def test_claims_of_a_live_instance_are_left_alone_and_a_dead_ones_taken_once(
     instance: Open,
 ) -> None:

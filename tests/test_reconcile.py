@@ -177,3 +177,38 @@ async def test_submitted_sends_of_a_removed_server_fail_after_the_deadline(
     assert failed["state"] == "failed"
     assert failed["error"]["code"] == "server_removed"
     assert (await message(http, base, kept["id"]))["recipients"][0]["state"] == "submitted"
+
+
+async def test_a_send_that_waited_for_a_send_slot_is_claimed_anew_before_it_starts(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    daemon_factory: Callable[..., Awaitable[Daemon]],
+    tmp_path: Path,
+) -> None:
+    sim = await simulator(fleet_spec(hq=[{"line_id": "G101"}, {"line_id": "G102"}]))
+    daemon = await daemon_factory(daemon_config(sim, ["hq"], tmp_path))
+    # One send at a time, each sendsms call 250 ms (the client times out at 300 ms): the second
+    # message is claimed while the first is sent, and its send starts ~250 ms after its claim.
+    # Crash recovery scans task ids from the claim time on, for two timeouts; a claim time left
+    # that far behind the send is what restamping prevents.
+    daemon.dispatcher._slots = asyncio.Semaphore(1)
+    sim.fleet.servers["hq"].set_fault("slow", delay=0.25)
+    accepted_at = time.time()
+    for text in ("first", "second"):
+        await daemon.ledger.accept(new((N,), text=text), accepted_at)
+    daemon.dispatcher.wake()
+
+    claim_times: set[float] = set()
+    deadline = time.monotonic() + 5
+    second: Recipient | None = None
+    while time.monotonic() < deadline:
+        message = await daemon.ledger.list_messages(None, None, 10, None)
+        (second,) = [m.recipients[0] for m in message if m.text == "second"]
+        if second.state is State.DISPATCHING:
+            claim_times.add(second.updated_at)
+        elif second.state is not State.QUEUED:
+            break
+        await asyncio.sleep(0.02)
+    assert second is not None and second.state in (State.SUBMITTED, State.SENT), second
+    assert claim_times, "the second send was never seen in flight"
+    # Restamped when its slot came (~250 ms after the claim), right before sendsms.
+    assert max(claim_times) - accepted_at >= 0.2, sorted(t - accepted_at for t in claim_times)

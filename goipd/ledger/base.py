@@ -253,6 +253,11 @@ class Ledger(Protocol):
     async def claim(self, claims: Sequence[Claim], now: float) -> list[int]:
         """queued → dispatching for those still queued; returns the ids actually claimed."""
 
+    async def restamp_claims(self, recipient_ids: Sequence[int], now: float) -> None:
+        """Move the claim time of this instance's `dispatching` recipients to `now`, right
+        before their send starts: crash recovery looks for the send's task in a window that
+        begins at the claim time and lasts two upstream timeouts (goipd/reconcile.py)."""
+
     async def record(self, outcomes: Sequence[Outcome], now: float) -> None:
         """Apply outcomes; never moves a recipient backwards or out of a final state, except
         dispatching/submitted → queued for a retry."""

@@ -508,6 +508,18 @@ class PostgresLedger(PostgresCoordination):
 
         return await self._write(op)
 
+    async def restamp_claims(self, recipient_ids: Sequence[int], now: float) -> None:
+        async def op(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                "UPDATE recipients SET updated_at = $2 WHERE id = ANY($1::bigint[]) "
+                "AND state = 'dispatching' AND claimed_by = $3",
+                list(recipient_ids),
+                now,
+                self.instance_id,
+            )
+
+        await self._write(op)
+
     async def record(self, outcomes: Sequence[Outcome], now: float) -> None:
         await self._write(lambda conn: _record(conn, outcomes, now))
 

@@ -456,6 +456,16 @@ class SqliteLedger(SqliteCoordination):
 
         return await self._write(op)
 
+    async def restamp_claims(self, recipient_ids: Sequence[int], now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE recipients SET updated_at = ? WHERE id = ? AND state = 'dispatching' "
+                "AND claimed_by = ?",
+                [(now, recipient_id, self.instance_id) for recipient_id in recipient_ids],
+            )
+
+        await self._write(op)
+
     async def record(self, outcomes: Sequence[Outcome], now: float) -> None:
         await self._write(lambda conn: _record(conn, outcomes, now))
 
