@@ -827,6 +827,43 @@ def fleet_overview() -> Json:
         8,
         8,
     )
+    lay.add(
+        timeseries(
+            "Early provider reports and kept replies",
+            "Delivery reports that came before goipd had recorded their send: held, then "
+            "matched (applied), expired (10 min) or dropped (overflow); and c123 replies fetched "
+            "but not stored yet (the ledger refused them; stored first at the next poll).",
+            targets(
+                (
+                    "sum by (provider, outcome) "
+                    "(rate(goipd_cloud_reports_held_total[$__rate_interval])) > 0",
+                    "{{provider}} report {{outcome}}",
+                ),
+                ("max by (provider) (goipd_cloud_replies_pending) > 0", "{{provider}} kept"),
+            ),
+            minimum=0,
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Background task crashes",
+            "goipd loops (dispatch, forward, clouds, held_reports, maintenance, ha, watchdog) "
+            "restarted after an unexpected exception; GoipdTaskCrashing fires on any. The "
+            "traceback is in the log as event=task_crashed.",
+            targets(
+                (
+                    "sum by (instance, task) (increase(goipd_task_restarts_total"
+                    "[$__rate_interval])) > 0",
+                    "{{instance}} {{task}}",
+                )
+            ),
+            minimum=0,
+        ),
+        12,
+        8,
+    )
 
     lay.row("Polling")
     lay.add(
