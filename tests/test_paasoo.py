@@ -564,7 +564,8 @@ async def test_fault_modes(
     # A truncated reply is the one fault where PaaSoo did take the message: the fate is unknown
     # to goipd, which retries (and may duplicate), as for a timeout.
     assert len(running.sim.sent) == (1 if mode == "truncated" else 0)
-    assert running.sim.counters["http_requests"] == 1
+    # A list refusal of the call is asked again per half, to find the one number refused.
+    assert running.sim.counters["http_requests"] == (3 if mode == "restricted" else 1)
 
 
 async def test_slow_answer_within_the_timeout(
@@ -663,3 +664,29 @@ async def test_simulator_listens_on_loopback_only() -> None:
 def test_simulator_reply_matches_the_document_byte_for_byte() -> None:
     sim = PaasooSim(key=KEY, secret=SECRET)
     assert sim.encode(sim.error_reply("401", "illegal secret.")) == DOC_FAILURE
+
+
+async def test_one_refused_number_does_not_fail_the_others_of_its_call(
+    running: RunningPaasooSim, provider: PaasooProvider
+) -> None:
+    # PaaSoo answers 403 for the whole call when one number is blacklisted: goipd halves the
+    # call until the number is alone, and the other 49 go out.
+    numbers = [f"+6581{i:06d}" for i in range(50)]
+    running.sim.set_account(blacklist_numbers=["6581000017"])
+    results = await provider.send(numbers, "bulk")
+    refused = [r.number for r in results if r.verdict is Verdict.FAILED]
+    assert refused == ["+6581000017"]
+    assert all(r.verdict is Verdict.ACCEPTED for r in results if r.number != "+6581000017")
+    assert {r.number for r in results} == set(numbers)
+    sent = [n for call in running.sim.sent for n in call["to"]]
+    assert len(sent) == len(set(sent)) == 49  # nobody twice
+    # One bad number among 50 costs a call per halving: 1 + 2 * log2(50), rounded up.
+    assert running.sim.counters["requests"] <= 13
+
+
+async def test_a_refusal_of_the_text_is_not_split(
+    running: RunningPaasooSim, provider: PaasooProvider
+) -> None:
+    results = await provider.send([f"+6581{i:06d}" for i in range(10)], "")
+    assert {(r.verdict, r.code) for r in results} == {(Verdict.FAILED, "400")}
+    assert running.sim.counters["requests"] == 1

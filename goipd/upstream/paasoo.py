@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -197,12 +198,22 @@ def classify_send(reply: SendReply) -> tuple[Verdict, str]:
         lowered = reply.status_code.lower()
         if any(word in lowered for word in _LIST_WORDS):
             verdict = Verdict.FAILED
-            meaning = "refused by a black/white list (this number or content)"
+            meaning = "refused by a black/white list"
         elif "balance" in lowered or "余额" in lowered or "credit" in lowered:
             meaning = "insufficient balance"
     if reply.status_code and verdict is not Verdict.ACCEPTED:
         meaning = f"{meaning} ({reply.status_code})"
     return verdict, meaning
+
+
+_TEXT_WORDS: Final = ("text", "content", "keyword", "关键字", "内容")
+
+
+def _about_the_text(meaning: str) -> bool:
+    """Whether a refusal names the text: every number of the message would be refused alike,
+    so splitting the call would only repeat it."""
+    lowered = meaning.lower()
+    return any(word in lowered for word in _TEXT_WORDS)
 
 
 def parse_report(query: Mapping[str, str]) -> CloudStatus:
@@ -308,12 +319,22 @@ class PaasooProvider(HttpClient):
             else:
                 valid.append((index, number, national))
         stop: tuple[Verdict, str, str] | None = None
-        for start in range(0, len(valid), MAX_BATCH):
-            chunk = valid[start : start + MAX_BATCH]
+        pending = deque(
+            valid[start : start + MAX_BATCH] for start in range(0, len(valid), MAX_BATCH)
+        )
+        while pending:
+            chunk = pending.popleft()
             if stop is None:
                 verdict, code, meaning, upstream_id = await self._send_chunk(
                     [national for _, _, national in chunk], text
                 )
+                if verdict is Verdict.FAILED and len(chunk) > 1 and not _about_the_text(meaning):
+                    # PaaSoo refuses a whole call for one number it will not take (a bad or
+                    # blacklisted number): halves, sent again, find it without failing the
+                    # others. A refused call sends nothing, so resending is safe.
+                    half = len(chunk) // 2
+                    pending.extendleft((chunk[half:], chunk[:half]))
+                    continue
                 if verdict in (Verdict.RETRY, Verdict.DISABLE):
                     # The account or the service is the problem: the rest would fare the same.
                     stop = (verdict, code, meaning)
