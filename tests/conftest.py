@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from goipd.app import Daemon
 from goipd.config import load_settings
+from goipd.ledger.sqlite import SqliteLedger
 from goipd.sim.goip import RunningSimulator, SimFleet, start_simulator
 
 API_TOKEN = "test-token-0123456789abcdef"
@@ -180,3 +181,22 @@ def fill(path: Path) -> None:
                     break
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
+    """A real SQLite ledger in the test's directory (modules with their own `ledger` fixture,
+    e.g. both backends, override it)."""
+    store = SqliteLedger(tmp_path / "goipd.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def set_read_only(store: SqliteLedger, on: bool) -> None:
+    """Make the writer connection itself refuse writes: the sqlite3.OperationalError
+    ("readonly") path of a read-only or immutable file, without needing privileges."""
+    writer, pool = store._writer, store._writer_pool
+    assert writer is not None and pool is not None
+    pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
+    await asyncio.get_running_loop().run_in_executor(pool, writer.execute, pragma)

@@ -4,9 +4,7 @@ new fetch happens while they cannot be stored. Against the c123 simulator over l
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -18,6 +16,7 @@ from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics import Metrics
 from goipd.sim.c123 import RunningC123Sim, start_c123_sim
 from goipd.upstream.cloud import PullsInbound
+from tests.conftest import set_read_only
 
 PASSWORD = "c123-password"
 
@@ -27,21 +26,6 @@ async def c123() -> AsyncIterator[RunningC123Sim]:
     sim = await start_c123_sim(rx_min_interval=0.0)
     yield sim
     await sim.close()
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
-    store = SqliteLedger(tmp_path / "goipd.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-async def set_read_only(store: SqliteLedger, on: bool) -> None:
-    writer, pool = store._writer, store._writer_pool
-    assert writer is not None and pool is not None
-    pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
-    await asyncio.get_running_loop().run_in_executor(pool, writer.execute, pragma)
 
 
 async def test_replies_fetched_while_the_ledger_refuses_are_stored_next_poll(

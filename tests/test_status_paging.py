@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -29,14 +28,6 @@ async def smsgo() -> AsyncIterator[RunningSmsgoSim]:
     running = await start_smsgo_sim(password=PASSWORD, dlr_delay=3600.0)
     yield running
     await running.close()
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
-    store = SqliteLedger(tmp_path / "goipd.db")
-    await store.open()
-    yield store
-    await store.close()
 
 
 def asked(smsgo: RunningSmsgoSim) -> list[str]:

@@ -5,8 +5,6 @@ loop that crashed, counting it, but not while the daemon stops."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,24 +17,7 @@ from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics import Metrics
 from goipd.supervise import supervised
 from tests.cloud_helpers import serve_routes
-from tests.conftest import eventually
-
-
-@pytest.fixture
-async def ledger(tmp_path: Path) -> AsyncIterator[SqliteLedger]:
-    store = SqliteLedger(tmp_path / "goipd.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-async def set_read_only(store: SqliteLedger, on: bool) -> None:
-    # The writer connection itself refuses writes: the sqlite3.OperationalError ("readonly")
-    # path of a read-only or immutable file, without needing privileges.
-    writer, pool = store._writer, store._writer_pool
-    assert writer is not None and pool is not None
-    pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
-    await asyncio.get_running_loop().run_in_executor(pool, writer.execute, pragma)
+from tests.conftest import eventually, set_read_only
 
 
 async def test_forwarding_goes_on_after_the_ledger_refused_writes(ledger: SqliteLedger) -> None:
