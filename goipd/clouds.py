@@ -204,7 +204,12 @@ class HeldReports:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(HELD_RETRY)
-            await self.retry_once()
+            try:
+                await self.retry_once()
+            except LedgerError as exc:
+                # The ledger is down (it says so itself): the reports stay held until it is
+                # back or they expire. Not a crash of this loop.
+                log.warning("report_hold_retry_failed", held=len(self._held), reason=str(exc))
 
 
 def _matching(recipients: list[Recipient], number: str | None) -> list[Recipient]:

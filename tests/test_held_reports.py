@@ -3,12 +3,14 @@ in number and age, applied once the provider id is in the ledger (a real SQLite 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from goipd.clouds import CloudContext, HeldReports
+from goipd.clouds import HELD_RETRY, CloudContext, HeldReports
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
@@ -122,3 +124,19 @@ async def test_unmatched_reports_are_retried_less_often_after_a_while(ctx: Cloud
     clock.now += 1
     await held.retry_once()
     assert len(held) == 0 and await state(ctx, rid) is State.DELIVERED
+
+
+async def test_held_reports_wait_out_a_ledger_that_cannot_be_read(ctx: CloudContext) -> None:
+    held = HeldReports(ctx)
+    assert await held.apply("paasoo", delivered("m-later", "6591234567")) == "held"
+    assert isinstance(ctx.ledger, SqliteLedger)
+    await ctx.ledger.close()  # every read now fails with LedgerError
+    loop = asyncio.create_task(held.run())
+    try:
+        await asyncio.sleep(HELD_RETRY * 1.5)
+        assert not loop.done(), "a ledger outage ended the held-reports loop"
+        assert len(held) == 1
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
