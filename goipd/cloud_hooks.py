@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
@@ -23,6 +24,7 @@ from goipd.upstream.errors import ParseError
 
 log = structlog.get_logger("goipd.cloud_hooks")
 MAX_QUERY_BYTES = 8 * 1024
+Parsed = TypeVar("Parsed")
 
 
 class CloudHooks:
@@ -48,13 +50,23 @@ class CloudHooks:
             raise Problem(414, f"query string longer than {MAX_QUERY_BYTES} bytes")
         return {k: v for k, v in request.query.items() if k != "token"}
 
+    def _parsed(
+        self,
+        provider: str,
+        kind: str,
+        what: str,
+        parse: Callable[[Mapping[str, str]], Parsed],
+        query: Mapping[str, str],
+    ) -> Parsed:
+        try:
+            return parse(query)
+        except ParseError as exc:
+            self.ctx.metrics.push_reports.labels(provider, kind, "malformed").inc()
+            raise Problem(400, f"malformed {what}: {exc}") from None
+
     async def smsgo_report(self, request: web.Request) -> web.Response:
         query = self._authorize(request, "smsgo", "report")
-        try:
-            status = smsgo.parse_report(query)
-        except ParseError as exc:
-            self.ctx.metrics.push_reports.labels("smsgo", "report", "malformed").inc()
-            raise Problem(400, f"malformed smsgo delivery report: {exc}") from None
+        status = self._parsed("smsgo", "report", "smsgo delivery report", smsgo.parse_report, query)
         outcome = await self.held.apply("smsgo", status)
         self.ctx.metrics.push_reports.labels("smsgo", "report", outcome).inc()
         # smsgo repeats a report (3 times) until it reads exactly this acknowledgement, also
@@ -65,22 +77,16 @@ class CloudHooks:
 
     async def smsgo_reply(self, request: web.Request) -> web.Response:
         query = self._authorize(request, "smsgo", "inbound")
-        try:
-            sms = smsgo.parse_reply(query)
-        except ParseError as exc:
-            self.ctx.metrics.push_reports.labels("smsgo", "inbound", "malformed").inc()
-            raise Problem(400, f"malformed smsgo reply: {exc}") from None
+        sms = self._parsed("smsgo", "inbound", "smsgo reply", smsgo.parse_reply, query)
         inbound_id = await store_inbound(self.ctx, "smsgo", sms)
         self.ctx.metrics.push_reports.labels("smsgo", "inbound", "ok").inc()
         return web.json_response({"status": "ok", "id": inbound_id})
 
     async def paasoo_report(self, request: web.Request) -> web.Response:
         query = self._authorize(request, "paasoo", "report")
-        try:
-            status = paasoo.parse_report(query)
-        except ParseError as exc:
-            self.ctx.metrics.push_reports.labels("paasoo", "report", "malformed").inc()
-            raise Problem(400, f"malformed PaaSoo delivery report: {exc}") from None
+        status = self._parsed(
+            "paasoo", "report", "PaaSoo delivery report", paasoo.parse_report, query
+        )
         outcome = await self.held.apply("paasoo", status)
         self.ctx.metrics.push_reports.labels("paasoo", "report", outcome).inc()
         return web.json_response({"status": outcome})

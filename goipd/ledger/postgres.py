@@ -45,6 +45,7 @@ from goipd.ledger.rows import (
     storable,
     storable_message,
     storable_or_none,
+    task_key,
     text_hash,
 )
 from goipd.ledger.rules import transition
@@ -524,8 +525,7 @@ class PostgresLedger(PostgresCoordination):
         await self._write(lambda conn: _record(conn, outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
-        server, task_id, number = storable(server), storable(task_id), storable(number)
-        plus = number if number.startswith("+") else f"+{number}"
+        server, task_id, number, plus = task_key(server, task_id, number)
 
         async def op(conn: asyncpg.Connection) -> Recipient | None:
             row = await conn.fetchrow(
@@ -548,8 +548,7 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
-        server, task_id, number = storable(server), storable(task_id), storable(number)
-        plus = number if number.startswith("+") else f"+{number}"
+        server, task_id, number, plus = task_key(server, task_id, number)
 
         async def op(conn: asyncpg.Connection) -> tuple[Recipient, T] | None:
             # FOR UPDATE: another instance applying a report for this recipient waits, so the

@@ -41,6 +41,13 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+def task_key(server: str, task_id: str, number: str) -> tuple[str, str, str, str]:
+    """(server, task_id, number, +number) as stored, for finding a recipient by a GoIP report:
+    the SMS Server echoes the number with or without the leading "+"."""
+    server, task_id, number = storable(server), storable(task_id), storable(number)
+    return server, task_id, number, number if number.startswith("+") else f"+{number}"
+
+
 def storable_or_none(text: str | None) -> str | None:
     return None if text is None else storable(text)
 

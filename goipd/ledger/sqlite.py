@@ -51,6 +51,7 @@ from goipd.ledger.rows import (
     storable,
     storable_message,
     storable_or_none,
+    task_key,
     text_hash,
 )
 from goipd.ledger.rules import transition
@@ -470,9 +471,7 @@ class SqliteLedger(SqliteCoordination):
         await self._write(lambda conn: _record(conn, outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
-        server, task_id, number = storable(server), storable(task_id), storable(number)
-        # The SMS Server echoes the number with or without the leading "+".
-        plus = number if number.startswith("+") else f"+{number}"
+        server, task_id, number, plus = task_key(server, task_id, number)
 
         def op(conn: sqlite3.Connection) -> Recipient | None:
             row = conn.execute(
@@ -492,8 +491,7 @@ class SqliteLedger(SqliteCoordination):
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
-        server, task_id, number = storable(server), storable(task_id), storable(number)
-        plus = number if number.startswith("+") else f"+{number}"
+        server, task_id, number, plus = task_key(server, task_id, number)
 
         # In the writer's transaction: one thread hop per report instead of a read and a
         # write, and the state decided on is the state changed.
