@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +137,15 @@ async def stored_inbound(session: aiohttp.ClientSession, port: int) -> set[str]:
         before = page["next"]
 
 
-async def test_sigkill_loses_nothing_and_bounds_duplicates(
-    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]], tmp_path: Path
-) -> None:
-    port = free_port()
-    lines = [{"line_id": f"G{100 + i}"} for i in range(20)]
-    sim = await simulator(fleet_spec(f"http://127.0.0.1:{port}", hq=lines))
-    config = {
+def process_config(
+    sim: RunningSimulator, port: int, storage: dict[str, str], **overrides: Any
+) -> dict[str, Any]:
+    """The config of a goipd process on `port` in front of the simulator's `hq`."""
+    config: dict[str, Any] = {
         "http": {"listen": f"127.0.0.1:{port}", "api_tokens": [API_TOKEN]},
-        "storage": {"url": f"sqlite:///{tmp_path / 'goipd.db'}"},
+        "storage": storage,
         "logging": {"format": "json"},
-        "routing": {"line_rate_per_minute": 600, "retry_delay": "100ms"},
-        "reconcile": {"interval": "1s", "query_after": "1s"},
+        "routing": {"line_rate_per_minute": 600},
         "api": {"duplicate_window": "0s"},
         "servers": [
             {
@@ -162,10 +159,70 @@ async def test_sigkill_loses_nothing_and_bounds_duplicates(
             }
         ],
     }
-    path = tmp_path / "goipd.yaml"
+    return config | overrides
+
+
+def start_process(config: dict[str, Any], port: int, directory: Path, name: str = "goipd") -> Goipd:
+    path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
-    daemon = Goipd(path, port, tmp_path / "goipd.log")
+    return Goipd(path, port, directory / f"{name}.log")
+
+
+async def recipient_states(session: aiohttp.ClientSession, port: int) -> dict[str, dict[str, Any]]:
+    """Every recipient the goipd on `port` holds, by number (all pages of the message list)."""
+    states: dict[str, dict[str, Any]] = {}
+    after = None
+    while True:
+        url = f"http://127.0.0.1:{port}/api/v1/messages?limit=1000"
+        async with session.get(url + (f"&after={after}" if after else "")) as resp:
+            assert resp.status == 200
+            page = await resp.json()
+        for message in page["messages"]:
+            for r in message["recipients"]:
+                states[r["to"]] = r
+        after = page["next"]
+        if after is None:
+            return states
+
+
+async def final_states(
+    session: aiohttp.ClientSession, port: int, accepted: Collection[str]
+) -> dict[str, dict[str, Any]]:
+    """Wait (60 s at most) until every recipient is final, then check that every accepted
+    number is there and none failed."""
+    deadline = time.monotonic() + 60
+    while True:
+        states = await recipient_states(session, port)
+        # `sent` is terminal for dispatch: a delivery receipt may follow, or never come (a
+        # receipt pushed while goipd was down is lost; carriers do not always send one).
+        pending = [
+            n for n, r in states.items() if r["state"] not in ("sent", "delivered", "failed")
+        ]
+        if not pending or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert not pending, f"{len(pending)} recipients not final, e.g. {states[pending[0]]}"
+    assert set(states) == set(accepted), "an accepted message is missing from the ledger"
+    failed = [r for r in states.values() if r["state"] == "failed"]
+    assert not failed, failed[:3]
+    return states
+
+
+async def test_sigkill_loses_nothing_and_bounds_duplicates(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]], tmp_path: Path
+) -> None:
+    port = free_port()
+    lines = [{"line_id": f"G{100 + i}"} for i in range(20)]
+    sim = await simulator(fleet_spec(f"http://127.0.0.1:{port}", hq=lines))
+    config = process_config(
+        sim,
+        port,
+        {"url": f"sqlite:///{tmp_path / 'goipd.db'}"},
+        routing={"line_rate_per_minute": 600, "retry_delay": "100ms"},
+        reconcile={"interval": "1s", "query_after": "1s"},
+    )
+    daemon = start_process(config, port, tmp_path)
     accepted: dict[str, str] = {}
     rng = random.Random(1)
     try:
@@ -208,35 +265,7 @@ async def run_workload(
         assert len(acknowledged) > 20, "too few inbound SMS got through to test anything"
         assert not missing, f"{len(missing)} acknowledged inbound SMS lost, e.g. {missing[0]}"
 
-        async def all_final() -> dict[str, dict[str, Any]]:
-            states: dict[str, dict[str, Any]] = {}
-            after = None
-            while True:
-                url = f"http://127.0.0.1:{port}/api/v1/messages?limit=1000"
-                async with session.get(url + (f"&after={after}" if after else "")) as resp:
-                    page = await resp.json()
-                for message in page["messages"]:
-                    for r in message["recipients"]:
-                        states[r["to"]] = r
-                after = page["next"]
-                if after is None:
-                    return states
-
-        deadline = time.monotonic() + 60
-        while True:
-            states = await all_final()
-            # `sent` is terminal for dispatch: a delivery receipt may follow, or never come (a
-            # receipt pushed while goipd was down is lost; carriers do not always send one).
-            pending = [
-                n for n, r in states.items() if r["state"] not in ("sent", "delivered", "failed")
-            ]
-            if not pending or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.5)
-        assert not pending, f"{len(pending)} recipients not final, e.g. {states[pending[0]]}"
-        assert set(states) == set(accepted), "an accepted message is missing from the ledger"
-        failed = [r for r in states.values() if r["state"] == "failed"]
-        assert not failed, failed[:3]
+        states = await final_states(session, port, accepted)
         sent = Counter(
             entry["number"] for entry in await control(session, sim, "GET", "servers/hq/sent")
         )

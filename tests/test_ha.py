@@ -20,12 +20,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import yaml
 from aiohttp import web
 
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import API_TOKEN, control, fleet_spec, sample
-from tests.test_crash import Goipd, free_port
+from tests.test_crash import (
+    Goipd,
+    final_states,
+    free_port,
+    process_config,
+    start_process,
+)
 
 pytestmark = pytest.mark.slow
 PG_URL = os.environ.get("GOIPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -81,31 +86,17 @@ async def start_balancer(backends: list[int]) -> tuple[web.AppRunner, int]:
 
 
 def instance_config(sim: RunningSimulator, port: int, name: str, schema: str, path: Path) -> Goipd:
-    config = {
-        "http": {"listen": f"127.0.0.1:{port}", "api_tokens": [API_TOKEN]},
-        "storage": {"url": PG_URL, "pg_schema": schema},
-        "logging": {"format": "json"},
-        "ha": {"instance_id": name},
-        "routing": {"line_rate_per_minute": 600, "retry_delay": "100ms"},
-        "reconcile": {"interval": "1s", "query_after": "1s"},
-        "api": {"duplicate_window": "0s"},
-        "polling": {"jitter": 0.0},
-        "servers": [
-            {
-                "name": "hq",
-                "url": sim.base_url("hq"),
-                "username": "root",
-                "password": "pw-hq",
-                "poll_interval": f"{POLL:g}s",
-                "timeout": "900ms",
-                "hook_token": "hook-hq-0123456789",
-            }
-        ],
-    }
-    config_path = path / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    config_path.chmod(0o600)
-    return Goipd(config_path, port, path / f"{name}.log")
+    config = process_config(
+        sim,
+        port,
+        {"url": PG_URL, "pg_schema": schema},
+        ha={"instance_id": name},
+        routing={"line_rate_per_minute": 600, "retry_delay": "100ms"},
+        reconcile={"interval": "1s", "query_after": "1s"},
+        polling={"jitter": 0.0},
+    )
+    config["servers"][0].update(poll_interval=f"{POLL:g}s", timeout="900ms")
+    return start_process(config, port, path, name)
 
 
 async def leader(session: aiohttp.ClientSession, daemon: Goipd) -> float | None:
@@ -141,22 +132,6 @@ async def submit(
         except (TimeoutError, aiohttp.ClientError):
             pass
         await asyncio.sleep(0.05)
-
-
-async def recipients(session: aiohttp.ClientSession, port: int) -> dict[str, dict[str, Any]]:
-    states: dict[str, dict[str, Any]] = {}
-    after = None
-    while True:
-        url = f"http://127.0.0.1:{port}/api/v1/messages?limit=1000"
-        async with session.get(url + (f"&after={after}" if after else "")) as resp:
-            assert resp.status == 200
-            page = await resp.json()
-        for message in page["messages"]:
-            for r in message["recipients"]:
-                states[r["to"]] = r
-        after = page["next"]
-        if after is None:
-            return states
 
 
 async def test_two_instances_survive_a_sigkill_without_duplicates(
@@ -216,20 +191,7 @@ async def run(
     await producer
     assert len(accepted) == MESSAGES
 
-    deadline = time.monotonic() + 60
-    while True:
-        states = await recipients(session, survivor.port)
-        # `sent` is final for sending; a delivery receipt may still follow.
-        pending = [
-            n for n, r in states.items() if r["state"] not in ("sent", "delivered", "failed")
-        ]
-        if not pending or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
-    assert not pending, f"{len(pending)} recipients not final, e.g. {states[pending[0]]}"
-    assert set(states) == set(accepted), "an accepted message is missing from the ledger"
-    failed = [r for r in states.values() if r["state"] == "failed"]
-    assert not failed, failed[:3]
+    await final_states(session, survivor.port, accepted)
 
     sent = Counter(
         entry["number"] for entry in await control(session, sim, "GET", "servers/hq/sent")

@@ -112,6 +112,35 @@ async def lines(http: aiohttp.ClientSession, daemon: Daemon) -> dict[str, Any]:
         }
 
 
+async def sent_through_both(
+    http: aiohttp.ClientSession,
+    sim: RunningSimulator,
+    daemons: list[Daemon],
+    count: int,
+    text: str,
+    *,
+    expected: int,
+    settle: float,
+) -> int:
+    """Post `count` messages to the two instances in turn, wait until the simulator has sent
+    `expected`, give them `settle` seconds to send more, and return how many hq sent."""
+    for index in range(count):
+        daemon = daemons[index % 2]
+        body = {"to": [f"+8869{index:08d}"], "text": f"{text} {index}"}
+        async with http.post(f"http://127.0.0.1:{daemon.port}/api/v1/messages", json=body) as resp:
+            assert resp.status == 202
+
+    async def sent() -> int:
+        return len(await control(http, sim, "GET", "servers/hq/sent"))
+
+    async def enough_sent() -> bool:
+        return await sent() >= expected
+
+    await eventually(enough_sent, 10, f"{expected} sends through hq")
+    await asyncio.sleep(settle)
+    return await sent()
+
+
 async def test_one_instance_polls_the_other_follows_and_takes_over_on_stop(
     simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
     daemon_factory: Callable[[dict[str, Any]], Awaitable[Daemon]],
@@ -191,22 +220,8 @@ async def test_two_instances_keep_one_lines_rate_together(
         )
         for name in ("one", "two")
     ]
-    for index in range(20):
-        daemon = daemons[index % 2]
-        body = {"to": [f"+8869{index:08d}"], "text": f"rate {index}"}
-        async with http.post(f"http://127.0.0.1:{daemon.port}/api/v1/messages", json=body) as resp:
-            assert resp.status == 202
-
-    async def sent() -> int:
-        return len(await control(http, sim, "GET", "servers/hq/sent"))
-
-    async def six_sent() -> bool:
-        return await sent() >= 6
-
-    await eventually(six_sent, 10, "the line's first minute of sends")
     # Each instance's own rate window would let it send 6 more: together they send no more.
-    await asyncio.sleep(3.0)
-    assert await sent() == 6
+    assert await sent_through_both(http, sim, daemons, 20, "rate", expected=6, settle=3.0) == 6
 
 
 async def test_two_instances_share_one_lines_quota(
@@ -232,22 +247,8 @@ async def test_two_instances_share_one_lines_quota(
         # No poll between the sends: each instance's own copy of the quota says 4 left.
         config["servers"][0]["poll_interval"] = "30s"
         daemons.append(await daemon_factory(config))
-    for index in range(10):
-        daemon = daemons[index % 2]
-        body = {"to": [f"+8869{index:08d}"], "text": f"quota {index}"}
-        async with http.post(f"http://127.0.0.1:{daemon.port}/api/v1/messages", json=body) as resp:
-            assert resp.status == 202
-
-    async def sent() -> int:
-        return len(await control(http, sim, "GET", "servers/hq/sent"))
-
-    async def four_sent() -> bool:
-        return await sent() >= 4
-
-    await eventually(four_sent, 10, "the line's quota used")
-    await asyncio.sleep(2.0)
     # Together the instances send what the quota allows, and never one the SIM would refuse.
-    assert await sent() == 4
+    assert await sent_through_both(http, sim, daemons, 10, "quota", expected=4, settle=2.0) == 4
     for daemon in daemons:
         async with http.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp:
             text = await resp.text()

@@ -16,11 +16,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import API_TOKEN, control, fleet_spec
-from tests.test_crash import Goipd, free_port
+from tests.test_crash import free_port, process_config, start_process
 
 pytestmark = pytest.mark.slow
 SECONDS = float(os.environ.get("GOIPD_SOAK_SECONDS", "30"))
@@ -65,28 +64,13 @@ async def test_soak_memory_flat_no_fd_leak_queue_drains(
     port = free_port()
     lines = [{"line_id": f"G{100 + i}"} for i in range(16)]
     sim = await simulator(fleet_spec(f"http://127.0.0.1:{port}", hq=lines))
-    config = {
-        "http": {"listen": f"127.0.0.1:{port}", "api_tokens": [API_TOKEN]},
-        "storage": {"url": f"sqlite:///{tmp_path / 'goipd.db'}"},
-        "logging": {"format": "json", "level": "warning"},
-        "routing": {"line_rate_per_minute": 600},
-        "api": {"duplicate_window": "0s"},
-        "servers": [
-            {
-                "name": "hq",
-                "url": sim.base_url("hq"),
-                "username": "root",
-                "password": "pw-hq",
-                "poll_interval": "1s",
-                "timeout": "500ms",
-                "hook_token": "hook-hq-0123456789",
-            }
-        ],
-    }
-    path = tmp_path / "goipd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    daemon = Goipd(path, port, tmp_path / "goipd.log")
+    config = process_config(
+        sim,
+        port,
+        {"url": f"sqlite:///{tmp_path / 'goipd.db'}"},
+        logging={"format": "json", "level": "warning"},
+    )
+    daemon = start_process(config, port, tmp_path)
     base = f"http://127.0.0.1:{port}"
     failures: list[str] = []
     samples: list[tuple[float, int, int]] = []
