@@ -127,10 +127,12 @@ async def loadgen(
 
 
 async def baseline_run(
-    ctx: Ctx, name: str, spec: Callable[[int], dict[str, Any]]
+    ctx: Ctx, name: str, spec: Callable[[int], dict[str, Any]], durable: bool = False
 ) -> dict[str, Any]:
-    """The same load against bench.baseline on goipd's core."""
-    proc = await start_json_server(name, "bench.baseline", [], ctx.cores.server, ctx.workdir)
+    """The same load against bench.baseline on goipd's core; `durable`: the floor, which
+    writes every request to SQLite before answering (bench.baseline --store)."""
+    args = ["--store", str(ctx.workdir / f"{name}.db")] if durable else []
+    proc = await start_json_server(name, "bench.baseline", args, ctx.cores.server, ctx.workdir)
     try:
         return await loadgen(ctx, f"{name}-load", spec(proc.port))
     finally:
