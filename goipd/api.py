@@ -412,7 +412,16 @@ def _parse_send_at(value: object, now: float) -> float | None:
     return at if at > now else None
 
 
-def validate_message(body: Any, ctx: ApiContext, now: float) -> NewMessage:
+def validate_message(
+    body: Any,
+    ctx: ApiContext,
+    now: float,
+    *,
+    client: str = "",
+    duplicate_since: float | None = None,
+) -> NewMessage:
+    """The message `body` asks for, from the API token `client`, checked by the flood guard
+    back to `duplicate_since` (None: not checked)."""
     settings = ctx.settings()
     if not isinstance(body, dict):
         raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
@@ -458,6 +467,8 @@ def validate_message(body: Any, ctx: ApiContext, now: float) -> NewMessage:
         route=_parse_route(body.get("route"), ctx),
         idempotency_key=key,
         send_at=_parse_send_at(body.get("send_at"), now),
+        client=client,
+        duplicate_since=duplicate_since,
     )
 
 
@@ -512,16 +523,15 @@ def _iso(ts: float | None) -> str | None:
 async def post_message(request: web.Request) -> web.Response:
     ctx = request.app[API_KEY]
     now = ctx.clock()
-    new = validate_message(await _json_body(request), ctx, now)
     window = ctx.settings().duplicate_window
-    new = NewMessage(
-        **{
-            **_fields(new),
-            "client": _client_id(request),
-            # Checked by the ledger inside the transaction that stores the message: no read
-            # per number before it, and two identical requests in flight cannot both pass.
-            "duplicate_since": now - window if window > 0 else None,
-        }
+    new = validate_message(
+        await _json_body(request),
+        ctx,
+        now,
+        client=_client_id(request),
+        # Checked by the ledger inside the transaction that stores the message: no read per
+        # number before it, and two identical requests in flight cannot both pass.
+        duplicate_since=now - window if window > 0 else None,
     )
     result = await accept_message(ctx, new, now)
     if result.duplicate_number is not None:
@@ -618,17 +628,12 @@ async def post_alertmanager(request: web.Request) -> web.Response:
         body: dict[str, Any] = {"to": list(numbers), "text": text}
         if route is not None:
             body["route"] = route.model_dump(exclude_none=True)
-        new = validate_message(body, ctx, now)
-        new = NewMessage(**{**_fields(new), "client": client})
+        new = validate_message(body, ctx, now, client=client)
         return (await accept_message(ctx, new, now)).message.id
 
     return web.json_response(
         await relay.deliver(notification, receiver, text, time.monotonic(), submit)
     )
-
-
-def _fields(new: NewMessage) -> dict[str, Any]:
-    return {name: getattr(new, name) for name in NewMessage.__slots__}
 
 
 def _message_id(request: web.Request) -> str:

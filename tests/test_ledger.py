@@ -37,6 +37,7 @@ from goipd.ledger.base import (
 )
 from goipd.ledger.migrations import LATEST, MIGRATIONS
 from goipd.ledger.postgres import PostgresLedger
+from goipd.ledger.rows import CROCKFORD, crockford26
 from goipd.ledger.sqlite import SqliteLedger, new_message_id
 from tests.conftest import fill
 
@@ -999,6 +1000,13 @@ def test_message_ids_sort_by_time() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == 50
     assert all(MESSAGE_ID.match(i) for i in ids)
+
+
+@given(st.integers(min_value=0, max_value=(1 << 130) - 1))
+def test_crockford26_is_the_value_in_base32_digits(value: int) -> None:
+    # The reference: one digit per 5 bits, least significant first, then reversed.
+    digits = [CROCKFORD[(value >> (5 * place)) & 31] for place in range(26)]
+    assert crockford26(value) == "".join(reversed(digits))
 
 
 # --- SQLite only -------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class GroupCommitter(Generic[Op]):
         if self._queue is None:
             raise LedgerError("ledger is not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, future))
+        self._queue.put_nowait((op, future))  # unbounded: a coroutine call would buy nothing
         return await future
 
     async def close(self) -> None:

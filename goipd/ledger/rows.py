@@ -26,12 +26,18 @@ PENDING = (State.QUEUED.value, State.DISPATCHING.value, State.SUBMITTED.value)
 def new_message_id(now: float) -> str:
     """26 characters, Crockford base32: 48 bits of milliseconds, then 80 random bits. Sorting
     ids sorts messages by time; guessing one is hopeless."""
-    value = (int(now * 1000) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return crockford26((int(now * 1000) << 80) | secrets.randbits(80))
+
+
+_CROCKFORD_PAIRS = [high + low for high in CROCKFORD for low in CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -10, -10))
+
+
+def crockford26(value: int) -> str:
+    """The low 130 bits of `value` as 26 Crockford base32 digits, most significant first."""
+    # Two digits (10 bits) per step from a table: half the time of a digit-by-digit loop,
+    # which was 2.5% of an accept's CPU.
+    return "".join([_CROCKFORD_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def storable(text: str) -> str:

@@ -41,10 +41,10 @@ from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_sqlite import SqliteCoordination
 from goipd.ledger.migrations import migrate
 from goipd.ledger.rows import (
-    CROCKFORD,
     MESSAGE_COLUMNS,
     PENDING,
     RECIPIENT_COLUMNS,
+    crockford26,
     message_from_row,
     new_message_id,
     recipient_from_row,
@@ -149,12 +149,7 @@ def _reason(exc: BaseException) -> str:
 def _id_floor(since: float) -> str:
     """The smallest message id made at or after `since`: ids start with their creation time
     in milliseconds, so this turns a time filter into a range of the primary key."""
-    value = int(since * 1000) << 80
-    chars = []
-    for _ in range(26):
-        chars.append(CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return crockford26(int(since * 1000) << 80)
 
 
 class SqliteLedger(SqliteCoordination):
