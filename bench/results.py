@@ -29,10 +29,12 @@ How the figures are taken:
   shared (other test suites often run on it at the same time), so absolute figures move from
   run to run while ratios much less. Scenarios 1 and 2: a bare aiohttp handler
   (`bench/baseline.py`) right before and right after goipd, on goipd's core, with the same kind
-  of requests; goipd is compared with the mean of the two. Scenario 3: a bare client on goipd's
-  core making the same sendsms calls straight to the simulator. Scenario 4: the same goipd with
-  no SMS Server. Scenario 5: the same load without scraping. Scenario 6: the same decision over
-  one server of 32 lines.
+  of requests; goipd is compared with the mean of the two. Beside them the durable floor
+  (`bench/baseline.py --store`): the same handler writing each request to SQLite through a
+  group-committing thread before it answers, i.e. what storing alone costs. Scenario 3: a
+  bare client on goipd's core making the same sendsms calls straight to the simulator.
+  Scenario 4: the same goipd with no SMS Server. Scenario 5: the same load without scraping.
+  Scenario 6: the same decision over one server of 32 lines.
 - "load" is /proc/loadavg when the scenario started; a high value means a noisy neighbour.
 - The smoke test (`tests/test_bench_smoke.py`) runs every scenario `--quick` into a temporary
   file and asserts no performance at all.
