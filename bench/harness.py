@@ -16,6 +16,7 @@ import aiohttp
 
 from bench.common import HOST, Cores, Proc, spawn, start_json_server
 from bench.profile import profiling
+from bench.results import Row
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,26 @@ async def baseline_run(
         return await loadgen(ctx, f"{name}-load", spec(proc.port))
     finally:
         await proc.stop()
+
+
+def floor_rows(
+    stats: dict[str, Any], floor: dict[str, Any], base_rps: float, unit: str
+) -> list[Row]:
+    """The durable floor beside the bare handler, and goipd against the floor."""
+    return [
+        Row(
+            "durable floor: bare handler + group-committed SQLite write",
+            rate(floor["rps"], unit),
+            rate(base_rps, unit),
+            ratio(floor["rps"], base_rps),
+        ),
+        Row(
+            "throughput against the durable floor (baseline column: the floor)",
+            rate(stats["rps"], unit),
+            rate(floor["rps"], unit),
+            ratio(stats["rps"], floor["rps"]),
+        ),
+    ]
 
 
 # --- HTTP helpers -------------------------------------------------------------------------------

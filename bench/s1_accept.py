@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd, state_counts
-from bench.harness import Ctx, baseline_run, loadgen, ms, pct, rate, ratio
+from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
 from bench.results import Row, ScenarioResult
 
 TARGET_RATIO = 0.6
@@ -107,22 +107,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
             met=answered and stored == stats["total_ok"],
         )
     )
-    result.add(
-        Row(
-            "durable floor: bare handler + group-committed SQLite write",
-            rate(floor["rps"]),
-            rate(base_rps),
-            ratio(floor["rps"], base_rps),
-        )
-    )
-    result.add(
-        Row(
-            "throughput against the durable floor (baseline column: the floor)",
-            rate(stats["rps"]),
-            rate(floor["rps"]),
-            ratio(stats["rps"], floor["rps"]),
-        )
-    )
+    for row in floor_rows(stats, floor, base_rps, "req/s"):
+        result.add(row)
     result.add(
         Row(
             "latency p99 of the durable floor",

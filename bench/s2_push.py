@@ -24,7 +24,7 @@ from bench.common import (
     start_json_server,
     state_counts,
 )
-from bench.harness import Ctx, baseline_run, loadgen, ms, pct, rate, ratio
+from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
 from bench.results import Row, ScenarioResult
 
 TARGET_RATIO = 0.6
@@ -176,22 +176,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
     result.add(
         Row("latency p99", ms(stats["p99_ms"]), ms(base_p99), ratio(stats["p99_ms"], base_p99))
     )
-    result.add(
-        Row(
-            "durable floor: bare handler + group-committed SQLite write",
-            rate(floor["rps"], "reports/s"),
-            rate(base_rps, "reports/s"),
-            ratio(floor["rps"], base_rps),
-        )
-    )
-    result.add(
-        Row(
-            "throughput against the durable floor (baseline column: the floor)",
-            rate(stats["rps"], "reports/s"),
-            rate(floor["rps"], "reports/s"),
-            ratio(stats["rps"], floor["rps"]),
-        )
-    )
+    for row in floor_rows(stats, floor, base_rps, "reports/s"):
+        result.add(row)
     applied = counts.get("sent", 0)
     result.add(
         Row(
