@@ -24,7 +24,7 @@ from goipd.metrics import Metrics
 from goipd.outcomes import retry_delay
 from goipd.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.upstream.cloud import CloudProvider, Verdict
-from goipd.upstream.errors import AMBIGUOUS_REASONS, ErrorReason, UpstreamError
+from goipd.upstream.errors import AMBIGUOUS_REASONS, REASON_CODES, UpstreamError
 from goipd.upstream.goip import GoipClient, SendAccepted
 from goipd.wakeup import Wakeup
 
@@ -34,7 +34,6 @@ BODY_CACHE = 10_000
 """Messages whose text and route are kept for later passes (big messages span many)."""
 HANDOVER_RETRIES = 10_000
 """Failed hand-overs whose retry time is remembered (others wait in goipd until due)."""
-TRANSPORT_REASONS = frozenset(reason.value for reason in ErrorReason)
 AMBIGUOUS_CODES = frozenset(reason.value for reason in AMBIGUOUS_REASONS)
 
 
@@ -437,7 +436,7 @@ class Dispatcher:
                     )
                 )
             else:
-                if result.code in TRANSPORT_REASONS:
+                if result.code in REASON_CODES:
                     self.metrics.provider_errors.labels(choice.provider, "send", result.code).inc()
                 if result.retry_after is not None:
                     self.router.pause_cloud(choice.provider, now + result.retry_after)

@@ -46,7 +46,8 @@ from goipd.upstream.cloud import (
     PullsInbound,
     Verdict,
 )
-from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
+from goipd.upstream.errors import REASON_CODES, ErrorReason, ParseError, UpstreamError
+from goipd.upstream.http import NOT_SENT
 from tests.cloud_helpers import TRANSPORT_FAULTS, refused_url
 
 UID = "9999"
@@ -449,9 +450,30 @@ async def test_fault_modes_on_send(
     running.sim.set_fault(mode)
     numbers = [f"+86139{i:08d}" for i in range(2001)]
     results = await provider.send(numbers, "hi")
-    assert {(r.verdict, r.code) for r in results} == {(verdict, code)}
+    # The first refusal or failure is the answer for the whole send: no second request. The
+    # number of the call never made shares a refusal of the account, but not a call's lost
+    # answer: it never left goipd.
+    held = NOT_SENT if code in REASON_CODES else code
+    assert [(r.verdict, r.code) for r in results] == [(verdict, code)] * 2000 + [(verdict, held)]
     assert all(r.meaning for r in results)
-    # The first refusal or failure is the answer for the whole send: no second request.
+    assert running.sim.counters["http_requests"] == 1
+
+
+async def test_numbers_after_a_timed_out_call_are_not_sent_not_ambiguous(
+    running: RunningC123Sim,
+) -> None:
+    running.sim.set_fault("timeout", delay=1.0)
+    client = _provider(running.url, timeout="200ms")
+    try:
+        results = await client.send([f"+86139{i:08d}" for i in range(2001)], "hi")
+    finally:
+        await client.close()
+    assert {r.code for r in results[:2000]} == {"timeout"}
+    last = results[2000]
+    assert (last.verdict, last.code) == (Verdict.RETRY, NOT_SENT)
+    assert last.meaning == (
+        "not sent: an earlier call of this send failed (timeout: tx: no reply within 0.2s)"
+    )
     assert running.sim.counters["http_requests"] == 1
 
 

@@ -22,6 +22,7 @@ from goipd.ledger.base import State
 from goipd.sim.paasoo import PaasooSim, RunningPaasooSim, start_paasoo_sim
 from goipd.upstream.cloud import CloudProvider, CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import ParseError
+from goipd.upstream.http import NOT_SENT
 from goipd.upstream.paasoo import (
     DLR_CODES,
     DLR_STATUS,
@@ -537,6 +538,20 @@ async def test_refusal_stops_the_remaining_batches(
     results = await provider.send([f"+6581{i:06d}" for i in range(120)], "bulk")
     assert [r.verdict for r in results] == [Verdict.ACCEPTED] * 50 + [Verdict.DISABLE] * 70
     assert running.sim.counters["requests"] == 2
+
+
+@pytest.mark.parametrize(("mode", "code"), [("http_500", "http_status"), ("reset", "connect")])
+async def test_numbers_after_a_call_without_answer_are_not_sent(
+    running: RunningPaasooSim, provider: PaasooProvider, mode: str, code: str
+) -> None:
+    running.sim.set_fault(mode)
+    results = await provider.send([f"+6581{i:06d}" for i in range(120)], "bulk")
+    assert [(r.verdict, r.code) for r in results] == [(Verdict.RETRY, code)] * 50 + [
+        (Verdict.RETRY, NOT_SENT)
+    ] * 70
+    assert results[50].meaning is not None
+    assert results[50].meaning.startswith(f"not sent: an earlier call of this send failed ({code}")
+    assert running.sim.counters["http_requests"] == 1
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,13 @@ from yarl import URL
 from goipd.config import C123Settings
 from goipd.upstream.cloud import CloudInbound, CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
-from goipd.upstream.http import HttpClient, read_limited, send_failed, transport_errors
+from goipd.upstream.http import (
+    HttpClient,
+    held_back,
+    read_limited,
+    send_failed,
+    transport_errors,
+)
 
 log = structlog.get_logger("goipd.upstream.c123")
 
@@ -375,7 +381,7 @@ class C123Provider(HttpClient):
             if stop is None:
                 stop = self._pause_result()
             if stop is not None:
-                verdict, code, meaning = stop
+                verdict, code, meaning = held_back(stop)
             else:
                 verdict, code, meaning = await self._submit(
                     [national for _, _, national in chunk], text, scheduled

@@ -16,6 +16,11 @@ class ErrorReason(StrEnum):
     PARSE = "parse"
 
 
+REASON_CODES = frozenset(reason.value for reason in ErrorReason)
+"""A send result's code when the call had no usable answer (the reason, not a provider's own
+code)."""
+
+
 AMBIGUOUS_REASONS = frozenset({ErrorReason.TIMEOUT, ErrorReason.PARSE})
 """Failures after which the upstream may still have acted on the request (no answer in time,
 an answer cut short or garbled): a send repeated after one of these may go out twice."""

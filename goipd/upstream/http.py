@@ -11,7 +11,7 @@ import aiohttp
 import structlog
 
 from goipd.upstream.cloud import Verdict
-from goipd.upstream.errors import ErrorReason, UpstreamError
+from goipd.upstream.errors import REASON_CODES, ErrorReason, UpstreamError
 
 log = structlog.get_logger("goipd.upstream.http")
 
@@ -91,3 +91,19 @@ def send_failed(provider: str, exc: UpstreamError, numbers: int) -> tuple[Verdic
         numbers=numbers,
     )
     return Verdict.RETRY, exc.reason.value, exc.detail
+
+
+NOT_SENT = "not_sent"
+"""Code of the numbers a send never asked about because an earlier call of it failed."""
+
+
+def held_back(stop: tuple[Verdict, str, str]) -> tuple[Verdict, str, str]:
+    """(verdict, code, meaning) for the numbers of a send's later calls, which were not made
+    because an earlier call ended as `stop`. A provider's own refusal (credit, a pause it asked
+    for) is theirs too; a call without an answer (timeout, connection, garbled reply) is not:
+    those numbers never left goipd, so they are neither a send of unknown fate nor a provider
+    error of their own, and count as neither."""
+    verdict, code, meaning = stop
+    if code not in REASON_CODES:
+        return stop
+    return verdict, NOT_SENT, f"not sent: an earlier call of this send failed ({code}: {meaning})"

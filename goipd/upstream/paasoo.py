@@ -42,7 +42,13 @@ from goipd.config import PaasooSettings
 from goipd.ledger.base import State
 from goipd.upstream.cloud import CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
-from goipd.upstream.http import HttpClient, read_limited, send_failed, transport_errors
+from goipd.upstream.http import (
+    HttpClient,
+    held_back,
+    read_limited,
+    send_failed,
+    transport_errors,
+)
 
 log = structlog.get_logger("goipd.upstream.paasoo")
 
@@ -339,7 +345,7 @@ class PaasooProvider(HttpClient):
                     # The account or the service is the problem: the rest would fare the same.
                     stop = (verdict, code, meaning)
             else:
-                (verdict, code, meaning), upstream_id = stop, None
+                (verdict, code, meaning), upstream_id = held_back(stop), None
             for index, number, _ in chunk:
                 if verdict is Verdict.ACCEPTED:
                     results[index] = CloudSendResult(number, verdict, upstream_id=upstream_id)
