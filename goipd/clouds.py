@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import structlog
@@ -21,8 +22,9 @@ import structlog
 from goipd.config import CloudProviderConfig, ReconcileSettings
 from goipd.ledger.base import Ledger, LedgerError, Outcome, Recipient, State
 from goipd.metrics import Metrics
+from goipd.reply_recovery import CLOCK_SLACK, ReplyRecovery, not_stored
 from goipd.upstream.cloud import CloudInbound, CloudProvider, CloudStatus, CountsSent, PullsInbound
-from goipd.upstream.errors import UpstreamError
+from goipd.upstream.errors import AMBIGUOUS_REASONS, UpstreamError
 
 log = structlog.get_logger("goipd.clouds")
 STATUS_BATCH = 200
@@ -275,6 +277,8 @@ class CloudFleet:
         self.providers: dict[str, CloudProvider] = {}
         self._configs: dict[str, tuple[CloudProviderConfig, str | None]] = {}
         self._jobs: dict[tuple[str, str], _Job] = {}
+        self._recovery: dict[str, ReplyRecovery] = {}
+        """Per pulling provider: hours to fetch again after a fetch whose answer was lost."""
         self._unstored: dict[str, deque[CloudInbound]] = {}
         """Replies fetched from a provider that removes them on fetch (c123) which the ledger
         has not taken yet: stored first on the next poll. Memory only (lost on restart)."""
@@ -409,11 +413,65 @@ class CloudFleet:
         # from the provider, so fetching more would only pile up replies goipd may lose.
         if not await self._store_unstored(name, unstored):
             return
+        recovery = self._recovery.setdefault(name, ReplyRecovery())
+        if recovery.hours:
+            await self._fetch_hour_again(name, provider, recovery, unstored)
+            return
+        started = datetime.fromtimestamp(self.ctx.clock(), UTC)
         try:
             replies = await provider.fetch_inbound()
         except UpstreamError as exc:
             self._count_error(name, "inbound", exc)
+            if exc.reason in AMBIGUOUS_REASONS:
+                hours = recovery.fetch_lost(started)
+                log.warning(
+                    "inbound_recovery_planned",
+                    provider=name,
+                    reason=exc.reason.value,
+                    hours=[hour.isoformat() for hour in hours],
+                )
             return
+        recovery.fetched_whole(started)
+        since, recovery.check_next_fetch_since = recovery.check_next_fetch_since, None
+        if since is not None and replies:
+            try:
+                replies = await not_stored(self.ctx.ledger, name, replies, since)
+            except LedgerError as exc:
+                # These are gone from the provider: better stored twice than not at all.
+                log.warning("inbound_duplicates_unchecked", provider=name, reason=str(exc))
+        await self._keep(name, unstored, replies)
+
+    async def _fetch_hour_again(
+        self,
+        name: str,
+        provider: PullsInbound,
+        recovery: ReplyRecovery,
+        unstored: deque[CloudInbound],
+    ) -> None:
+        hour = recovery.hours[0]
+        try:
+            replies = await provider.fetch_inbound(hour)
+        except UpstreamError as exc:
+            self._count_error(name, "inbound", exc)
+            dropped = recovery.hour_failed()
+            if dropped is not None:
+                log.error("inbound_recovery_abandoned", provider=name, hour=dropped.isoformat())
+            return
+        # A ledger that cannot be read leaves the hour planned: it can be fetched again.
+        fresh = await not_stored(self.ctx.ledger, name, replies, hour - CLOCK_SLACK)
+        recovery.hour_fetched()
+        log.info(
+            "inbound_recovered",
+            provider=name,
+            hour=hour.isoformat(),
+            fetched=len(replies),
+            new=len(fresh),
+        )
+        await self._keep(name, unstored, fresh)
+
+    async def _keep(
+        self, name: str, unstored: deque[CloudInbound], replies: Sequence[CloudInbound]
+    ) -> None:
         unstored.extend(replies)
         dropped = len(unstored) - UNSTORED_LIMIT
         for _ in range(max(dropped, 0)):

@@ -1,10 +1,12 @@
 """c123 hands each reply out once (`/rx/`): replies fetched while the ledger refuses writes (a
 real SQLite writer switched to query-only) are kept and stored first on the next poll, and no
-new fetch happens while they cannot be stored. Against the c123 simulator over loopback."""
+new fetch happens while they cannot be stored; replies of a fetch whose answer was lost are
+fetched again by the hour. Against the c123 simulator over loopback."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import SecretStr
@@ -14,6 +16,7 @@ from goipd.config import C123Settings, CloudProviderConfig, ReconcileSettings
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics import Metrics
+from goipd.reply_recovery import MAX_HOURS, TRIES_PER_HOUR, ReplyRecovery
 from goipd.sim.c123 import RunningC123Sim, start_c123_sim
 from goipd.upstream.cloud import PullsInbound
 from tests.conftest import set_read_only
@@ -63,3 +66,116 @@ async def test_replies_fetched_while_the_ledger_refuses_are_stored_next_poll(
         assert pending() == 0 and len(c123.sim.handed_out) == 3
     finally:
         await fleet.stop()
+
+
+@pytest.fixture
+async def c123_fleet(c123: RunningC123Sim, ledger: SqliteLedger) -> AsyncIterator[CloudFleet]:
+    fleet = CloudFleet(
+        CloudContext(ledger, Metrics(LineRegistry()), lambda: ()), lambda: ReconcileSettings()
+    )
+    settings = C123Settings(uid="9999", password=SecretStr(PASSWORD), url=c123.url, timeout="1s")
+    fleet.configure([CloudProviderConfig("c123", settings, SecretStr(PASSWORD), None)], None)
+    yield fleet
+    await fleet.stop()
+
+
+async def _poll(fleet: CloudFleet) -> None:
+    provider = fleet.get("c123")
+    assert isinstance(provider, PullsInbound)
+    await fleet._pull_inbound("c123", provider)
+
+
+async def _stored(ledger: SqliteLedger) -> list[tuple[str, str]]:
+    return sorted((i.from_number, i.content) for i in await ledger.list_inbound(100, None))
+
+
+@pytest.mark.parametrize("fault", ["truncated", "timeout"])
+async def test_replies_of_a_fetch_whose_answer_was_lost_are_fetched_again_by_the_hour(
+    c123: RunningC123Sim, c123_fleet: CloudFleet, ledger: SqliteLedger, fault: str
+) -> None:
+    # Three entries of one length: half the reply ends inside the second one.
+    for number in ("13800138001", "13800138002", "13800138003"):
+        c123.sim.add_reply(number, "reply text of some length")
+    c123.sim.set_fault(fault, delay=2.0)
+    await _poll(c123_fleet)
+    # Truncated: c123 handed them out and goipd could not read them; timeout: unknown.
+    assert await _stored(ledger) == []
+    planned = list(c123_fleet._recovery["c123"].hours)
+    assert planned and all(hour.minute == 0 for hour in planned)
+
+    c123.sim.set_fault("none")
+    c123.sim.add_reply("13800138004", "arrived meanwhile")
+    for _ in planned:  # one hour per poll
+        await _poll(c123_fleet)
+    assert not c123_fleet._recovery["c123"].hours
+    rx_by_hour = c123.sim.counters["rx_requests"]
+    assert [(n[-4:], t) for n, t in await _stored(ledger)] == [
+        ("8001", "reply text of some length"),
+        ("8002", "reply text of some length"),
+        ("8003", "reply text of some length"),
+        ("8004", "arrived meanwhile"),
+    ]
+    # The next plain fetch hands out what was still waiting (the fourth reply and, after the
+    # timeout, all four) again: nothing is stored twice.
+    await _poll(c123_fleet)
+    await _poll(c123_fleet)
+    assert c123.sim.counters["rx_requests"] == rx_by_hour + 2
+    assert len(await _stored(ledger)) == 4
+    assert c123.sim.pending == []
+
+
+async def test_identical_replies_within_one_second_are_kept_as_often_as_they_came(
+    c123: RunningC123Sim, c123_fleet: CloudFleet, ledger: SqliteLedger
+) -> None:
+    at = datetime.now(UTC)
+    for _ in range(2):
+        c123.sim.add_reply("13800138000", "1", at=at)
+    c123.sim.add_reply("13900139000", "an answer long enough to be cut inside", at=at)
+    await _poll(c123_fleet)  # stores all three
+    c123.sim.add_reply("13800138000", "1", at=at)  # a third "1" in the same second
+    c123.sim.set_fault("truncated")
+    await _poll(c123_fleet)
+    c123.sim.set_fault("none")
+    while c123_fleet._recovery["c123"].hours:
+        await _poll(c123_fleet)
+    assert await _stored(ledger) == [
+        ("+8613800138000", "1"),
+        ("+8613800138000", "1"),
+        ("+8613800138000", "1"),
+        ("+8613900139000", "an answer long enough to be cut inside"),
+    ]
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_the_hours_fetched_again_run_from_the_last_whole_fetch_to_the_lost_one() -> None:
+    recovery = ReplyRecovery()
+    recovery.fetched_whole(_utc("2026-12-04 09:55"))
+    assert recovery.fetch_lost(_utc("2026-12-04 10:05")) == [
+        _utc("2026-12-04 09:00"),
+        _utc("2026-12-04 10:00"),
+    ]
+    assert recovery.hour_fetched() == _utc("2026-12-04 09:00")
+    # The plain fetch after them looks at what was stored from the first hour on.
+    assert recovery.check_next_fetch_since == _utc("2026-12-04 08:50")
+    # Each hour is tried a few times, then given up.
+    assert [recovery.hour_failed() for _ in range(TRIES_PER_HOUR)][-1] == _utc("2026-12-04 10:00")
+    assert not recovery.hours
+
+
+def test_without_a_whole_fetch_before_it_a_lost_fetch_reaches_back_an_hour() -> None:
+    assert ReplyRecovery().fetch_lost(_utc("2026-12-04 10:55")) == [
+        _utc("2026-12-04 09:00"),
+        _utc("2026-12-04 10:00"),
+        _utc("2026-12-04 11:00"),  # 10:55 + the clock slack
+    ]
+
+
+def test_at_most_a_day_of_hours_is_fetched_again() -> None:
+    recovery = ReplyRecovery()
+    recovery.fetched_whole(_utc("2026-12-01 00:00"))
+    hours = recovery.fetch_lost(_utc("2026-12-04 10:30"))
+    assert len(hours) == MAX_HOURS
+    assert hours[-1] == _utc("2026-12-04 10:00")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -95,8 +96,9 @@ class PullsInbound(Protocol):
     reply_poll_interval: float
     """Seconds between fetches; the provider's own limit, never polled more often."""
 
-    async def fetch_inbound(self) -> list[CloudInbound]:
-        """Replies the provider hands out (each only once); raises UpstreamError on failure."""
+    async def fetch_inbound(self, hour: datetime | None = None) -> list[CloudInbound]:
+        """Replies the provider hands out (each only once), or with `hour` (the start of a UTC
+        hour) every reply it got in that hour again; raises UpstreamError on failure."""
 
 
 @runtime_checkable
