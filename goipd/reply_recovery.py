@@ -94,8 +94,8 @@ class ReplyRecovery:
         return self.hours.popleft()
 
 
-def _key(source_from: str, content: str, upstream_time: str) -> Key:
-    return storable(source_from), storable(content), storable(upstream_time)
+def _key(number: str, content: str, upstream_time: str) -> Key:
+    return storable(number), storable(content), storable(upstream_time)
 
 
 async def not_stored(
