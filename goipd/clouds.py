@@ -217,8 +217,9 @@ class HeldReports:
 def _matching(recipients: list[Recipient], number: str | None) -> list[Recipient]:
     """The recipients of one provider message id that a status names. Providers echo the
     number in their own format (`0912345678`, `886912345678`), so numbers are compared by
-    their national significant digits; a status without a number covers the whole batch."""
-    if number is None or len(recipients) <= 1:
+    their national significant digits; a status without a number covers the whole batch. A
+    status naming another number than the one recipient of its id is no report on it."""
+    if number is None:
         return recipients
     digits = "".join(ch for ch in number if ch.isascii() and ch.isdigit()).lstrip("0")
     if len(digits) < 6:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from goipd.clouds import HELD_RETRY, CloudContext, HeldReports
+from goipd.clouds import HELD_RETRY, CloudContext, HeldReports, apply_status
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
@@ -87,6 +87,17 @@ async def test_matching_report_and_pending_status_are_not_held(ctx: CloudContext
     pending = CloudStatus("m-3", None, State.SENT, "ACCEPTD", "accepted")
     assert await held.apply("paasoo", pending) == "unknown_task"
     assert len(held) == 0 and counted(ctx, "held") == 0
+
+
+async def test_a_report_naming_another_number_is_not_applied_to_the_one_recipient(
+    ctx: CloudContext,
+) -> None:
+    rid = await sent_via(ctx, "paasoo", "m-4")  # to +6591234567
+    assert await apply_status(ctx, "paasoo", delivered("m-4", "6598765432")) == "unknown_task"
+    assert await state(ctx, rid) is State.SENT
+    # The provider's own format of the right number matches.
+    assert await apply_status(ctx, "paasoo", delivered("m-4", "6591234567")) == "ok"
+    assert await state(ctx, rid) is State.DELIVERED
 
 
 async def test_held_reports_expire_and_are_bounded(ctx: CloudContext) -> None:
