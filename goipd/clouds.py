@@ -461,6 +461,7 @@ class CloudFleet:
         # A ledger that cannot be read leaves the hour planned: it can be fetched again.
         fresh = await not_stored(self.ctx.ledger, name, replies, hour - CLOCK_SLACK)
         recovery.hour_fetched()
+        self.ctx.metrics.cloud_replies_recovered.labels(name).inc(len(fresh))
         log.info(
             "inbound_recovered",
             provider=name,

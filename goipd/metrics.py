@@ -424,6 +424,14 @@ class Metrics:
             ["provider"],
             registry=self.registry,
         )
+        self.cloud_replies_recovered = Counter(
+            "goipd_cloud_replies_recovered",
+            "Replies the ledger did not hold yet, found by fetching an hour of a provider's "
+            "replies again (c123 time=) after a fetch whose answer was lost: each would "
+            "otherwise have been lost.",
+            ["provider"],
+            registry=self.registry,
+        )
         self.dispatch_ambiguous = Counter(
             "goipd_dispatch_ambiguous",
             "Recipients re-queued after a send whose fate is unknown (timeout, garbled reply, "
@@ -484,6 +492,7 @@ class Metrics:
         _remove(self.provider_disabled, name)
         _remove(self.provider_sent_messages, name)
         _remove(self.cloud_replies_pending, name)
+        _remove(self.cloud_replies_recovered, name)
         for operation in PROVIDER_OPERATIONS:
             for reason in ErrorReason:
                 _remove(self.provider_errors, name, operation, reason.value)

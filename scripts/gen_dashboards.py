@@ -831,8 +831,9 @@ def fleet_overview() -> Json:
         timeseries(
             "Early provider reports and kept replies",
             "Delivery reports that came before goipd had recorded their send: held, then "
-            "matched (applied), expired (10 min) or dropped (overflow); and c123 replies fetched "
-            "but not stored yet (the ledger refused them; stored first at the next poll).",
+            "matched (applied), expired (10 min) or dropped (overflow); c123 replies fetched "
+            "but not stored yet (the ledger refused them; stored first at the next poll); and "
+            "c123 replies recovered by fetching an hour again after a fetch whose answer was lost.",
             targets(
                 (
                     "sum by (provider, outcome) "
@@ -840,6 +841,11 @@ def fleet_overview() -> Json:
                     "{{provider}} report {{outcome}}",
                 ),
                 ("max by (provider) (goipd_cloud_replies_pending) > 0", "{{provider}} kept"),
+                (
+                    "sum by (provider) "
+                    "(increase(goipd_cloud_replies_recovered_total[$__rate_interval])) > 0",
+                    "{{provider}} recovered",
+                ),
             ),
             minimum=0,
         ),

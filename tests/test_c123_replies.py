@@ -122,6 +122,10 @@ async def test_replies_of_a_fetch_whose_answer_was_lost_are_fetched_again_by_the
     assert c123.sim.counters["rx_requests"] == rx_by_hour + 2
     assert len(await _stored(ledger)) == 4
     assert c123.sim.pending == []
+    recovered = c123_fleet.ctx.metrics.registry.get_sample_value(
+        "goipd_cloud_replies_recovered_total", {"provider": "c123"}
+    )
+    assert recovered == 4
 
 
 async def test_identical_replies_within_one_second_are_kept_as_often_as_they_came(
