@@ -17,6 +17,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 from goipd.ledger.base import (
     FINAL_STATES,
     RANK,
+    AcceptResult,
     Claim,
     LedgerError,
     Message,
@@ -904,6 +906,32 @@ async def test_nul_in_stored_text_becomes_u_fffd_and_the_batch_commits(ledger: L
     failed = await only_recipient(ledger, stored.id)
     assert (failed.error_code, failed.error_meaning) == ("5\ufffd", "bad\ufffd reply")
     assert (await ledger.counts())[State.QUEUED] == 6
+
+
+async def test_postgresql_accept_it_cannot_store_fails_only_that_accept_of_its_batch() -> None:
+    # Accepts queued together are inserted with one statement per table; the one whose data
+    # PostgreSQL refuses (a segment count past int4) must not take the others with it.
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+    try:
+        too_many = replace(new(("+886912349999",)), segments=2**40)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+                store.accept(too_many, NOW),
+                *(store.accept(new((f"+88691235{i:04d}",), key=f"k{i}"), NOW) for i in range(3)),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(results[3], LedgerError) and "int32" in str(results[3])
+        accepted = [r for i, r in enumerate(results) if i != 3]
+        assert all(isinstance(r, AcceptResult) and r.created for r in accepted), accepted
+        assert (await store.counts())[State.QUEUED] == 6
+        assert store.write_error is None
+    finally:
+        await store.close()
+        await store.drop_schema()
 
 
 async def test_postgresql_text_it_cannot_store_fails_only_that_write(tmp_path: Path) -> None:

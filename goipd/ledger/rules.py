@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from goipd.ledger.base import FINAL_STATES, RANK, Outcome, State
@@ -43,3 +45,41 @@ def transition(
         if value is not None:
             sets[name] = storable(value)  # upstream words (error meanings) are untrusted
     return sets
+
+
+SENT_AT_IF_NULL = "sent_at IS NULL"
+"""Pseudo-column of `planned_updates`: set sent_at (to `now`) only where it is not set yet."""
+
+
+def planned_updates(
+    current: Mapping[int, tuple[State, list[str]]], outcomes: Sequence[Outcome], now: float
+) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+    """The UPDATEs that apply `outcomes`, in order (a later one sees what an earlier one did),
+    to recipients whose (state, excluded lines) are `current`: per set of changed columns
+    (sorted), one row of values per recipient, its id last. Each recipient is written once;
+    outcomes for a recipient not in `current` (one this ledger never had) change nothing."""
+    states = dict(current)
+    changes: dict[int, dict[str, Any]] = {}
+    for outcome in outcomes:
+        rid = outcome.recipient_id
+        found = states.get(rid)
+        if found is None:
+            continue
+        sets = transition(found[0], found[1], outcome, now)
+        if sets is None:
+            continue
+        states[rid] = (State(sets.get("state", found[0])), sets.get("excluded_lines", found[1]))
+        merged = changes.setdefault(rid, {})
+        merged.update(sets)
+        if "delivered_at" in sets and "sent_at" not in merged:
+            # A receipt may come before the "succeeded" report: delivered implies sent.
+            merged[SENT_AT_IF_NULL] = now
+    by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    for rid, sets in changes.items():
+        if "excluded_lines" in sets:
+            sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
+        if "sent_at" in sets:
+            sets.pop(SENT_AT_IF_NULL, None)
+        columns = tuple(sorted(sets))
+        by_columns.setdefault(columns, []).append((*(sets[c] for c in columns), rid))
+    return by_columns

@@ -45,7 +45,9 @@ from goipd.ledger.rows import (
     PENDING,
     RECIPIENT_COLUMNS,
     crockford26,
+    keyed_earlier,
     message_from_row,
+    message_row,
     new_message_id,
     recipient_from_row,
     storable,
@@ -54,7 +56,7 @@ from goipd.ledger.rows import (
     task_key,
     text_hash,
 )
-from goipd.ledger.rules import transition
+from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
 
 __all__ = ["SqliteLedger", "new_message_id"]
 
@@ -840,17 +842,15 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
     recent = _recent_sends(conn, accepts, digests)
     message_rows: list[tuple[Any, ...]] = []
     recipient_rows: list[tuple[Any, ...]] = []
-    created: dict[str, Message] = {}  # key → message made earlier in this same batch
+    created: dict[str, str] = {}  # key → id of a message made earlier in this batch
     made: dict[str, Message] = {}  # every message made in this batch, by id
     # A new message, or (the id of an earlier one, the number that makes it a duplicate).
     outcome: list[Message | tuple[str, str | None]] = []
     for accept, digest in zip(accepts, digests, strict=True):
         new, now, key = accept.message, accept.now, accept.message.idempotency_key
-        if key is not None and key in stored:
-            outcome.append((stored[key], None))
-            continue
-        if key is not None and key in created:
-            outcome.append((created[key].id, None))
+        replayed = keyed_earlier(key, stored, created)
+        if replayed is not None:
+            outcome.append((replayed, None))
             continue
         if new.duplicate_since is not None:
             hit = _first_duplicate(recent, new, digest)
@@ -859,19 +859,7 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
                 continue
         message_id = new_message_id(now)
         start = new.send_at if new.send_at is not None else now
-        message_rows.append(
-            (
-                message_id,
-                now,
-                new.text,
-                new.segments,
-                new.encoding,
-                new.route,
-                key,
-                new.send_at,
-                new.client,
-            )
-        )
+        message_rows.append(message_row(message_id, new, now))
         recipients = []
         for number in new.recipients:
             recipient_rows.append((next_id, message_id, number, start, digest, now, now))
@@ -890,7 +878,7 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
             recipients=tuple(recipients),
         )
         if key is not None:
-            created[key] = message
+            created[key] = message_id
         made[message_id] = message
         if digest in recent.digests:
             # A later accept of this batch with the same text must see this one.
@@ -1009,10 +997,6 @@ def _load_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Message
     return [message_from_row(row, by_message[row[0]]) for row in rows]
 
 
-SENT_AT_IF_NULL = "sent_at IS NULL"
-"""Pseudo-column of _record: set sent_at (to `now`) only where it is not set yet."""
-
-
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> None:
     if len(outcomes) == 1:
         outcome = outcomes[0]
@@ -1034,29 +1018,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
             part,
         ):
             current[rid] = (State(state), json.loads(excluded))
-    changes: dict[int, dict[str, Any]] = {}
-    for outcome in outcomes:  # in order: later outcomes see what earlier ones did
-        rid = outcome.recipient_id
-        found = current.get(rid)
-        if found is None:
-            continue  # a report for a recipient this ledger never had: nothing to apply
-        sets = transition(found[0], found[1], outcome, now)
-        if sets is None:
-            continue
-        current[rid] = (State(sets.get("state", found[0])), sets.get("excluded_lines", found[1]))
-        merged = changes.setdefault(rid, {})
-        merged.update(sets)
-        if "delivered_at" in sets and "sent_at" not in merged:
-            # A receipt may come before the "succeeded" report: delivered implies sent.
-            merged[SENT_AT_IF_NULL] = now
-    by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    for rid, sets in changes.items():
-        if "excluded_lines" in sets:
-            sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
-        if "sent_at" in sets:
-            sets.pop(SENT_AT_IF_NULL, None)
-        columns = tuple(sorted(sets))
-        by_columns.setdefault(columns, []).append((*(sets[c] for c in columns), rid))
+    by_columns = planned_updates(current, outcomes, now)
     for columns, rows in by_columns.items():
         assignments = ", ".join(
             "sent_at = COALESCE(sent_at, ?)" if c == SENT_AT_IF_NULL else f"{c} = ?"
