@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck unit tools bench clean
+.PHONY: install demo test lint typecheck unit tools postgres bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,13 @@ demo: $(STAMP)
 
 # System tools and services the tests use for real (no fakes): promtool/prometheus,
 # systemd-analyze, and the PostgreSQL server on 127.0.0.1:5432.
-tools:
+tools: postgres
 	bash scripts/ensure-prometheus.sh
 	bash scripts/ensure-systemd.sh
 	bash scripts/ensure-alertmanager.sh
 	bash scripts/ensure-chromium.sh
+
+postgres:
 	pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	pg_isready -h 127.0.0.1 -p 5432 -t 30
 
@@ -43,7 +45,7 @@ unit: $(STAMP) tools
 test: lint typecheck unit
 
 # Performance, measured against baselines in the same run; results in bench/RESULTS.md.
-bench: $(STAMP)
+bench: $(STAMP) postgres
 	$(BIN)/python -m bench
 
 clean:

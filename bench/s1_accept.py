@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from typing import Any
+
+import asyncpg
 
 from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd, state_counts
 from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
@@ -11,6 +15,8 @@ from bench.results import Row, ScenarioResult
 
 TARGET_RATIO = 0.6
 TARGET_P99_MS = 25.0
+PG_URL = os.environ.get("GOIPD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+"""The PostgreSQL goipd's HA ledger is measured on (loopback only, as everything here)."""
 
 
 def accept_spec(ctx: Ctx, port: int, base: int, tag: str) -> dict[str, Any]:
@@ -25,23 +31,57 @@ def accept_spec(ctx: Ctx, port: int, base: int, tag: str) -> dict[str, Any]:
     }
 
 
-async def measure_goipd(ctx: Ctx, name: str, base: int) -> tuple[dict[str, Any], float, int]:
-    """Load figures, goipd's CPU share and the recipients in its ledger afterwards."""
+async def measure_goipd(
+    ctx: Ctx, name: str, base: int, pg_schema: str | None = None
+) -> tuple[dict[str, Any], float, int]:
+    """Load figures, goipd's CPU share and the recipients in its ledger afterwards: SQLite,
+    or with `pg_schema` PostgreSQL at PG_URL (that schema, dropped afterwards)."""
     db = ctx.workdir / f"{name}.db"
     # No SMS Server configured: the dispatcher finds no route for what is accepted and parks
     # it (routing.retry_delay 1h: each recipient is looked at once), so sending does not
     # compete with accepting.
     config = goipd_config(db, routing={"retry_delay": "1h"})
-    goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
+    if pg_schema is not None:
+        config["storage"] = {"url": PG_URL, "pg_schema": pg_schema}
     try:
-        cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
-        async with ctx.profiling(f"s1-{name}", goipd.pid):
-            stats = await loadgen(ctx, f"load-{name}", accept_spec(ctx, goipd.port, base, name))
-        cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
-        stored = sum(state_counts(db).values())
+        goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
+        try:
+            cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
+            async with ctx.profiling(f"s1-{name}", goipd.pid):
+                spec = accept_spec(ctx, goipd.port, base, name)
+                stats = await loadgen(ctx, f"load-{name}", spec)
+            cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
+        finally:
+            await goipd.stop()
+        if pg_schema is None:
+            stored = sum(state_counts(db).values())
+        else:
+            conn = await asyncpg.connect(PG_URL)
+            try:
+                stored = await conn.fetchval(f'SELECT COUNT(*) FROM "{pg_schema}".recipients')
+            finally:
+                await conn.close()
     finally:
-        await goipd.stop()
+        if pg_schema is not None:
+            conn = await asyncpg.connect(PG_URL)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
+            finally:
+                await conn.close()
     return stats, cpu, stored
+
+
+async def pg_settings() -> str:
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        fsync = await conn.fetchval("SHOW fsync")
+        commit = await conn.fetchval("SHOW synchronous_commit")
+    finally:
+        await conn.close()
+    return (
+        f"PostgreSQL {version.split()[0]} on loopback, fsync={fsync}, synchronous_commit={commit}"
+    )
 
 
 async def run(ctx: Ctx) -> ScenarioResult:
@@ -55,7 +95,9 @@ async def run(ctx: Ctx) -> ScenarioResult:
     result.params = {
         "connections": str(p.accept_connections),
         "load": f"closed loop, {load}, 1 recipient per message, distinct numbers and texts",
-        "ledger": "SQLite WAL, synchronous=FULL (fsync per group commit) on ext4",
+        "ledger": "SQLite WAL, synchronous=FULL (fsync per group commit) on ext4; and "
+        + await pg_settings()
+        + " (its server processes are not pinned)",
         "cores": ctx.cores.describe(),
     }
     before = await baseline_run(
@@ -67,6 +109,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
     floor = await baseline_run(
         ctx, "floor-1", lambda port: accept_spec(ctx, port, 30_000_000, "floor"), durable=True
     )
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    postgres, pg_cpu, pg_stored = await measure_goipd(ctx, "goipd-pg", 40_000_000, schema)
     after = await baseline_run(
         ctx, "baseline-1b", lambda port: accept_spec(ctx, port, 20_000_000, "base-b")
     )
@@ -117,7 +161,32 @@ async def run(ctx: Ctx) -> ScenarioResult:
             ratio(floor["p99_ms"], base_p99),
         )
     )
+    result.add(
+        Row(
+            "throughput, PostgreSQL ledger",
+            rate(postgres["rps"]),
+            rate(base_rps),
+            ratio(postgres["rps"], base_rps),
+        )
+    )
+    result.add(
+        Row(
+            "latency p50 / p99, PostgreSQL ledger",
+            f"{ms(postgres['p50_ms'])} / {ms(postgres['p99_ms'])}",
+            f"{ms(base_p50)} / {ms(base_p99)}",
+        )
+    )
+    pg_answered = postgres["total_ok"] == postgres["total"] and not postgres["errors"]
+    result.add(
+        Row(
+            "answered 202 / stored, PostgreSQL ledger",
+            f"{postgres['total_ok']}/{postgres['total']} / {pg_stored}",
+            target="all, and every 202 stored",
+            met=pg_answered and pg_stored == postgres["total_ok"],
+        )
+    )
     result.add(Row("goipd CPU (share of its one core)", pct(cpu)))
+    result.add(Row("goipd CPU, PostgreSQL ledger", pct(pg_cpu)))
     result.add(
         Row(
             "load generator CPU (its core)",
@@ -140,6 +209,11 @@ async def run(ctx: Ctx) -> ScenarioResult:
         "flood guard or dispatch. Its ratio is the most any handler that stores what it "
         "acknowledges can reach on this stack."
     )
-    for sample in stats["error_samples"]:
+    result.notes.append(
+        "PostgreSQL ledger: the same goipd and load with storage.url on the PostgreSQL above "
+        "(a schema of its own, dropped afterwards); goipd is pinned as before, the database's "
+        "processes run on either core, so this run also competes with its database for CPU."
+    )
+    for sample in [*stats["error_samples"], *postgres["error_samples"]]:
         result.notes.append(f"goipd error sample: {sample}")
     return result
