@@ -577,7 +577,11 @@ class PostgresLedger(PostgresCoordination):
                 return None
             recipient = recipient_from_row(row)
             outcome, extra = decide(recipient)
-            if outcome is not None:
+            if outcome is not None and outcome.recipient_id == recipient.id:
+                # Already read and locked: no second read.
+                current = {recipient.id: (recipient.state, list(recipient.excluded_lines))}
+                await _update(conn, current, [outcome], now)
+            elif outcome is not None:
                 await _record(conn, [outcome], now)
             return recipient, extra
 
@@ -1038,7 +1042,18 @@ async def _record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], now: fl
         "ORDER BY id FOR UPDATE",
         list({o.recipient_id for o in outcomes}),
     )
-    current = {row[0]: (State(row[1]), json.loads(row[2])) for row in rows}
+    await _update(
+        conn, {row[0]: (State(row[1]), json.loads(row[2])) for row in rows}, outcomes, now
+    )
+
+
+async def _update(
+    conn: asyncpg.Connection,
+    current: dict[int, tuple[State, list[str]]],
+    outcomes: Sequence[Outcome],
+    now: float,
+) -> None:
+    """Apply `outcomes` to locked recipients whose (state, excluded lines) are `current`."""
     for columns, values in planned_updates(current, outcomes, now).items():
         assignments = ", ".join(
             f"sent_at = COALESCE(sent_at, ${index})"
@@ -1046,6 +1061,8 @@ async def _record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], now: fl
             else f"{column} = ${index}"
             for index, column in enumerate(columns, 1)
         )
-        await conn.executemany(
-            f"UPDATE recipients SET {assignments} WHERE id = ${len(columns) + 1}", values
-        )
+        statement = f"UPDATE recipients SET {assignments} WHERE id = ${len(columns) + 1}"
+        if len(values) == 1:
+            await conn.execute(statement, *values[0])  # one round trip, where many pipeline
+        else:
+            await conn.executemany(statement, values)
