@@ -908,6 +908,51 @@ async def test_nul_in_stored_text_becomes_u_fffd_and_the_batch_commits(ledger: L
     assert (await ledger.counts())[State.QUEUED] == 6
 
 
+async def test_reports_written_together_each_see_the_ones_before(ledger: Ledger) -> None:
+    # Queued together they are one write (PostgreSQL: one lookup, one UPDATE per column set):
+    # each must still be decided on what the earlier ones did, at its own time.
+    message = (await ledger.accept(new(("+886912345678", "+886912345679")), NOW)).message
+    first, second = message.recipients
+    await ledger.claim([Claim(r.id, "goip", "hq", "G101") for r in (first, second)], NOW)
+    await ledger.record(
+        [
+            Outcome(first.id, State.SUBMITTED, task_id="80"),
+            Outcome(second.id, State.SUBMITTED, task_id="81"),
+        ],
+        NOW,
+    )
+
+    def to(state: State) -> Callable[[Recipient], tuple[Outcome | None, State]]:
+        def decide(recipient: Recipient) -> tuple[Outcome | None, State]:
+            return Outcome(recipient.id, state), recipient.state
+
+        return decide
+
+    results = await asyncio.gather(
+        ledger.apply_to_task("hq", "80", "+886912345678", NOW + 1, to(State.SENT)),
+        ledger.apply_to_task("hq", "80", "886912345678", NOW + 2, to(State.DELIVERED)),
+        ledger.apply_to_task("hq", "99", "+886912345678", NOW + 3, to(State.SENT)),
+        ledger.apply_to_task("hq", "81", "+886912345679", NOW + 4, to(State.FAILED)),
+        ledger.apply_to_task("hq", "81", "+886912345679", NOW + 5, to(State.SENT)),
+    )
+    assert [found[1] if found else None for found in results] == [
+        State.SUBMITTED,
+        State.SENT,
+        None,
+        State.SUBMITTED,
+        State.FAILED,
+    ]
+    stored = await ledger.get_message(message.id)
+    assert stored is not None
+    delivered, failed = stored.recipients
+    assert (delivered.state, delivered.sent_at, delivered.delivered_at) == (
+        State.DELIVERED,
+        NOW + 1,
+        NOW + 2,
+    )
+    assert (failed.state, failed.updated_at, failed.sent_at) == (State.FAILED, NOW + 4, None)
+
+
 async def test_postgresql_accept_it_cannot_store_fails_only_that_accept_of_its_batch() -> None:
     # Accepts queued together are inserted with one statement per table; the one whose data
     # PostgreSQL refuses (a segment count past int4) must not take the others with it.

@@ -51,7 +51,13 @@ from goipd.ledger.rows import (
     task_key,
     text_hash,
 )
-from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates
+from goipd.ledger.rules import (
+    SENT_AT_IF_NULL,
+    applied,
+    planned_timed_updates,
+    planned_updates,
+    transition,
+)
 
 log = structlog.get_logger("goipd.ledger")
 T = TypeVar("T")
@@ -370,22 +376,22 @@ class PostgresLedger(PostgresCoordination):
     async def _run_batch_once(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
         results: list[Any] = []
         async with conn.transaction():
-            accepts: list[_Accept] = []
+            run: list[Any] = []  # queued ops of one kind that are written together
             for op in ops:
-                if isinstance(op, _Accept):
-                    accepts.append(op)
+                if run and type(op) is not type(run[0]):
+                    results.extend(await _together(conn, run))
+                    run = []
+                if isinstance(op, _Accept | _ApplyToTask):
+                    run.append(op)
                     continue
-                if accepts:
-                    results.extend(await _accept_together(conn, accepts))
-                    accepts = []
                 try:
                     async with conn.transaction():  # a SAVEPOINT inside the batch
                         results.append(await op(conn))
                 except ITEM_ERRORS as exc:
                     log.warning("ledger_write_rejected", reason=_short(exc))
                     results.append(LedgerError(_short(exc)))
-            if accepts:
-                results.extend(await _accept_together(conn, accepts))
+            if run:
+                results.extend(await _together(conn, run))
         return results
 
     async def _read(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -560,32 +566,10 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
-        server, task_id, number, plus = task_key(server, task_id, number)
-
-        async def op(conn: asyncpg.Connection) -> tuple[Recipient, T] | None:
-            # FOR UPDATE: another instance applying a report for this recipient waits, so the
-            # outcome is decided on the state it changes.
-            row = await conn.fetchrow(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = $1 "
-                "AND task_id = $2 AND number IN ($3, $4) ORDER BY id DESC LIMIT 1 FOR UPDATE",
-                server,
-                task_id,
-                number,
-                plus,
-            )
-            if row is None:
-                return None
-            recipient = recipient_from_row(row)
-            outcome, extra = decide(recipient)
-            if outcome is not None and outcome.recipient_id == recipient.id:
-                # Already read and locked: no second read.
-                current = {recipient.id: (recipient.state, list(recipient.excluded_lines))}
-                await _update(conn, current, [outcome], now)
-            elif outcome is not None:
-                await _record(conn, [outcome], now)
-            return recipient, extra
-
-        return await self._write(op)
+        found: tuple[Recipient, T] | None = await self._committer.submit(
+            _ApplyToTask(task_key(server, task_id, number), now, decide)
+        )
+        return found
 
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
         route, upstream_id = storable(route), storable(upstream_id)
@@ -848,7 +832,7 @@ async def _migrate(conn: asyncpg.Connection) -> int:
 @dataclass(frozen=True, slots=True)
 class _Accept:
     """An accept waiting for the writer: accepts queued together are stored with a few
-    statements for all of them (`_accept_together`); called alone it is a batch of one."""
+    statements for all of them (`_together`); called alone it is a batch of one."""
 
     message: NewMessage
     now: float
@@ -857,24 +841,100 @@ class _Accept:
         return (await _insert_accepts(conn, [self]))[0]
 
 
-async def _accept_together(conn: asyncpg.Connection, accepts: list[_Accept]) -> list[Any]:
-    """Each round trip costs the writer as much as a whole accept's Python: one savepoint and
-    four statements for the batch instead of five round trips per message. Should one
-    message's data fail, the batch is undone and each runs in a savepoint of its own, so only
-    that caller fails."""
+async def _together(conn: asyncpg.Connection, ops: list[_Accept] | list[_ApplyToTask]) -> list[Any]:
+    """Queued accepts, or queued reports, written with a few statements for all of them: each
+    round trip holds the writer as long as a whole accept's Python. Should one caller's data
+    fail, the run is undone and each op runs in a savepoint of its own, so only it fails."""
     try:
         async with conn.transaction():
-            return list(await _insert_accepts(conn, accepts))
+            if isinstance(ops[0], _Accept):
+                return list(await _insert_accepts(conn, ops))
+            return list(await _apply_to_tasks(conn, ops))
     except ITEM_ERRORS:
         results: list[Any] = []
-        for accept in accepts:
+        for op in ops:
             try:
                 async with conn.transaction():
-                    results.append(await accept(conn))
+                    results.append(await op(conn))
             except ITEM_ERRORS as exc:
                 log.warning("ledger_write_rejected", reason=_short(exc))
                 results.append(LedgerError(_short(exc)))
         return results
+
+
+@dataclass(frozen=True, slots=True)
+class _ApplyToTask:
+    """A report waiting for the writer (`Ledger.apply_to_task`): reports queued together are
+    looked up, decided and written with a few statements for all of them; called alone it is
+    a batch of one."""
+
+    key: tuple[str, str, str, str]
+    """server, task id, number, +number (`rows.task_key`)"""
+    now: float
+    decide: Callable[[Recipient], tuple[Outcome | None, Any]]
+
+    async def __call__(self, conn: asyncpg.Connection) -> tuple[Recipient, Any] | None:
+        return (await _apply_to_tasks(conn, [self]))[0]
+
+
+_KEYED_COLUMNS = ", ".join(f"r.{column.strip()}" for column in RECIPIENT_COLUMNS.split(","))
+
+
+async def _apply_to_tasks(
+    conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]
+) -> list[tuple[Recipient, Any] | None]:
+    """Find each report's recipient (the newest of its server, task id and number), decide in
+    queue order (a later report of the same recipient sees what an earlier one did) and write
+    every change once. FOR UPDATE: another instance applying a report for one of these
+    recipients waits, so each is decided on the state it changes; in id order, so two
+    instances lock alike."""
+    servers, task_ids, numbers, pluses = (
+        list(column) for column in zip(*(a.key for a in applies), strict=True)
+    )
+    rows = await conn.fetch(
+        f"SELECT {_KEYED_COLUMNS} FROM recipients r"
+        " JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(ks, kt, kn, kp)"
+        " ON r.server = k.ks AND r.task_id = k.kt AND r.number IN (k.kn, k.kp)"
+        " ORDER BY r.id FOR UPDATE OF r",
+        servers,
+        task_ids,
+        numbers,
+        pluses,
+    )
+    current: dict[int, Recipient] = {}
+    newest: dict[tuple[str | None, str | None, str], int] = {}
+    for row in rows:
+        recipient = recipient_from_row(row)
+        current[recipient.id] = recipient
+        key = (recipient.server, recipient.task_id, recipient.number)
+        newest[key] = max(newest.get(key, 0), recipient.id)
+    read = {rid: (r.state, list(r.excluded_lines)) for rid, r in current.items()}
+    results: list[tuple[Recipient, Any] | None] = []
+    decided: list[tuple[Outcome, float]] = []
+    elsewhere: list[tuple[Outcome, float]] = []
+    for apply in applies:
+        server, task_id, number, plus = apply.key
+        found = max(
+            newest.get((server, task_id, number), 0), newest.get((server, task_id, plus), 0)
+        )
+        if not found:
+            results.append(None)
+            continue
+        recipient = current[found]
+        outcome, extra = apply.decide(recipient)
+        if outcome is not None and outcome.recipient_id in current:
+            target = current[outcome.recipient_id]
+            sets = transition(target.state, list(target.excluded_lines), outcome, apply.now)
+            if sets is not None:
+                current[target.id] = applied(target, sets)
+            decided.append((outcome, apply.now))
+        elif outcome is not None:
+            elsewhere.append((outcome, apply.now))
+        results.append((recipient, extra))
+    await _write_planned(conn, planned_timed_updates(read, decided))
+    for outcome, now in elsewhere:
+        await _record(conn, [outcome], now)
+    return results
 
 
 async def _insert_accepts(
@@ -1042,19 +1102,15 @@ async def _record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], now: fl
         "ORDER BY id FOR UPDATE",
         list({o.recipient_id for o in outcomes}),
     )
-    await _update(
-        conn, {row[0]: (State(row[1]), json.loads(row[2])) for row in rows}, outcomes, now
-    )
+    current = {row[0]: (State(row[1]), json.loads(row[2])) for row in rows}
+    await _write_planned(conn, planned_updates(current, outcomes, now))
 
 
-async def _update(
-    conn: asyncpg.Connection,
-    current: dict[int, tuple[State, list[str]]],
-    outcomes: Sequence[Outcome],
-    now: float,
+async def _write_planned(
+    conn: asyncpg.Connection, planned: dict[tuple[str, ...], list[tuple[Any, ...]]]
 ) -> None:
-    """Apply `outcomes` to locked recipients whose (state, excluded lines) are `current`."""
-    for columns, values in planned_updates(current, outcomes, now).items():
+    """The UPDATEs of `rules.planned_updates`: one statement per set of columns."""
+    for columns, values in planned.items():
         assignments = ", ".join(
             f"sent_at = COALESCE(sent_at, ${index})"
             if column == SENT_AT_IF_NULL

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from goipd.ledger.base import FINAL_STATES, RANK, Outcome, State
+from goipd.ledger.base import FINAL_STATES, RANK, Outcome, Recipient, State
 from goipd.ledger.rows import storable
 
 
@@ -58,9 +59,16 @@ def planned_updates(
     to recipients whose (state, excluded lines) are `current`: per set of changed columns
     (sorted), one row of values per recipient, its id last. Each recipient is written once;
     outcomes for a recipient not in `current` (one this ledger never had) change nothing."""
+    return planned_timed_updates(current, [(outcome, now) for outcome in outcomes])
+
+
+def planned_timed_updates(
+    current: Mapping[int, tuple[State, list[str]]], outcomes: Iterable[tuple[Outcome, float]]
+) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+    """`planned_updates` for outcomes that each came at their own time."""
     states = dict(current)
     changes: dict[int, dict[str, Any]] = {}
-    for outcome in outcomes:
+    for outcome, now in outcomes:
         rid = outcome.recipient_id
         found = states.get(rid)
         if found is None:
@@ -83,3 +91,16 @@ def planned_updates(
         columns = tuple(sorted(sets))
         by_columns.setdefault(columns, []).append((*(sets[c] for c in columns), rid))
     return by_columns
+
+
+def applied(recipient: Recipient, sets: Mapping[str, Any]) -> Recipient:
+    """`recipient` as it reads once the columns `sets` (from `transition`) are written: what
+    a later decision of the same batch must see."""
+    fields = {name: value for name, value in sets.items() if name != SENT_AT_IF_NULL}
+    if "state" in fields:
+        fields["state"] = State(fields["state"])
+    if "excluded_lines" in fields:
+        fields["excluded_lines"] = tuple(fields["excluded_lines"])
+    if "delivered_at" in fields and "sent_at" not in fields and recipient.sent_at is None:
+        fields["sent_at"] = fields["delivered_at"]  # delivered implies sent
+    return replace(recipient, **fields)
