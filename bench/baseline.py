@@ -32,7 +32,7 @@ from aiohttp import web
 from goipd.netutil import bound_port
 
 _ids = itertools.count(1)
-STORE_KEY = web.AppKey("store", "DurableStore")
+STORE_KEY: web.AppKey[DurableStore] = web.AppKey("store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (id TEXT PRIMARY KEY, number TEXT, text TEXT);

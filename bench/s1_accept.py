@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from typing import Any
 
-import asyncpg
-
-from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd, state_counts
+from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd
 from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
+from bench.ledgers import BenchLedger, pg_settings
 from bench.results import Row, ScenarioResult
 
 TARGET_RATIO = 0.6
 TARGET_P99_MS = 25.0
-PG_URL = os.environ.get("GOIPD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-"""The PostgreSQL goipd's HA ledger is measured on (loopback only, as everything here)."""
 
 
 def accept_spec(ctx: Ctx, port: int, base: int, tag: str) -> dict[str, Any]:
@@ -32,17 +27,13 @@ def accept_spec(ctx: Ctx, port: int, base: int, tag: str) -> dict[str, Any]:
 
 
 async def measure_goipd(
-    ctx: Ctx, name: str, base: int, pg_schema: str | None = None
+    ctx: Ctx, name: str, base: int, ledger: BenchLedger
 ) -> tuple[dict[str, Any], float, int]:
-    """Load figures, goipd's CPU share and the recipients in its ledger afterwards: SQLite,
-    or with `pg_schema` PostgreSQL at PG_URL (that schema, dropped afterwards)."""
-    db = ctx.workdir / f"{name}.db"
+    """Load figures, goipd's CPU share and the recipients in its ledger afterwards."""
     # No SMS Server configured: the dispatcher finds no route for what is accepted and parks
     # it (routing.retry_delay 1h: each recipient is looked at once), so sending does not
     # compete with accepting.
-    config = goipd_config(db, routing={"retry_delay": "1h"})
-    if pg_schema is not None:
-        config["storage"] = {"url": PG_URL, "pg_schema": pg_schema}
+    config = ledger.configure(goipd_config(ledger.db, routing={"retry_delay": "1h"}))
     try:
         goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
         try:
@@ -53,35 +44,10 @@ async def measure_goipd(
             cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
         finally:
             await goipd.stop()
-        if pg_schema is None:
-            stored = sum(state_counts(db).values())
-        else:
-            conn = await asyncpg.connect(PG_URL)
-            try:
-                stored = await conn.fetchval(f'SELECT COUNT(*) FROM "{pg_schema}".recipients')
-            finally:
-                await conn.close()
+        stored = sum((await ledger.state_counts()).values())
     finally:
-        if pg_schema is not None:
-            conn = await asyncpg.connect(PG_URL)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{pg_schema}" CASCADE')
-            finally:
-                await conn.close()
+        await ledger.drop()
     return stats, cpu, stored
-
-
-async def pg_settings() -> str:
-    conn = await asyncpg.connect(PG_URL)
-    try:
-        version = await conn.fetchval("SHOW server_version")
-        fsync = await conn.fetchval("SHOW fsync")
-        commit = await conn.fetchval("SHOW synchronous_commit")
-    finally:
-        await conn.close()
-    return (
-        f"PostgreSQL {version.split()[0]} on loopback, fsync={fsync}, synchronous_commit={commit}"
-    )
 
 
 async def run(ctx: Ctx) -> ScenarioResult:
@@ -96,8 +62,7 @@ async def run(ctx: Ctx) -> ScenarioResult:
         "connections": str(p.accept_connections),
         "load": f"closed loop, {load}, 1 recipient per message, distinct numbers and texts",
         "ledger": "SQLite WAL, synchronous=FULL (fsync per group commit) on ext4; and "
-        + await pg_settings()
-        + " (its server processes are not pinned)",
+        + await pg_settings(),
         "cores": ctx.cores.describe(),
     }
     before = await baseline_run(
@@ -105,12 +70,15 @@ async def run(ctx: Ctx) -> ScenarioResult:
     )
     # The flood guard stays on (default 10m window) and is consulted for every recipient, as
     # in production; numbers and texts are distinct so it never refuses.
-    stats, cpu, stored = await measure_goipd(ctx, "goipd", 10_000_000)
+    stats, cpu, stored = await measure_goipd(
+        ctx, "goipd", 10_000_000, BenchLedger.sqlite(ctx.workdir, "goipd")
+    )
     floor = await baseline_run(
         ctx, "floor-1", lambda port: accept_spec(ctx, port, 30_000_000, "floor"), durable=True
     )
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    postgres, pg_cpu, pg_stored = await measure_goipd(ctx, "goipd-pg", 40_000_000, schema)
+    postgres, pg_cpu, pg_stored = await measure_goipd(
+        ctx, "goipd-pg", 40_000_000, BenchLedger.postgres(ctx.workdir, "goipd-pg")
+    )
     after = await baseline_run(
         ctx, "baseline-1b", lambda port: accept_spec(ctx, port, 20_000_000, "base-b")
     )

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from bench.common import (
     sim_server_names,
     start_goipd,
     start_json_server,
-    state_counts,
 )
 from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
+from bench.ledgers import BenchLedger, pg_settings
 from bench.results import Row, ScenarioResult
 
 TARGET_RATIO = 0.6
@@ -39,11 +39,14 @@ async def start_simulator(ctx: Ctx, servers: int, lines: int) -> Proc:
 
 
 async def wait_states(
-    db: Path, done: Callable[[dict[str, int]], bool], timeout: float, every: float = 0.25
+    ledger: BenchLedger,
+    done: Callable[[dict[str, int]], bool],
+    timeout: float,
+    every: float = 0.25,
 ) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
-        counts = state_counts(db)
+        counts = await ledger.state_counts()
         if done(counts):
             return counts
         if time.monotonic() > deadline:
@@ -52,13 +55,18 @@ async def wait_states(
 
 
 async def submitted_fleet(
-    ctx: Ctx, servers: int, lines: int, recipients: int, db: Path, per_message: int = 100
+    ctx: Ctx,
+    servers: int,
+    lines: int,
+    recipients: int,
+    ledger: BenchLedger,
+    per_message: int = 100,
 ) -> tuple[Proc, Proc]:
     """A simulator and a goipd polling it, with `recipients` sent and `submitted` (the simulator
     pushes nothing: it has no push URL)."""
     sim = await start_simulator(ctx, servers, lines)
     config = goipd_config(
-        db,
+        ledger.db,
         sim_port=sim.port,
         servers=servers,
         poll_interval="1s" if ctx.params.quick else "10s",
@@ -66,6 +74,7 @@ async def submitted_fleet(
         routing={"line_rate_per_minute": 600},
     )
     config["reconcile"] = {"interval": "1m", "query_after": "1h", "report_deadline": "2h"}
+    ledger.configure(config)
     try:
         goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
     except BaseException:
@@ -88,7 +97,7 @@ async def submitted_fleet(
     if posted["total_ok"] != messages:
         raise RuntimeError(f"setup messages refused: {posted}")
     total = messages * per_message
-    await wait_states(db, lambda c: sum(c.get(s, 0) for s in SUBMITTED) >= total, timeout=300)
+    await wait_states(ledger, lambda c: sum(c.get(s, 0) for s in SUBMITTED) >= total, timeout=300)
     return sim, goipd
 
 
@@ -121,6 +130,38 @@ async def push_reports(sim: Proc, servers: int) -> list[dict[str, Any]]:
     return reports
 
 
+async def measure_push(
+    ctx: Ctx,
+    ledger: BenchLedger,
+    reports_file: Path,
+    spec: Callable[[int], dict[str, Any]],
+    before_load: Callable[[], Awaitable[dict[str, Any]]] | None,
+) -> tuple[dict[str, Any], float, dict[str, int], int, dict[str, Any] | None]:
+    """goipd on `ledger` with its sends submitted, then loaded with their `succeeded` reports:
+    load figures, goipd's CPU share, recipients by state afterwards, reports sent, and what
+    `before_load` measured once the reports were ready (the baseline wants the same bodies)."""
+    p = ctx.params
+    try:
+        sim, goipd = await submitted_fleet(
+            ctx, p.push_servers, p.push_lines, p.push_reports, ledger
+        )
+        try:
+            reports = (await push_reports(sim, p.push_servers))[: p.push_reports]
+            reports_file.write_text(json.dumps(reports))
+            before = await before_load() if before_load is not None else None
+            cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
+            async with ctx.profiling(f"s2-push-{ledger.db.stem}", goipd.pid):
+                stats = await loadgen(ctx, f"load-{ledger.db.stem}", spec(goipd.port))
+            cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
+            counts = await ledger.state_counts()
+        finally:
+            await goipd.stop()
+            await sim.stop()
+    finally:
+        await ledger.drop()
+    return stats, cpu, counts, len(reports), before
+
+
 async def run(ctx: Ctx) -> ScenarioResult:
     p = ctx.params
     result = ScenarioResult(2, "Push ingestion: POST /hooks/goip/{server}/status")
@@ -128,35 +169,38 @@ async def run(ctx: Ctx) -> ScenarioResult:
         "reports": f"{p.push_reports:,} distinct sub-tasks, one `succeeded` report each",
         "connections": str(p.push_connections),
         "fleet": f"{p.push_servers} simulated SMS Servers x {p.push_lines} lines",
+        "ledger": "SQLite WAL, synchronous=FULL; and " + await pg_settings(),
         "cores": ctx.cores.describe(),
     }
-    db = ctx.workdir / "push.db"
-    sim, goipd = await submitted_fleet(ctx, p.push_servers, p.push_lines, p.push_reports, db)
-    try:
-        reports = (await push_reports(sim, p.push_servers))[: p.push_reports]
-        reports_file = ctx.workdir / "reports.json"
-        reports_file.write_text(json.dumps(reports))
+    reports_file = ctx.workdir / "reports.json"
 
-        def spec(port: int) -> dict[str, Any]:
-            return {
-                "port": port,
-                "connections": p.push_connections,
-                "source": {"kind": "file", "path": str(reports_file)},
-            }
+    def spec(port: int, path: Path = reports_file) -> dict[str, Any]:
+        return {
+            "port": port,
+            "connections": p.push_connections,
+            "source": {"kind": "file", "path": str(path)},
+        }
 
-        # goipd is idle meanwhile: everything it sent is submitted, and nothing is pushed.
-        before = await baseline_run(ctx, "baseline-2a", spec)
-        cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
-        async with ctx.profiling("s2-push", goipd.pid):
-            stats = await loadgen(ctx, "load-goipd", spec(goipd.port))
-        cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
-        counts = state_counts(db)
-    finally:
-        await goipd.stop()
-        await sim.stop()
+    # The bare handler's runs go around goipd's on SQLite, with its report bodies; goipd is
+    # idle meanwhile: everything it sent is submitted, and nothing is pushed.
+    async def baseline_before() -> dict[str, Any]:
+        return await baseline_run(ctx, "baseline-2a", spec)
+
+    stats, cpu, counts, reports, before = await measure_push(
+        ctx, BenchLedger.sqlite(ctx.workdir, "push"), reports_file, spec, baseline_before
+    )
     after = await baseline_run(ctx, "baseline-2b", spec)
     floor = await baseline_run(ctx, "floor-2", spec, durable=True)
+    pg_file = ctx.workdir / "reports-pg.json"
+    postgres, pg_cpu, pg_counts, pg_reports, _ = await measure_push(
+        ctx,
+        BenchLedger.postgres(ctx.workdir, "push-pg"),
+        pg_file,
+        lambda port: spec(port, pg_file),
+        None,
+    )
 
+    assert before is not None
     base_rps = (before["rps"] + after["rps"]) / 2
     base_p50 = (before["p50_ms"] + after["p50_ms"]) / 2
     base_p99 = (before["p99_ms"] + after["p99_ms"]) / 2
@@ -184,10 +228,35 @@ async def run(ctx: Ctx) -> ScenarioResult:
             "answered 200 / recipients now sent",
             f"{stats['total_ok']}/{stats['total']} / {applied}",
             target="every report applied",
-            met=stats["total_ok"] == stats["total"] == len(reports) == applied,
+            met=stats["total_ok"] == stats["total"] == reports == applied,
+        )
+    )
+    result.add(
+        Row(
+            "throughput, PostgreSQL ledger",
+            rate(postgres["rps"], "reports/s"),
+            rate(base_rps, "reports/s"),
+            ratio(postgres["rps"], base_rps),
+        )
+    )
+    result.add(
+        Row(
+            "latency p50 / p99, PostgreSQL ledger",
+            f"{ms(postgres['p50_ms'])} / {ms(postgres['p99_ms'])}",
+            f"{ms(base_p50)} / {ms(base_p99)}",
+        )
+    )
+    pg_applied = pg_counts.get("sent", 0)
+    result.add(
+        Row(
+            "answered 200 / recipients now sent, PostgreSQL ledger",
+            f"{postgres['total_ok']}/{postgres['total']} / {pg_applied}",
+            target="every report applied",
+            met=postgres["total_ok"] == postgres["total"] == pg_reports == pg_applied,
         )
     )
     result.add(Row("goipd CPU (share of its one core)", pct(cpu)))
+    result.add(Row("goipd CPU, PostgreSQL ledger", pct(pg_cpu)))
     result.add(
         Row(
             "load generator CPU (its core)",
@@ -212,6 +281,11 @@ async def run(ctx: Ctx) -> ScenarioResult:
         "nothing up and decides nothing. Its ratio is the most any handler that stores what it "
         "acknowledges can reach on this stack."
     )
-    for sample in stats["error_samples"]:
+    result.notes.append(
+        "PostgreSQL ledger: the same, from sending on, with a goipd whose storage.url is the "
+        "PostgreSQL above (a schema of its own, dropped afterwards), and its own simulator's "
+        "reports; the database's processes run on either core."
+    )
+    for sample in [*stats["error_samples"], *postgres["error_samples"]]:
         result.notes.append(f"goipd error sample: {sample}")
     return result

@@ -20,6 +20,7 @@ from bench.common import (
     start_goipd,
 )
 from bench.harness import Ctx, loadgen, pct, rate, ratio
+from bench.ledgers import BenchLedger
 from bench.results import Row, ScenarioResult
 from bench.s2_push import SUBMITTED, start_simulator, wait_states
 
@@ -78,7 +79,7 @@ async def drain(
     cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
     async with ctx.profiling(f"s3-dispatch-{shape}", goipd.pid):
         await wait_states(
-            db,
+            BenchLedger(db),
             lambda c: sum(c.get(s, 0) for s in SUBMITTED) >= done_before + n,
             timeout=600,
             every=0.1,
