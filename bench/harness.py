@@ -160,6 +160,25 @@ def floor_rows(
     ]
 
 
+def postgres_rows(
+    postgres: dict[str, Any], base_rps: float, base_p50: float, base_p99: float, unit: str
+) -> list[Row]:
+    """goipd on the PostgreSQL ledger beside the bare handler: throughput and latency."""
+    return [
+        Row(
+            "throughput, PostgreSQL ledger",
+            rate(postgres["rps"], unit),
+            rate(base_rps, unit),
+            ratio(postgres["rps"], base_rps),
+        ),
+        Row(
+            "latency p50 / p99, PostgreSQL ledger",
+            f"{ms(postgres['p50_ms'])} / {ms(postgres['p99_ms'])}",
+            f"{ms(base_p50)} / {ms(base_p99)}",
+        ),
+    ]
+
+
 # --- HTTP helpers -------------------------------------------------------------------------------
 
 

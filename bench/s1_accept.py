@@ -6,7 +6,17 @@ import time
 from typing import Any
 
 from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd
-from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
+from bench.harness import (
+    Ctx,
+    baseline_run,
+    floor_rows,
+    loadgen,
+    ms,
+    pct,
+    postgres_rows,
+    rate,
+    ratio,
+)
 from bench.ledgers import BenchLedger, pg_settings
 from bench.results import Row, ScenarioResult
 
@@ -129,21 +139,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
             ratio(floor["p99_ms"], base_p99),
         )
     )
-    result.add(
-        Row(
-            "throughput, PostgreSQL ledger",
-            rate(postgres["rps"]),
-            rate(base_rps),
-            ratio(postgres["rps"], base_rps),
-        )
-    )
-    result.add(
-        Row(
-            "latency p50 / p99, PostgreSQL ledger",
-            f"{ms(postgres['p50_ms'])} / {ms(postgres['p99_ms'])}",
-            f"{ms(base_p50)} / {ms(base_p99)}",
-        )
-    )
+    for row in postgres_rows(postgres, base_rps, base_p50, base_p99, "req/s"):
+        result.add(row)
     pg_answered = postgres["total_ok"] == postgres["total"] and not postgres["errors"]
     result.add(
         Row(

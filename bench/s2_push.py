@@ -23,7 +23,17 @@ from bench.common import (
     start_goipd,
     start_json_server,
 )
-from bench.harness import Ctx, baseline_run, floor_rows, loadgen, ms, pct, rate, ratio
+from bench.harness import (
+    Ctx,
+    baseline_run,
+    floor_rows,
+    loadgen,
+    ms,
+    pct,
+    postgres_rows,
+    rate,
+    ratio,
+)
 from bench.ledgers import BenchLedger, pg_settings
 from bench.results import Row, ScenarioResult
 
@@ -231,21 +241,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
             met=stats["total_ok"] == stats["total"] == reports == applied,
         )
     )
-    result.add(
-        Row(
-            "throughput, PostgreSQL ledger",
-            rate(postgres["rps"], "reports/s"),
-            rate(base_rps, "reports/s"),
-            ratio(postgres["rps"], base_rps),
-        )
-    )
-    result.add(
-        Row(
-            "latency p50 / p99, PostgreSQL ledger",
-            f"{ms(postgres['p50_ms'])} / {ms(postgres['p99_ms'])}",
-            f"{ms(base_p50)} / {ms(base_p99)}",
-        )
-    )
+    for row in postgres_rows(postgres, base_rps, base_p50, base_p99, "reports/s"):
+        result.add(row)
     pg_applied = pg_counts.get("sent", 0)
     result.add(
         Row(
