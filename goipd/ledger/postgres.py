@@ -21,6 +21,15 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
+from goipd.ledger.accepts import (
+    Latest,
+    accept_results,
+    earlier_ids,
+    guarded_numbers,
+    made_message,
+    note_latest,
+    plan_accepts,
+)
 from goipd.ledger.base import (
     AcceptResult,
     Claim,
@@ -40,10 +49,7 @@ from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
     RECIPIENT_COLUMNS,
-    keyed_earlier,
     message_from_row,
-    message_row,
-    new_message_id,
     recipient_from_row,
     storable,
     storable_message,
@@ -940,9 +946,6 @@ async def _apply_to_tasks(
 async def _insert_accepts(
     conn: asyncpg.Connection, accepts: Sequence[_Accept]
 ) -> list[AcceptResult]:
-    """As the SQLite ledger's `_insert_accepts`: idempotency keys, the flood guard and the
-    inserts of every accept of the batch, in queue order (a later accept sees an earlier
-    one)."""
     keys = list({a.message.idempotency_key for a in accepts} - {None})
     stored: dict[str, str] = {}  # idempotency key → id of the message already in the ledger
     if keys:
@@ -953,56 +956,16 @@ async def _insert_accepts(
             )
         )
     digests = [text_hash(a.message.text) for a in accepts]
-    latest = await _recent_sends(conn, accepts, digests)
-    guarded = {
-        digest
-        for a, digest in zip(accepts, digests, strict=True)
-        if a.message.duplicate_since is not None
-    }
-    message_rows: list[tuple[Any, ...]] = []
-    recipient_rows: list[tuple[Any, ...]] = []
-    created: dict[str, str] = {}  # key → id of a message made earlier in this batch
-    # A message made here (its id), or (the id of an earlier one, the number that makes it
-    # a duplicate).
-    outcome: list[str | tuple[str, str | None]] = []
-    for accept, digest in zip(accepts, digests, strict=True):
-        new, now, key = accept.message, accept.now, accept.message.idempotency_key
-        replayed = keyed_earlier(key, stored, created)
-        if replayed is not None:
-            outcome.append((replayed, None))
-            continue
-        if new.duplicate_since is not None:
-            hit = next(
-                (
-                    (latest[(number, digest)][1], number)
-                    for number in new.recipients
-                    if (number, digest) in latest
-                    and latest[(number, digest)][0] >= new.duplicate_since
-                ),
-                None,
-            )
-            if hit is not None:
-                outcome.append(hit)
-                continue
-        message_id = new_message_id(now)
-        start = new.send_at if new.send_at is not None else now
-        message_rows.append(message_row(message_id, new, now))
-        recipient_rows.extend((message_id, number, start, digest, now) for number in new.recipients)
-        if key is not None:
-            created[key] = message_id
-        if digest in guarded:
-            # A later accept of this batch with the same text must see this one.
-            for number in new.recipients:
-                latest[(number, digest)] = (now, message_id)
-        outcome.append(message_id)
-    made: dict[str, list[Recipient]] = {row[0]: [] for row in message_rows}
-    if message_rows:
+    latest = await _recent_sends(conn, [a.message for a in accepts], digests)
+    plan = plan_accepts([(a.message, a.now) for a in accepts], digests, stored, latest)
+    made: dict[str, list[Recipient]] = {row[0]: [] for row in plan.message_rows}
+    if plan.message_rows:
         await conn.execute(
             "INSERT INTO messages (id, created_at, text, segments, encoding, route,"
             " idempotency_key, send_at, client) SELECT * FROM unnest($1::text[],"
             " $2::float8[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],"
             " $8::float8[], $9::text[])",
-            *(list(column) for column in zip(*message_rows, strict=True)),
+            *(list(column) for column in zip(*plan.message_rows, strict=True)),
         )
         rows = await conn.fetch(
             f"INSERT INTO recipients (message_id, number, state, attempts, next_attempt_at,"
@@ -1010,65 +973,36 @@ async def _insert_accepts(
             f" SELECT m, n, 'queued', 0, s, '[]', h, c, c"
             f" FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::float8[])"
             f" AS r(m, n, s, h, c) RETURNING {RECIPIENT_COLUMNS}",
-            *(list(column) for column in zip(*recipient_rows, strict=True)),
+            *(list(column) for column in zip(*plan.recipient_rows, strict=True)),
         )
         for row in rows:
             made[row[1]].append(recipient_from_row(row))
-    messages = {
-        row[0]: Message(
-            id=row[0],
-            text=row[2],
-            segments=row[3],
-            encoding=row[4],
-            route=row[5],
-            idempotency_key=row[6],
-            send_at=row[7],
-            created_at=row[1],
-            client=row[8],
-            recipients=tuple(sorted(made[row[0]], key=lambda r: r.id)),
-        )
-        for row in message_rows
-    }
-    missing = [o[0] for o in outcome if isinstance(o, tuple) and o[0] not in messages]
-    messages.update((m.id, m) for m in await _load_messages(conn, missing))
-    return [
-        AcceptResult(messages[o], created=True)
-        if isinstance(o, str)
-        else AcceptResult(messages[o[0]], False, duplicate_number=o[1])
-        for o in outcome
-    ]
+    messages = {row[0]: made_message(row, made[row[0]]) for row in plan.message_rows}
+    messages.update((m.id, m) for m in await _load_messages(conn, earlier_ids(plan)))
+    return accept_results(plan, messages)
 
 
 async def _recent_sends(
-    conn: asyncpg.Connection, accepts: Sequence[_Accept], digests: Sequence[str]
-) -> dict[tuple[str, str], tuple[float, str]]:
-    """For the flood guard of a batch: (number, text hash) → (created_at, message id) of the
-    latest live recipient since the earliest window of the batch, in one query (an index seek
-    per pair: recipients_duplicate is number, text_hash, created_at)."""
-    pairs: dict[tuple[str, str], None] = {}
-    since: float | None = None
-    for accept, digest in zip(accepts, digests, strict=True):
-        window = accept.message.duplicate_since
-        if window is None:
-            continue
-        since = window if since is None else min(since, window)
-        pairs.update(((number, digest), None) for number in accept.message.recipients)
-    latest: dict[tuple[str, str], tuple[float, str]] = {}
-    if since is None:
+    conn: asyncpg.Connection, messages: Sequence[NewMessage], digests: Sequence[str]
+) -> Latest:
+    """What the flood guard needs (`accepts.Latest`), in one query from the earliest window
+    of the batch (an index seek per pair: recipients_duplicate is number, text_hash,
+    created_at)."""
+    wanted = guarded_numbers(messages, digests)
+    latest: Latest = {}
+    if not wanted:
         return latest
-    numbers, hashes = zip(*pairs, strict=True)
+    pairs = [(number, digest) for digest, (_, numbers) in wanted.items() for number in numbers]
     for number, digest, created_at, message_id in await conn.fetch(
         "SELECT r.number, r.text_hash, r.created_at, r.message_id FROM recipients r"
         " JOIN unnest($1::text[], $2::text[]) AS w(number, text_hash)"
         " ON r.number = w.number AND r.text_hash = w.text_hash"
         " WHERE r.created_at >= $3 AND r.state NOT IN ('cancelled', 'failed')",
-        list(numbers),
-        list(hashes),
-        since,
+        [number for number, _ in pairs],
+        [digest for _, digest in pairs],
+        min(since for since, _ in wanted.values()),
     ):
-        known = latest.get((number, digest))
-        if known is None or created_at > known[0]:
-            latest[(number, digest)] = (created_at, message_id)
+        note_latest(latest, number, digest, created_at, message_id)
     return latest
 
 

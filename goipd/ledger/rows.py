@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -38,16 +38,6 @@ def crockford26(value: int) -> str:
     # Two digits (10 bits) per step from a table: half the time of a digit-by-digit loop,
     # which was 2.5% of an accept's CPU.
     return "".join([_CROCKFORD_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
-
-
-def keyed_earlier(
-    key: str | None, stored: Mapping[str, str], created: Mapping[str, str]
-) -> str | None:
-    """The id of the message an idempotency key already names, in the ledger (`stored`) or
-    made earlier in the same batch (`created`); None for a new key or none."""
-    if key is None:
-        return None
-    return stored.get(key) or created.get(key)
 
 
 def message_row(message_id: str, new: NewMessage, now: float) -> tuple[Any, ...]:

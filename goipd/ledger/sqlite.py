@@ -24,6 +24,15 @@ from typing import Any, TypeVar
 
 import structlog
 
+from goipd.ledger.accepts import (
+    Latest,
+    accept_results,
+    earlier_ids,
+    guarded_numbers,
+    made_message,
+    note_latest,
+    plan_accepts,
+)
 from goipd.ledger.base import (
     AcceptResult,
     Claim,
@@ -45,9 +54,7 @@ from goipd.ledger.rows import (
     PENDING,
     RECIPIENT_COLUMNS,
     crockford26,
-    keyed_earlier,
     message_from_row,
-    message_row,
     new_message_id,
     recipient_from_row,
     storable,
@@ -835,93 +842,33 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
                 part,
             ).fetchall()
         )
+    digests = [text_hash(a.message.text) for a in accepts]
+    latest = _recent_sends(conn, [a.message for a in accepts], digests)
+    plan = plan_accepts([(a.message, a.now) for a in accepts], digests, stored, latest)
     # Ids are assigned here rather than by SQLite so that one executemany inserts them all;
     # the write lock held since BEGIN IMMEDIATE makes MAX(id) safe.
-    next_id = int(conn.execute("SELECT IFNULL(MAX(id), 0) FROM recipients").fetchone()[0]) + 1
-    digests = [text_hash(a.message.text) for a in accepts]
-    recent = _recent_sends(conn, accepts, digests)
-    message_rows: list[tuple[Any, ...]] = []
-    recipient_rows: list[tuple[Any, ...]] = []
-    created: dict[str, str] = {}  # key → id of a message made earlier in this batch
-    made: dict[str, Message] = {}  # every message made in this batch, by id
-    # A new message, or (the id of an earlier one, the number that makes it a duplicate).
-    outcome: list[Message | tuple[str, str | None]] = []
-    for accept, digest in zip(accepts, digests, strict=True):
-        new, now, key = accept.message, accept.now, accept.message.idempotency_key
-        replayed = keyed_earlier(key, stored, created)
-        if replayed is not None:
-            outcome.append((replayed, None))
-            continue
-        if new.duplicate_since is not None:
-            hit = _first_duplicate(recent, new, digest)
-            if hit is not None:
-                outcome.append(hit)
-                continue
-        message_id = new_message_id(now)
-        start = new.send_at if new.send_at is not None else now
-        message_rows.append(message_row(message_id, new, now))
-        recipients = []
-        for number in new.recipients:
-            recipient_rows.append((next_id, message_id, number, start, digest, now, now))
-            recipients.append(_queued(next_id, message_id, number, start, now))
-            next_id += 1
-        message = Message(
-            id=message_id,
-            text=new.text,
-            segments=new.segments,
-            encoding=new.encoding,
-            route=new.route,
-            idempotency_key=key,
-            send_at=new.send_at,
-            created_at=now,
-            client=new.client,
-            recipients=tuple(recipients),
-        )
-        if key is not None:
-            created[key] = message_id
-        made[message_id] = message
-        if digest in recent.digests:
-            # A later accept of this batch with the same text must see this one.
-            for number in new.recipients:
-                recent.latest[(number, digest)] = (now, message_id)
-        outcome.append(message)
-    conn.executemany(INSERT_MESSAGE, message_rows)
-    conn.executemany(INSERT_RECIPIENT, recipient_rows)
-    earlier = dict(made)
-    missing = [o[0] for o in outcome if isinstance(o, tuple) and o[0] not in earlier]
-    earlier.update((m.id, m) for m in _load_messages(conn, missing))
-    return [
-        AcceptResult(o, created=True)
-        if isinstance(o, Message)
-        else AcceptResult(earlier[o[0]], False, duplicate_number=o[1])
-        for o in outcome
-    ]
-
-
-@dataclass(slots=True)
-class _RecentSends:
-    """For the flood guard of one batch: the latest live recipient per (number, text hash)."""
-
-    digests: set[str]
-    latest: dict[tuple[str, str], tuple[float, str]]
-    """(number, text hash) → (created_at, message id)"""
+    first_id = int(conn.execute("SELECT IFNULL(MAX(id), 0) FROM recipients").fetchone()[0]) + 1
+    made: dict[str, list[Recipient]] = {row[0]: [] for row in plan.message_rows}
+    for rid, (message_id, number, start, _, now) in enumerate(plan.recipient_rows, first_id):
+        made[message_id].append(_queued(rid, message_id, number, start, now))
+    conn.executemany(INSERT_MESSAGE, plan.message_rows)
+    conn.executemany(
+        INSERT_RECIPIENT,
+        [(rid, *row, row[4]) for rid, row in enumerate(plan.recipient_rows, first_id)],
+    )
+    messages = {row[0]: made_message(row, made[row[0]]) for row in plan.message_rows}
+    messages.update((m.id, m) for m in _load_messages(conn, earlier_ids(plan)))
+    return accept_results(plan, messages)
 
 
 def _recent_sends(
-    conn: sqlite3.Connection, accepts: Sequence[_Accept], digests: Sequence[str]
-) -> _RecentSends:
-    # One query per distinct text of the batch, each an index seek per number
-    # (recipients_duplicate: number, text_hash, created_at).
-    wanted: dict[str, tuple[float, set[str]]] = {}
-    for accept, digest in zip(accepts, digests, strict=True):
-        since = accept.message.duplicate_since
-        if since is None:
-            continue
-        earliest, numbers = wanted.get(digest, (since, set()))
-        numbers.update(accept.message.recipients)
-        wanted[digest] = (min(earliest, since), numbers)
-    recent = _RecentSends(set(wanted), {})
-    for digest, (since, numbers) in wanted.items():
+    conn: sqlite3.Connection, messages: Sequence[NewMessage], digests: Sequence[str]
+) -> Latest:
+    """What the flood guard needs (`accepts.Latest`): one query per distinct text of the
+    batch, each an index seek per number (recipients_duplicate: number, text_hash,
+    created_at)."""
+    latest: Latest = {}
+    for digest, (since, numbers) in guarded_numbers(messages, digests).items():
         ordered = sorted(numbers)
         for chunk in range(0, len(ordered), VARIABLES_PER_QUERY):
             part = ordered[chunk : chunk + VARIABLES_PER_QUERY]
@@ -931,23 +878,8 @@ def _recent_sends(
                 "AND state NOT IN ('cancelled', 'failed')",
                 (digest, *part, since),
             ):
-                known = recent.latest.get((number, digest))
-                if known is None or created_at > known[0]:
-                    recent.latest[(number, digest)] = (created_at, message_id)
-    return recent
-
-
-def _first_duplicate(
-    recent: _RecentSends, new: NewMessage, digest: str
-) -> tuple[str, str | None] | None:
-    """(earlier message id, number) for the first number of `new` that got the same text
-    within its window, or None."""
-    assert new.duplicate_since is not None
-    for number in new.recipients:
-        known = recent.latest.get((number, digest))
-        if known is not None and known[0] >= new.duplicate_since:
-            return known[1], number
-    return None
+                note_latest(latest, number, digest, created_at, message_id)
+    return latest
 
 
 def _queued(recipient_id: int, message_id: str, number: str, start: float, now: float) -> Recipient:
