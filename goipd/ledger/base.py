@@ -273,8 +273,9 @@ class Ledger(Protocol):
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
         """find_by_task and record in one write: `decide` (pure, cheap; it may run in another
-        thread) gets the recipient as it is in the transaction and returns the outcome to
-        record (None: nothing) with anything the caller wants back. None if no recipient
+        thread, and again when the write it was batched with is redone) gets the recipient as
+        it is in the transaction, after the reports queued before it, and returns the outcome
+        to record (None: nothing) with anything the caller wants back. None if no recipient
         matches."""
 
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
