@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from goipd.ledger.base import AcceptResult, Message, NewMessage, Recipient
+from goipd.ledger.base import AcceptResult, Message, NewMessage
 from goipd.ledger.rows import message_row, new_message_id
 
 Latest = dict[tuple[str, str], tuple[float, str]]
@@ -49,7 +49,7 @@ def note_latest(latest: Latest, number: str, digest: str, created_at: float, mes
 @dataclass
 class AcceptPlan:
     message_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    """`rows.message_row` of each new message."""
+    """`rows.message_row` of each new message (`rows.message_from_row` reads it back)."""
     recipient_rows: list[tuple[str, str, float, str, float]] = field(default_factory=list)
     """(message id, number, next_attempt_at, text hash, created_at) of each new recipient."""
     outcomes: list[Outcome] = field(default_factory=list)
@@ -104,23 +104,6 @@ def plan_accepts(
                 latest[(number, digest)] = (now, message_id)
         plan.outcomes.append(message_id)
     return plan
-
-
-def made_message(row: tuple[Any, ...], recipients: Sequence[Recipient]) -> Message:
-    """The message of a planned `rows.message_row` with its recipients (ordered by id)."""
-    message_id, created_at, text, segments, encoding, route, key, send_at, client = row
-    return Message(
-        id=message_id,
-        text=text,
-        segments=segments,
-        encoding=encoding,
-        route=route,
-        idempotency_key=key,
-        send_at=send_at,
-        created_at=created_at,
-        client=client,
-        recipients=tuple(sorted(recipients, key=lambda r: r.id)),
-    )
 
 
 def earlier_ids(plan: AcceptPlan) -> list[str]:

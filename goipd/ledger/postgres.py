@@ -26,7 +26,6 @@ from goipd.ledger.accepts import (
     accept_results,
     earlier_ids,
     guarded_numbers,
-    made_message,
     note_latest,
     plan_accepts,
 )
@@ -961,9 +960,8 @@ async def _insert_accepts(
     made: dict[str, list[Recipient]] = {row[0]: [] for row in plan.message_rows}
     if plan.message_rows:
         await conn.execute(
-            "INSERT INTO messages (id, created_at, text, segments, encoding, route,"
-            " idempotency_key, send_at, client) SELECT * FROM unnest($1::text[],"
-            " $2::float8[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[],"
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT * FROM unnest($1::text[],"
+            " $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::float8[],"
             " $8::float8[], $9::text[])",
             *(list(column) for column in zip(*plan.message_rows, strict=True)),
         )
@@ -975,9 +973,9 @@ async def _insert_accepts(
             f" AS r(m, n, s, h, c) RETURNING {RECIPIENT_COLUMNS}",
             *(list(column) for column in zip(*plan.recipient_rows, strict=True)),
         )
-        for row in rows:
+        for row in sorted(rows, key=lambda row: int(row[0])):  # RETURNING keeps no order
             made[row[1]].append(recipient_from_row(row))
-    messages = {row[0]: made_message(row, made[row[0]]) for row in plan.message_rows}
+    messages = {row[0]: message_from_row(row, made[row[0]]) for row in plan.message_rows}
     messages.update((m.id, m) for m in await _load_messages(conn, earlier_ids(plan)))
     return accept_results(plan, messages)
 

@@ -41,17 +41,17 @@ def crockford26(value: int) -> str:
 
 
 def message_row(message_id: str, new: NewMessage, now: float) -> tuple[Any, ...]:
-    """The `messages` row of a new message: id, created_at, text, segments, encoding, route,
-    idempotency_key, send_at, client (the order both backends insert)."""
+    """The `messages` row of a new message, in MESSAGE_COLUMNS order (as `message_from_row`
+    reads it back)."""
     return (
         message_id,
-        now,
         new.text,
         new.segments,
         new.encoding,
         new.route,
         new.idempotency_key,
         new.send_at,
+        now,
         new.client,
     )
 

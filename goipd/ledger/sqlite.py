@@ -29,7 +29,6 @@ from goipd.ledger.accepts import (
     accept_results,
     earlier_ids,
     guarded_numbers,
-    made_message,
     note_latest,
     plan_accepts,
 )
@@ -92,10 +91,7 @@ MAX_ID_TIME = 2**48 / 1000
 VARIABLES_PER_QUERY = 500
 """Bound on `IN (?, ...)` lists, well under SQLite's limit on host parameters."""
 
-INSERT_MESSAGE = (
-    "INSERT INTO messages (id, created_at, text, segments, encoding, route, idempotency_key,"
-    " send_at, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_RECIPIENT = (
     "INSERT INTO recipients (id, message_id, number, state, attempts, next_attempt_at,"
     " excluded_lines, text_hash, created_at, updated_at)"
@@ -856,7 +852,7 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
         INSERT_RECIPIENT,
         [(rid, *row, row[4]) for rid, row in enumerate(plan.recipient_rows, first_id)],
     )
-    messages = {row[0]: made_message(row, made[row[0]]) for row in plan.message_rows}
+    messages = {row[0]: message_from_row(row, made[row[0]]) for row in plan.message_rows}
     messages.update((m.id, m) for m in _load_messages(conn, earlier_ids(plan)))
     return accept_results(plan, messages)
 
