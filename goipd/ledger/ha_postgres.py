@@ -12,7 +12,7 @@ never waits behind a large group commit of accepts.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -44,6 +44,17 @@ class PostgresCoordination:
         async def _write(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T: ...
 
         async def _read(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T: ...
+
+    async def _recipients(self, condition: str, *args: Any) -> list[Recipient]:
+        """The recipients `WHERE condition` (with its ORDER BY and LIMIT), on a reader."""
+
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE {condition}", *args
+            )
+            return [recipient_from_row(row) for row in rows]
+
+        return await self._read(op)
 
     async def acquire_leases(self, wanted: Mapping[str, float]) -> set[str]:
         names, ttls = list(wanted), list(wanted.values())
@@ -132,33 +143,25 @@ class PostgresCoordination:
     async def submitted_of(
         self, servers: Collection[str], older_than: float, limit: int
     ) -> list[Recipient]:
-        async def op(conn: asyncpg.Connection) -> list[Recipient]:
-            rows = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'submitted' "
-                "AND updated_at < $1 AND server = ANY($2::text[]) ORDER BY updated_at, id LIMIT $3",
-                older_than,
-                list(servers),
-                limit,
-            )
-            return [recipient_from_row(row) for row in rows]
-
-        return await self._read(op)
+        return await self._recipients(
+            "state = 'submitted' "
+            "AND updated_at < $1 AND server = ANY($2::text[]) ORDER BY updated_at, id LIMIT $3",
+            older_than,
+            list(servers),
+            limit,
+        )
 
     async def submitted_not_of(
         self, servers: Collection[str], older_than: float, limit: int
     ) -> list[Recipient]:
-        async def op(conn: asyncpg.Connection) -> list[Recipient]:
-            rows = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'submitted'"
-                " AND updated_at < $1 AND route = 'goip' AND server IS NOT NULL"
-                " AND server <> ALL($2::text[]) ORDER BY updated_at, id LIMIT $3",
-                older_than,
-                list(servers),
-                limit,
-            )
-            return [recipient_from_row(row) for row in rows]
-
-        return await self._read(op)
+        return await self._recipients(
+            "state = 'submitted'"
+            " AND updated_at < $1 AND route = 'goip' AND server IS NOT NULL"
+            " AND server <> ALL($2::text[]) ORDER BY updated_at, id LIMIT $3",
+            older_than,
+            list(servers),
+            limit,
+        )
 
     async def task_id_bounds(
         self, server: str, before: float, after: float

@@ -500,16 +500,11 @@ class PostgresLedger(PostgresCoordination):
     # --- dispatch ----------------------------------------------------------------------------
 
     async def due(self, now: float, limit: int) -> list[Recipient]:
-        async def op(conn: asyncpg.Connection) -> list[Recipient]:
-            rows = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' "
-                "AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
-                now,
-                limit,
-            )
-            return [recipient_from_row(row) for row in rows]
-
-        return await self._read(op)
+        return await self._recipients(
+            "state = 'queued' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
+            now,
+            limit,
+        )
 
     async def claim(self, claims: Sequence[Claim], now: float) -> list[int]:
         async def op(conn: asyncpg.Connection) -> list[int]:
@@ -579,29 +574,19 @@ class PostgresLedger(PostgresCoordination):
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
         route, upstream_id = storable(route), storable(upstream_id)
 
-        async def op(conn: asyncpg.Connection) -> list[Recipient]:
-            rows = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE route = $1 "
-                "AND upstream_id = $2 ORDER BY id",
-                route,
-                upstream_id,
-            )
-            return [recipient_from_row(row) for row in rows]
-
-        return await self._read(op)
+        return await self._recipients(
+            "route = $1 AND upstream_id = $2 ORDER BY id",
+            route,
+            upstream_id,
+        )
 
     async def in_state(self, state: State, older_than: float, limit: int) -> list[Recipient]:
-        async def op(conn: asyncpg.Connection) -> list[Recipient]:
-            rows = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = $1 "
-                "AND updated_at < $2 ORDER BY updated_at LIMIT $3",
-                state.value,
-                older_than,
-                limit,
-            )
-            return [recipient_from_row(row) for row in rows]
-
-        return await self._read(op)
+        return await self._recipients(
+            "state = $1 AND updated_at < $2 ORDER BY updated_at LIMIT $3",
+            state.value,
+            older_than,
+            limit,
+        )
 
     async def awaiting_report(
         self,
@@ -613,21 +598,17 @@ class PostgresLedger(PostgresCoordination):
     ) -> list[Recipient]:
         after_sent, after_id = after if after is not None else (sent_after, 0)
 
-        async def op(conn: asyncpg.Connection) -> list[Recipient]:
-            rows = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'sent' "
-                "AND route = $1 AND sent_at > $2 AND sent_at < $3 AND (sent_at, id) > ($4, $5) "
-                "ORDER BY sent_at, id LIMIT $6",
-                route,
-                sent_after,
-                sent_before,
-                after_sent,
-                after_id,
-                limit,
-            )
-            return [recipient_from_row(row) for row in rows]
-
-        return await self._read(op)
+        return await self._recipients(
+            "state = 'sent' "
+            "AND route = $1 AND sent_at > $2 AND sent_at < $3 AND (sent_at, id) > ($4, $5) "
+            "ORDER BY sent_at, id LIMIT $6",
+            route,
+            sent_after,
+            sent_before,
+            after_sent,
+            after_id,
+            limit,
+        )
 
     async def max_task_id(self, server: str) -> int | None:
         async def op(conn: asyncpg.Connection) -> int | None:
