@@ -503,26 +503,11 @@ class Dispatcher:
         scheduling or not. The hand-over itself is tried again after the retry delay."""
         now = self.clock()
         outcomes = []
+        held = hold_until is not None and hold_until > now
         for r in recipients:
             attempts = r.attempts + 1
             delay = delay_factor * retry_delay(self.settings, attempts)
-            if hold_until is not None and hold_until > now:
-                # Not failed before its time: the pass at send_at still has its own try.
-                if attempts + 1 < self.settings.max_attempts:
-                    self._handover_retry[r.id] = now + max(delay, self.settings.retry_delay)
-                    while len(self._handover_retry) > HANDOVER_RETRIES:
-                        self._handover_retry.popitem(last=False)
-                outcomes.append(
-                    Outcome(
-                        r.id,
-                        State.QUEUED,
-                        error_code=code,
-                        error_meaning=meaning,
-                        retry_at=max(hold_until, now + delay),
-                        exclude_line=choice.key,
-                    )
-                )
-            elif attempts >= self.settings.max_attempts:
+            if not held and attempts >= self.settings.max_attempts:
                 outcomes.append(
                     Outcome(
                         r.id,
@@ -531,17 +516,25 @@ class Dispatcher:
                         error_meaning=f"{meaning} (after {attempts} attempts)",
                     )
                 )
-            else:
-                outcomes.append(
-                    Outcome(
-                        r.id,
-                        State.QUEUED,
-                        error_code=code,
-                        error_meaning=meaning,
-                        retry_at=now + delay,
-                        exclude_line=choice.key,
-                    )
+                continue
+            retry_at = now + delay
+            if hold_until is not None and held:
+                # Not failed before its time: the pass at send_at still has its own try.
+                retry_at = max(hold_until, retry_at)
+                if attempts + 1 < self.settings.max_attempts:
+                    self._handover_retry[r.id] = now + max(delay, self.settings.retry_delay)
+                    while len(self._handover_retry) > HANDOVER_RETRIES:
+                        self._handover_retry.popitem(last=False)
+            outcomes.append(
+                Outcome(
+                    r.id,
+                    State.QUEUED,
+                    error_code=code,
+                    error_meaning=meaning,
+                    retry_at=retry_at,
+                    exclude_line=choice.key,
                 )
+            )
         await self._outcomes.record(outcomes)
         self.wake()
 
