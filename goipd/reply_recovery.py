@@ -46,7 +46,7 @@ def hours_between(start: datetime, end: datetime) -> list[datetime]:
     while first <= last:
         hours.append(first)
         first += HOUR
-    return hours[-MAX_HOURS:]
+    return hours
 
 
 @dataclass
