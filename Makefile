@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m goipd.demo
+	$(BIN)/python -m goipd.sim.demo
 
 # System tools and services the tests use for real (no fakes): promtool/prometheus,
 # systemd-analyze, and the PostgreSQL server on 127.0.0.1:5432.

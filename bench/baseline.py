@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from goipd.netutil import bound_port
+from goipd.runtime.netutil import bound_port
 
 _ids = itertools.count(1)
 STORE_KEY: web.AppKey[DurableStore] = web.AppKey("store")

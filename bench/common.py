@@ -282,11 +282,11 @@ def goipd_config(
 async def start_goipd(
     config: dict[str, Any], cpus: frozenset[int], workdir: Path, *, timeout: float = 120
 ) -> Proc:
-    """`python -m goipd.cli run` as a subprocess; returns once /readyz answers 200."""
+    """`python -m goipd run` as a subprocess; returns once /readyz answers 200."""
     path = workdir / "goipd.yaml"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
-    proc = spawn("goipd", ["-m", "goipd.cli", "run", "--config", str(path)], cpus, workdir)
+    proc = spawn("goipd", ["-m", "goipd", "run", "--config", str(path)], cpus, workdir)
     listening = await wait_for_line(
         proc, lambda item: item.get("event") == "http_listening", timeout=timeout
     )

@@ -20,7 +20,7 @@ survive.
 
 How the figures are taken:
 
-- goipd (`python -m goipd.cli run`), the baselines, the simulated SMS Servers
+- goipd (`python -m goipd run`), the baselines, the simulated SMS Servers
   (`bench/simulator.py`: goipd's own simulator plus a record of poll times) and the load
   generator (`bench/loadgen.py`) each run as their own process on 127.0.0.1. goipd, and the
   baseline it is compared with, is pinned to one core; the load generator, the simulator and

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 
 from goipd.config import RoutingSettings
+from goipd.dispatch.routing import Router
 from goipd.fleet.registry import LineRegistry
-from goipd.logs import configure_logging
-from goipd.routing import Router
+from goipd.runtime.logs import configure_logging
 from goipd.upstream.goip import LineStatus
 
 REPEATS = 5

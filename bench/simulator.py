@@ -18,10 +18,10 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from goipd.logs import configure_logging
-from goipd.netutil import bound_port
-from goipd.problems import Handler
+from goipd.runtime.logs import configure_logging
+from goipd.runtime.netutil import bound_port
 from goipd.sim.goip import SimFleet, build_app, synthetic_spec
+from goipd.web.problems import Handler
 
 POLLS_KEY = web.AppKey("bench_polls", dict)
 

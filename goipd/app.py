@@ -14,26 +14,29 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from goipd import alerting, api, exposition, hooks, statuspage
-from goipd.cloud_hooks import CloudHooks
-from goipd.clouds import CloudContext, CloudFleet
+from goipd.accept import alerts as alerting
+from goipd.clouds.providers import CloudContext, CloudFleet
 from goipd.config import ConfigError, Settings, load_settings
-from goipd.dispatch import Dispatcher
+from goipd.dispatch.dispatcher import Dispatcher
+from goipd.dispatch.routing import Router
+from goipd.fleet.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
 from goipd.fleet.poller import FleetPoller
+from goipd.fleet.quarantine import QUARANTINE_KEY, ManualQuarantines
 from goipd.fleet.registry import LineRegistry
-from goipd.forwarder import InboundForwarder, url_secrets
-from goipd.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
+from goipd.inbound.forwarder import InboundForwarder, url_secrets
 from goipd.ledger.base import Ledger, LedgerError, State
-from goipd.logs import scrubber
-from goipd.metrics import Metrics
-from goipd.netutil import bound_port
-from goipd.problems import Handler, problem_middleware, problem_response
-from goipd.quarantine import QUARANTINE_KEY, ManualQuarantines
-from goipd.ratelimit import RateLimit, rate_limit_middleware
-from goipd.reconcile import Reconciler
-from goipd.routing import Router
-from goipd.sdnotify import Notifier, watchdog_loop
-from goipd.supervise import supervised
+from goipd.metrics import exposition
+from goipd.metrics.catalog import Metrics
+from goipd.reports.reconcile import Reconciler
+from goipd.runtime.logs import scrubber
+from goipd.runtime.netutil import bound_port
+from goipd.runtime.sdnotify import Notifier, watchdog_loop
+from goipd.runtime.supervise import supervised
+from goipd.web import api, statuspage
+from goipd.web import goip_hooks as hooks
+from goipd.web.cloud_hooks import CloudHooks
+from goipd.web.problems import Handler, problem_middleware, problem_response
+from goipd.web.ratelimit import RateLimit, rate_limit_middleware
 
 log = structlog.get_logger("goipd")
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")

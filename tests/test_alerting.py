@@ -18,8 +18,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goipd import segments
-from goipd.alerting import AlertGate, NotificationError, parse_notification, render
+from goipd.accept import segments
+from goipd.accept.alerts import AlertGate, NotificationError, parse_notification, render
 from goipd.app import Daemon
 from goipd.config import (
     AlertingSettings,

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from goipd import api
 from goipd.app import Daemon
+from goipd.web import api
 from tests.conftest import API_TOKEN
 
 OTHER_TOKEN = "another-token-0123456789abcdef"

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
-from goipd.clouds import CloudContext, CloudFleet
+from goipd.clouds.providers import CloudContext, CloudFleet
+from goipd.clouds.reply_recovery import MAX_HOURS, TRIES_PER_HOUR, ReplyRecovery
 from goipd.config import C123Settings, CloudProviderConfig, ReconcileSettings
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.metrics import Metrics
-from goipd.reply_recovery import MAX_HOURS, TRIES_PER_HOUR, ReplyRecovery
+from goipd.metrics.catalog import Metrics
 from goipd.sim.c123 import RunningC123Sim, start_c123_sim
 from goipd.upstream.cloud import PullsInbound
 from tests.conftest import set_read_only

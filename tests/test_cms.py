@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goipd import cms
-from goipd.cms import CMS_CODES, CmsClass, CmsCode, all_codes, classify, lookup, meaning
+from goipd.upstream import cms
+from goipd.upstream.cms import CMS_CODES, CmsClass, CmsCode, all_codes, classify, lookup, meaning
 
 # Appendix A has 106 rows; 312 appears twice, so 105 distinct codes, 1 to 543.
 EXPECTED_CODES = 105

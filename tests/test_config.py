@@ -291,7 +291,7 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("servers:\n- {name: a, url: 'http://h', username: u, password: p, x: 1}")
     result = subprocess.run(
-        [sys.executable, "-m", "goipd.cli", "check-config", str(bad)],
+        [sys.executable, "-m", "goipd", "check-config", str(bad)],
         capture_output=True,
         text=True,
         check=False,
@@ -302,7 +302,7 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     good.write_text(GOOD.replace("password_env: GOIPD_BRANCH_PW", "password: b"))
     good.chmod(0o600)
     result = subprocess.run(
-        [sys.executable, "-m", "goipd.cli", "check-config", str(good)],
+        [sys.executable, "-m", "goipd", "check-config", str(good)],
         capture_output=True,
         text=True,
         check=False,

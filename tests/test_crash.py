@@ -44,7 +44,7 @@ class Goipd:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "goipd.cli", "run", "--config", str(self.config)],
+                [sys.executable, "-m", "goipd", "run", "--config", str(self.config)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

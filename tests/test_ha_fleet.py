@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 
 from goipd.app import Daemon
 from goipd.config import ConfigError, RouteTarget, RoutingSettings, parse_settings
+from goipd.dispatch.routing import CloudChoice, LineChoice, Router
 from goipd.fleet import snapshot
+from goipd.fleet.ha import default_instance_id
 from goipd.fleet.registry import LineRegistry, LineState
-from goipd.ha import default_instance_id
 from goipd.ledger.postgres import PostgresLedger
-from goipd.metrics import Metrics
-from goipd.routing import CloudChoice, LineChoice, Router
+from goipd.metrics.catalog import Metrics
 from goipd.sim.goip import RunningSimulator
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import LineStatus

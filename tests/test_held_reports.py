@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from goipd.clouds import HELD_RETRY, CloudContext, HeldReports, apply_status
+from goipd.clouds.providers import HELD_RETRY, CloudContext, HeldReports, apply_status
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
 from goipd.upstream.cloud import CloudStatus
 
 NOW = 1_800_000_000.0

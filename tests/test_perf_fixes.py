@@ -19,14 +19,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from goipd.config import parse_settings
-from goipd.dispatch import _OutcomeWriter
+from goipd.dispatch.dispatcher import _OutcomeWriter
+from goipd.dispatch.routing import LineChoice, Router
 from goipd.fleet.poller import FleetPoller
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
 from goipd.ledger.base import Claim, LedgerError, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.logs import REDACTED, SecretScrubber
-from goipd.metrics import Metrics
-from goipd.routing import LineChoice, Router
+from goipd.metrics.catalog import Metrics
+from goipd.runtime.logs import REDACTED, SecretScrubber
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import LineStatus, _strip_trailing_commas
 from tests.conftest import daemon_config, eventually

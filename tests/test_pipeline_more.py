@@ -17,7 +17,7 @@ from aiohttp import web
 
 from goipd.app import Daemon
 from goipd.ledger.postgres import PostgresLedger
-from goipd.netutil import bound_port
+from goipd.runtime.netutil import bound_port
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import API_TOKEN, control, daemon_config, eventually, fleet_spec
 from tests.test_ledger import PG_URL
@@ -125,7 +125,7 @@ async def test_send_command_and_refusal_while_stopping(
     command = [
         sys.executable,
         "-m",
-        "goipd.cli",
+        "goipd",
         "send",
         "--url",
         base,
@@ -202,7 +202,7 @@ async def test_lines_and_messages_show_commands(
 
     def goipd(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "goipd.cli", *args], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "goipd", *args], capture_output=True, text=True, check=False
         )
 
     lines = await asyncio.to_thread(goipd, "lines", *common)

@@ -434,7 +434,7 @@ async def test_cli_quarantine_lines_and_release(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "goipd.cli",
+            "goipd",
             *args,
             *connection,
             stdout=asyncio.subprocess.PIPE,

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 
 from goipd.app import Daemon
-from goipd.ratelimit import MAX_BUCKETS, RateLimit, RateLimiter
 from goipd.sim.goip import RunningSimulator
+from goipd.web.ratelimit import MAX_BUCKETS, RateLimit, RateLimiter
 from tests.conftest import API_TOKEN, daemon_config, fleet_spec
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from goipd.config import RouteRule, RoutingSettings, Server, parse_settings
+from goipd.dispatch.routing import CloudChoice, LineChoice, Router, match_rule
 from goipd.fleet.registry import LineRegistry
-from goipd.routing import CloudChoice, LineChoice, Router, match_rule
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import LineStatus
 

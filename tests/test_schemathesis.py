@@ -39,7 +39,7 @@ def test_api_survives_generated_requests(tmp_path: Path) -> None:
     log = tmp_path / "goipd.log"
     with log.open("wb") as out:
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "goipd.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "goipd", "run", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

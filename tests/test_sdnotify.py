@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from goipd import sdnotify
-from goipd.sdnotify import Notifier, watchdog_loop
+from goipd.runtime import sdnotify
+from goipd.runtime.sdnotify import Notifier, watchdog_loop
 
 
 class Receiver:

@@ -89,7 +89,7 @@ async def test_notify_reload_stop_and_no_secret_in_logs(
     env.pop("WATCHDOG_PID", None)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "goipd.cli", "run", "--config", str(path)],
+            [sys.executable, "-m", "goipd", "run", "--config", str(path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -27,9 +27,9 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
-from goipd import overview
 from goipd.fleet.registry import LineRegistry
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
+from goipd.web import overview
 from tests.conftest import API_TOKEN
 from tests.test_crash import free_port
 
@@ -159,7 +159,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             with (tmp_path / f"{name}.log").open("wb") as log:
                 running.procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "goipd.cli", *args],
+                        [sys.executable, "-m", "goipd", *args],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                     )

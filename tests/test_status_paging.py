@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
-from goipd.clouds import CloudContext, CloudFleet
+from goipd.clouds.providers import CloudContext, CloudFleet
 from goipd.config import CloudProviderConfig, ReconcileSettings, SmsgoSettings
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
 from goipd.sim.smsgo import RunningSmsgoSim, start_smsgo_sim
 
 PASSWORD = "smsgo-secret"

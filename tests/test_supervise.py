@@ -12,10 +12,10 @@ from aiohttp import web
 
 from goipd.config import InboundSettings
 from goipd.fleet.registry import LineRegistry
-from goipd.forwarder import InboundForwarder
+from goipd.inbound.forwarder import InboundForwarder
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.metrics import Metrics
-from goipd.supervise import supervised
+from goipd.metrics.catalog import Metrics
+from goipd.runtime.supervise import supervised
 from tests.cloud_helpers import serve_routes
 from tests.conftest import eventually, set_read_only
 

@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from goipd.config import PollingSettings, Server
 from goipd.fleet.registry import LineRegistry
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
 from goipd.upstream.errors import ErrorReason, UpstreamError
 from goipd.upstream.goip import GoipClient
 
@@ -42,7 +42,7 @@ class FleetPoller:
         self.polling = polling
         self.clock = clock
         self.may_poll: Callable[[str], bool] = lambda _name: True
-        """Whether this instance holds the server's polling lease now (goipd/ha.py)."""
+        """Whether this instance holds the server's polling lease now (goipd/fleet/ha.py)."""
         self.servers: dict[str, Server] = {}
         self.clients: dict[str, GoipClient] = {}
         self._not_before: dict[str, float] = {}
@@ -164,7 +164,7 @@ class FleetPoller:
             or (state is not None and not state.owned)
             or not self.may_poll(name)
         ):
-            return  # not configured any more, or polled by another instance (goipd/ha.py)
+            return  # not configured any more, or polled by another instance (goipd/fleet/ha.py)
         now = self.clock()
         if now < self._not_before.get(name, 0.0):
             self.metrics.poll_skipped.labels(name).inc()

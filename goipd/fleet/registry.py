@@ -105,7 +105,7 @@ class ServerState:
     consecutive_failures: int = 0
     lines: dict[str, Line] = field(default_factory=dict)
     owned: bool = True
-    """This instance holds the server's polling lease (goipd/ha.py): it polls the server and
+    """This instance holds the server's polling lease (goipd/fleet/ha.py): it polls the server and
     exports its fleet metrics. Otherwise its lines are copied from the owner's snapshots."""
 
 

@@ -200,7 +200,7 @@ class FleetSnapshot:
 class Ledger(Protocol):
     instance_id: str
     """Who this process is among goipd instances sharing the ledger: claims and leases carry
-    it (goipd/ha.py)."""
+    it (goipd/fleet/ha.py)."""
 
     async def open(self) -> None:
         """Create/migrate the schema; raise LedgerError if the store is unusable."""
@@ -256,7 +256,7 @@ class Ledger(Protocol):
     async def restamp_claims(self, recipient_ids: Sequence[int], now: float) -> None:
         """Move the claim time of this instance's `dispatching` recipients to `now`, right
         before their send starts: crash recovery looks for the send's task in a window that
-        begins at the claim time and lasts two upstream timeouts (goipd/reconcile.py)."""
+        begins at the claim time and lasts two upstream timeouts (goipd/reports/reconcile.py)."""
 
     async def record(self, outcomes: Sequence[Outcome], now: float) -> None:
         """Apply outcomes; never moves a recipient backwards or out of a final state, except
@@ -348,7 +348,7 @@ class Ledger(Protocol):
     async def line_quarantines(self) -> list[LineQuarantine]:
         """Every stored manual quarantine, by server and line."""
 
-    # --- several instances on one ledger (goipd/ha.py); PostgreSQL decides lease expiry by
+    # --- several instances on one ledger (goipd/fleet/ha.py); PostgreSQL decides lease expiry by
     # its own clock, so the instances' clocks need not agree. ---------------------------------
 
     async def acquire_leases(self, wanted: Mapping[str, float]) -> set[str]:

@@ -1,5 +1,5 @@
 """Leases, fleet snapshots and claim take-over on PostgreSQL (the `Ledger` methods for several
-instances, see goipd/ha.py).
+instances, see goipd/fleet/ha.py).
 
 Lease expiry is decided by the database's clock, never an instance's: two hosts whose clocks
 disagree still agree on who holds a lease. Each lease statement is one atomic upsert

@@ -1,5 +1,5 @@
 """Leases, fleet snapshots and claim take-over on SQLite (the `Ledger` methods for several
-instances, see goipd/ha.py). One SQLite file has one goipd, which wins every lease; the code
+instances, see goipd/fleet/ha.py). One SQLite file has one goipd, which wins every lease; the code
 path is the same as on PostgreSQL all the same, so a single instance behaves like one of many.
 """
 

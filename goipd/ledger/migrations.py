@@ -100,7 +100,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (server, line)
     );
     """,
-    # 5: several instances on one ledger (goipd/ha.py): who claimed a recipient, leases, the
+    # 5: several instances on one ledger (goipd/fleet/ha.py): who claimed a recipient, leases, the
     # polling instance's view of each SMS Server, task ids by time (claim recovery) and sends
     # per line and minute (the line send rate shared by all instances)
     """

@@ -1,7 +1,7 @@
 """`python -m goipd.sim.cloud_runner`: the smsgo, PaaSoo and c123 simulators in one process, for
 `make demo` (tests start them in-process instead). Loopback only; runs until SIGINT/SIGTERM.
 
-Accounts are the simulators' defaults (see goipd/demo.py for the matching goipd config).
+Accounts are the simulators' defaults (see goipd/sim/demo.py for the matching goipd config).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from goipd.logs import configure_logging
+from goipd.runtime.logs import configure_logging
 from goipd.sim.c123 import start_c123_sim
 from goipd.sim.common import until_stop_signal
 from goipd.sim.goip import is_loopback

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from goipd.logs import configure_logging, scrubber
+from goipd.runtime.logs import configure_logging, scrubber
 from goipd.sim.common import until_stop_signal
 from goipd.sim.goip import (
     SimError,

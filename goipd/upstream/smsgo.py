@@ -33,9 +33,9 @@ import structlog
 from pydantic import SecretStr
 from yarl import URL
 
+from goipd.accept.segments import GSM7_EXTENSION, is_gsm7
 from goipd.config import SmsgoSettings
 from goipd.ledger.base import State
-from goipd.segments import GSM7_EXTENSION, is_gsm7
 from goipd.upstream.cloud import CloudInbound, CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import AMBIGUOUS_REASONS, ErrorReason, ParseError, UpstreamError
 from goipd.upstream.goip import loads_lenient

@@ -7,9 +7,10 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from goipd import __version__, client_cli
+from goipd import __version__
+from goipd.cli import client as client_cli
 from goipd.config import ConfigError, load_settings
-from goipd.logs import configure_logging
+from goipd.runtime.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:

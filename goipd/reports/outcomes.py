@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from goipd import cms
 from goipd.config import RoutingSettings
 from goipd.ledger.base import FINAL_STATES, RANK, Outcome, Recipient, State
+from goipd.upstream import cms
 from goipd.upstream.goip import SendReport
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
 from goipd.ledger.base import Ledger, LineQuarantine
 
-log = structlog.get_logger("goipd.quarantine")
+log = structlog.get_logger("goipd.fleet.quarantine")
 
 
 @dataclass(frozen=True, slots=True)

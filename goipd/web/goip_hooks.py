@@ -18,13 +18,13 @@ from aiohttp import web
 from goipd.config import RoutingSettings, Server
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Ledger, Outcome, Recipient, State
-from goipd.metrics import LabelCache, Metrics
-from goipd.outcomes import LineEffect, ReportEffect, apply_report
-from goipd.problems import Problem
+from goipd.metrics.catalog import LabelCache, Metrics
+from goipd.reports.outcomes import LineEffect, ReportEffect, apply_report
 from goipd.upstream.errors import ParseError
 from goipd.upstream.goip import SendReport, parse_inbound_push, parse_status_push
+from goipd.web.problems import Problem
 
-log = structlog.get_logger("goipd.hooks")
+log = structlog.get_logger("goipd.web.goip_hooks")
 MAX_HOOK_BODY = 64 * 1024
 
 

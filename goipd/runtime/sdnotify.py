@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-log = structlog.get_logger("goipd.sdnotify")
+log = structlog.get_logger("goipd.runtime.sdnotify")
 
 _KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
 

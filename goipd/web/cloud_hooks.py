@@ -17,12 +17,12 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from goipd.clouds import CloudContext, HeldReports, store_inbound
-from goipd.problems import Problem
+from goipd.clouds.providers import CloudContext, HeldReports, store_inbound
 from goipd.upstream import paasoo, smsgo
 from goipd.upstream.errors import ParseError
+from goipd.web.problems import Problem
 
-log = structlog.get_logger("goipd.cloud_hooks")
+log = structlog.get_logger("goipd.web.cloud_hooks")
 MAX_QUERY_BYTES = 8 * 1024
 Parsed = TypeVar("Parsed")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from goipd.problems import Handler, Problem
+from goipd.web.problems import Handler, Problem
 
 IDLE_EVICT = 600.0
 MAX_BUCKETS = 10_000

@@ -19,14 +19,14 @@ from urllib.parse import quote
 
 import structlog
 
+from goipd.clouds.reply_recovery import CLOCK_SLACK, ReplyRecovery, not_stored
 from goipd.config import CloudProviderConfig, ReconcileSettings
 from goipd.ledger.base import Ledger, LedgerError, Outcome, Recipient, State
-from goipd.metrics import Metrics
-from goipd.reply_recovery import CLOCK_SLACK, ReplyRecovery, not_stored
+from goipd.metrics.catalog import Metrics
 from goipd.upstream.cloud import CloudInbound, CloudProvider, CloudStatus, CountsSent, PullsInbound
 from goipd.upstream.errors import AMBIGUOUS_REASONS, UpstreamError
 
-log = structlog.get_logger("goipd.clouds")
+log = structlog.get_logger("goipd.clouds.providers")
 STATUS_BATCH = 200
 TICK = 1.0
 HELD_LIMIT = 10_000
@@ -273,7 +273,7 @@ class CloudFleet:
         self.disabled_by = disabled_by
         """The refusal code that took a provider out of routing, None while it is in."""
         self.runs_jobs = runs_jobs
-        """Whether this instance does the provider's periodic work (goipd/ha.py): one instance
+        """Whether this instance does the provider's periodic work (goipd/fleet/ha.py): one instance
         of several does, so c123's one reply poll per 10 minutes holds for the whole fleet."""
         self.providers: dict[str, CloudProvider] = {}
         self._configs: dict[str, tuple[CloudProviderConfig, str | None]] = {}

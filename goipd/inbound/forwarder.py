@@ -18,9 +18,9 @@ import structlog
 
 from goipd.config import InboundSettings
 from goipd.ledger.base import Ledger, LedgerError, OutboxItem
-from goipd.wakeup import Wakeup
+from goipd.runtime.wakeup import Wakeup
 
-log = structlog.get_logger("goipd.forwarder")
+log = structlog.get_logger("goipd.inbound.forwarder")
 IDLE_WAIT = 1.0
 MAX_BACKOFF = 600.0
 
@@ -37,7 +37,7 @@ class InboundForwarder:
         self.settings = settings
         self.clock = clock
         self.runs = runs
-        """Whether this instance forwards (goipd/ha.py): one of several does, for all."""
+        """Whether this instance forwards (goipd/fleet/ha.py): one of several does, for all."""
         self._session: aiohttp.ClientSession | None = None
         self._wake = Wakeup()
         self._stopping = False

@@ -17,8 +17,10 @@ import phonenumbers
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from goipd import alerting, cms, openapi, overview, segments
+from goipd.accept import alerts as alerting
+from goipd.accept import segments
 from goipd.config import ApiSettings, RouteTarget, format_duration
+from goipd.fleet.quarantine import QUARANTINE_KEY
 from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine, ServerState
 from goipd.ledger.base import (
     AcceptResult,
@@ -29,9 +31,10 @@ from goipd.ledger.base import (
     Recipient,
     State,
 )
-from goipd.metrics import Metrics
-from goipd.problems import Handler, Problem, json_kind
-from goipd.quarantine import QUARANTINE_KEY
+from goipd.metrics.catalog import Metrics
+from goipd.upstream import cms
+from goipd.web import openapi, overview
+from goipd.web.problems import Handler, Problem, json_kind
 
 REGISTRY_KEY = web.AppKey("line_registry", LineRegistry)
 

@@ -16,7 +16,7 @@
   in which a recipient can be sent twice (another client of the same SMS Server sending in
   between can push the task beyond the scanned ids).
 
-With several instances on one ledger (goipd/ha.py) each settles the claims of its own past and
+With several instances on one ledger (goipd/fleet/ha.py) each settles the claims of its own past and
 those of instances whose heartbeat expired, never a live instance's sends in flight; it takes
 them over in the ledger first, so no two instances settle one claim. Submitted sends are asked
 about by the instance that polls their server.
@@ -29,13 +29,13 @@ from collections.abc import Callable, Collection
 import structlog
 
 from goipd.config import ReconcileSettings
-from goipd.hooks import HookContext, apply_goip_report
 from goipd.ledger.base import Outcome, Recipient, State
-from goipd.outcomes import retry_delay
+from goipd.reports.outcomes import retry_delay
 from goipd.upstream.errors import UpstreamError
 from goipd.upstream.goip import GoipClient, SendReport
+from goipd.web.goip_hooks import HookContext, apply_goip_report
 
-log = structlog.get_logger("goipd.reconcile")
+log = structlog.get_logger("goipd.reports.reconcile")
 BATCH = 500
 TASK_SCAN_MARGIN = 8
 """Task ids scanned beyond the claims to recover, for other clients of the same SMS Server."""

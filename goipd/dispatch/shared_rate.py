@@ -13,10 +13,10 @@ from typing import TypeVar
 
 import structlog
 
+from goipd.dispatch.routing import Choice, LineChoice, Router
 from goipd.ledger.base import Ledger, LedgerError, Recipient
-from goipd.routing import Choice, LineChoice, Router
 
-log = structlog.get_logger("goipd.dispatch")
+log = structlog.get_logger("goipd.dispatch.dispatcher")
 B = TypeVar("B")
 Plans = list[tuple[Choice, B, list[Recipient]]]
 

@@ -31,9 +31,9 @@ import structlog
 from goipd.fleet import snapshot
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Ledger, LedgerError
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
 
-log = structlog.get_logger("goipd.ha")
+log = structlog.get_logger("goipd.fleet.ha")
 INSTANCE_LEASE = "instance:"
 POLL_LEASE = "poll:"
 CLOUD_LEASE = "cloud:"

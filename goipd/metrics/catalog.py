@@ -5,7 +5,7 @@ at scrape time. That keeps polling cheap (no metric updates per line per poll) a
 of gone lines and removed servers disappear by construction.
 
 A scrape of 32,000 lines is ~280,000 samples: render() writes them from text cached per server
-and per labelled child (goipd/exposition.py), formatting only what changed since the last
+and per labelled child (goipd/metrics/exposition.py), formatting only what changed since the last
 scrape, and render_async() does it in slices so the event loop keeps serving meanwhile.
 """
 
@@ -29,8 +29,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from goipd import cms
-from goipd.exposition import (
+from goipd.fleet.registry import LineRegistry, ServerState
+from goipd.metrics.exposition import (
     OrderedRegistry,
     RegistryText,
     count_text,
@@ -39,7 +39,7 @@ from goipd.exposition import (
     header,
     slow_text,
 )
-from goipd.fleet.registry import LineRegistry, ServerState
+from goipd.upstream import cms
 from goipd.upstream.errors import ErrorReason
 
 # `*_created` series double the series count of every counter and histogram for a timestamp
@@ -96,7 +96,7 @@ class FleetCollector(Collector):
         now = time.time()
         for server in self.fleet.servers.values():
             if not server.owned:
-                continue  # exported by the instance that polls it (goipd/ha.py), not twice
+                continue  # exported by the instance that polls it (goipd/fleet/ha.py), not twice
             up.add_metric([server.name], 1.0 if server.up else 0.0)
             for line in server.lines.values():
                 if line.gone:

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
 
-log = structlog.get_logger("goipd.supervise")
+log = structlog.get_logger("goipd.runtime.supervise")
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 HEALTHY_AFTER = 60.0

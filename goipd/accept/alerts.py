@@ -18,12 +18,12 @@ from typing import Any, Final, Literal
 
 import structlog
 
-from goipd import segments
+from goipd.accept import segments
 from goipd.config import AlertingSettings, AlertReceiverSettings, RouteTarget
-from goipd.metrics import Metrics
-from goipd.problems import json_kind
+from goipd.metrics.catalog import Metrics
+from goipd.web.problems import json_kind
 
-log = structlog.get_logger("goipd.alerting")
+log = structlog.get_logger("goipd.accept.alerts")
 
 Status = Literal["firing", "resolved"]
 Outcome = Literal["sent", "deduplicated", "rate_limited", "failed", "unknown_receiver", "malformed"]

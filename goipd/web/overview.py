@@ -12,7 +12,7 @@ from prometheus_client import Gauge
 
 from goipd.fleet.registry import LineRegistry, LineState
 from goipd.ledger.base import State
-from goipd.metrics import Metrics
+from goipd.metrics.catalog import Metrics
 
 
 def _samples(gauge: Gauge) -> list[tuple[dict[str, str], float]]:

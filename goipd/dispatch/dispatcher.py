@@ -16,19 +16,19 @@ from dataclasses import dataclass
 
 import structlog
 
-from goipd import shared_rate
 from goipd.config import RouteTarget, RoutingSettings
+from goipd.dispatch import shared_rate
+from goipd.dispatch.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Claim, Ledger, LedgerError, Outcome, Recipient, State
-from goipd.metrics import Metrics
-from goipd.outcomes import retry_delay
-from goipd.routing import Choice, CloudChoice, LineChoice, Router
+from goipd.metrics.catalog import Metrics
+from goipd.reports.outcomes import retry_delay
+from goipd.runtime.wakeup import Wakeup
 from goipd.upstream.cloud import CloudProvider, Verdict
 from goipd.upstream.errors import AMBIGUOUS_REASONS, REASON_CODES, UpstreamError
 from goipd.upstream.goip import GoipClient, SendAccepted
-from goipd.wakeup import Wakeup
 
-log = structlog.get_logger("goipd.dispatch")
+log = structlog.get_logger("goipd.dispatch.dispatcher")
 IDLE_WAIT = 1.0
 BODY_CACHE = 10_000
 """Messages whose text and route are kept for later passes (big messages span many)."""

@@ -1,0 +1,1 @@
+"""Cloud SMS providers' periodic work: balances, overdue status queries, reply pulls."""

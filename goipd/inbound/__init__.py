@@ -1,0 +1,1 @@
+"""Inbound SMS: stored, then forwarded at least once to the configured webhooks."""

@@ -1,0 +1,1 @@
+"""The Prometheus metrics: every metric declared once, and their fast text exposition."""

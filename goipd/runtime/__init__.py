@@ -1,0 +1,1 @@
+"""Process plumbing: logs, systemd notify/watchdog, supervised tasks, small async helpers."""

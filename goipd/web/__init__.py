@@ -1,0 +1,1 @@
+"""The HTTP edge (aiohttp): routes, auth, limits, problem+json, handlers, hooks, probes."""
