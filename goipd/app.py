@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import time
 from collections.abc import Callable, Coroutine
@@ -12,43 +11,42 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
-from goipd.accept import alerts as alerting
-from goipd.clouds.providers import CloudContext, CloudFleet
+from goipd.accept.alerts import AlertRelay
+from goipd.clouds.providers import CloudFleet
 from goipd.config import ConfigError, Settings, load_settings
 from goipd.dispatch.dispatcher import Dispatcher
 from goipd.dispatch.routing import Router
+from goipd.fleet.collector import FleetCollector
 from goipd.fleet.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
 from goipd.fleet.poller import FleetPoller
-from goipd.fleet.quarantine import QUARANTINE_KEY, ManualQuarantines
+from goipd.fleet.quarantine import ManualQuarantines
 from goipd.fleet.registry import LineRegistry
 from goipd.inbound.forwarder import InboundForwarder, url_secrets
-from goipd.ledger.base import Ledger, LedgerError, State
-from goipd.metrics import exposition
+from goipd.ledger.open import open_ledger
 from goipd.metrics.catalog import Metrics
+from goipd.model import LedgerError, State
+from goipd.reports.cloud import CloudContext
+from goipd.reports.goip import GoipContext
 from goipd.reports.reconcile import Reconciler
 from goipd.runtime.logs import scrubber
 from goipd.runtime.netutil import bound_port
 from goipd.runtime.sdnotify import Notifier, watchdog_loop
 from goipd.runtime.supervise import supervised
-from goipd.web import api, statuspage
-from goipd.web import goip_hooks as hooks
+from goipd.web import server as web_server
 from goipd.web.cloud_hooks import CloudHooks
-from goipd.web.problems import Handler, problem_middleware, problem_response
-from goipd.web.ratelimit import RateLimit, rate_limit_middleware
+from goipd.web.context import ApiContext
 
 log = structlog.get_logger("goipd")
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 QUEUE_METRICS_INTERVAL = 5.0
-READY_WRITE_TIMEOUT = 2.0
 
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.registry = LineRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics()
+        self.fleet_collector = FleetCollector(self.registry, self.metrics)
         self.poller = FleetPoller(self.registry, self.metrics, settings.polling)
         self.ledger = open_ledger(
             settings,
@@ -100,7 +98,7 @@ class Daemon:
             # One SQLite file has one instance, whose router already keeps the exact rate.
             shared_line_rate=settings.storage.sqlite_path is None,
         )
-        self.hooks = hooks.HookContext(
+        self.hooks = GoipContext(
             servers=lambda: self.poller.servers,
             ledger=self.ledger,
             registry=self.registry,
@@ -122,7 +120,7 @@ class Daemon:
             lambda: self.settings.inbound,
             runs=lambda: self.coordinator.holds(FORWARD_LEASE),
         )
-        self.api = api.ApiContext(
+        self.api = ApiContext(
             ledger=self.ledger,
             settings=lambda: self.settings.api,
             server_names=lambda: self.poller.servers.keys(),
@@ -132,8 +130,20 @@ class Daemon:
             clock=time.time,
             cancel_handed_over=self.clouds.cancel_handed_over,
         )
-        self.alert_relay = alerting.AlertRelay(settings.alerting, self.metrics)
-        self.web_app = self._build_web_app()
+        self.alert_relay = AlertRelay(settings.alerting, self.metrics)
+        self.web_app = web_server.build_app(
+            lambda: self.settings,
+            lambda: self.stopping,
+            web_server.Parts(
+                probed=self,
+                registry=self.registry,
+                api=self.api,
+                alert_relay=self.alert_relay,
+                goip=self.hooks,
+                quarantines=self.quarantines,
+                cloud_hooks=self.cloud_hooks,
+            ),
+        )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.port: int | None = None
@@ -141,50 +151,6 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.queue_counts: dict[State, int] = {}
         self.notifier = Notifier.from_env(unset_environment=True)
-
-    def _build_web_app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[
-                problem_middleware,
-                self._refuse_while_stopping,
-                api.token_middleware(lambda: self.settings.api_tokens),
-                rate_limit_middleware(
-                    lambda: RateLimit(
-                        self.settings.api.rate_limit, self.settings.api.rate_limit_burst
-                    ),
-                    # Without tokens any Authorization header passes: keying buckets by it
-                    # would let a client skip the limit with a new header per request.
-                    lambda request: api.client_id(request) if self.settings.api_tokens else "",
-                ),
-            ],
-            client_max_size=self.settings.http.max_body_bytes,
-        )
-        app[DAEMON_KEY] = self
-        app[api.REGISTRY_KEY] = self.registry
-        app[api.API_KEY] = self.api
-        app[api.ALERTING_KEY] = self.alert_relay
-        app[hooks.HOOKS_KEY] = self.hooks
-        app[QUARANTINE_KEY] = self.quarantines
-        app.router.add_get("/metrics", _metrics)
-        app.router.add_get("/healthz", _healthz)
-        app.router.add_get("/readyz", _readyz)
-        api.add_routes(app)
-        statuspage.add_routes(app)
-        hooks.add_routes(app)
-        self.cloud_hooks.add_routes(app)
-        return app
-
-    @web.middleware
-    async def _refuse_while_stopping(
-        self, request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
-        # During a graceful stop new work is refused (clients retry elsewhere or later), while
-        # hooks keep being applied: they finish sends that are already out.
-        if self.stopping and request.path.startswith("/api/"):
-            return problem_response(
-                503, "goipd is shutting down", title="Shutting down", headers={"Retry-After": "5"}
-            )
-        return await handler(request)
 
     async def start(self) -> None:
         scrubber.set_secrets(_secrets(self.settings))
@@ -243,7 +209,7 @@ class Daemon:
         self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]
     ) -> asyncio.Task[None]:
         return asyncio.create_task(
-            supervised(name, factory, self.metrics, lambda: self.stopping), name=name
+            supervised(name, factory, self.metrics.task_restarts, lambda: self.stopping), name=name
         )
 
     def _schedule_ahead(self, name: str) -> float:
@@ -384,19 +350,6 @@ async def _close_later(clients: list[_Closable], delay: float) -> None:
     await asyncio.gather(*(client.close() for client in clients))
 
 
-def open_ledger(settings: Settings, instance_id: str) -> Ledger:
-    path = settings.storage.sqlite_path
-    if path is not None:
-        from goipd.ledger.sqlite import SqliteLedger
-
-        return SqliteLedger(path, instance_id=instance_id)
-    from goipd.ledger.postgres import PostgresLedger
-
-    return PostgresLedger(
-        settings.storage.url, schema=settings.storage.pg_schema, instance_id=instance_id
-    )
-
-
 def _secrets(settings: Settings) -> list[str]:
     values = [t.get_secret_value() for t in settings.api_tokens]
     for server in settings.servers:
@@ -429,48 +382,6 @@ def _provider_warnings(settings: Settings) -> list[str]:
                 "push delivery reports and replies"
             )
     return warnings
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body = await request.app[DAEMON_KEY].metrics.render_async()
-    headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
-    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        # 32,000 lines are ~20 MB of text and ~1 MB gzipped.
-        body = await exposition.compress(body)
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
-
-
-def _accepts_gzip(accept_encoding: str) -> bool:
-    for item in accept_encoding.split(","):
-        coding, _, params = item.partition(";")
-        if coding.strip().lower() == "gzip":
-            weight = params.replace(" ", "").lower()
-            return not re.fullmatch(r"q=0(\.0{0,3})?", weight)
-    return False
-
-
-async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    if not daemon.ready:
-        return problem_response(
-            503, "first poll round of the SMS Servers is not finished", title="Not ready"
-        )
-    try:
-        write_error = await asyncio.wait_for(daemon.ledger.check_writes(), READY_WRITE_TIMEOUT)
-    except TimeoutError:
-        # The probe waits behind a commit that hangs: still not ready, and a prober's
-        # request must not hang with it.
-        write_error = daemon.ledger.write_error or "the ledger did not commit in time"
-    if write_error is not None:
-        return problem_response(
-            503, f"the ledger cannot store writes: {write_error}", title="Not ready"
-        )
-    return web.json_response({"status": "ready"})
 
 
 async def run_daemon(settings: Settings) -> int:

@@ -18,7 +18,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goipd.accept import segments
 from goipd.accept.alerts import AlertGate, NotificationError, parse_notification, render
 from goipd.app import Daemon
 from goipd.config import (
@@ -27,6 +26,7 @@ from goipd.config import (
     parse_settings,
 )
 from goipd.sim.goip import RunningSimulator
+from goipd.upstream import segments
 from tests.conftest import API_TOKEN, control, daemon_config, eventually, fleet_spec, sample
 from tests.test_crash import free_port
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from goipd.app import Daemon
-from goipd.web import api
+from goipd.web import routes
 from tests.conftest import API_TOKEN
 
 OTHER_TOKEN = "another-token-0123456789abcdef"
@@ -288,7 +288,7 @@ async def test_openapi_documents_every_api_route(base: str, http: aiohttp.Client
         document = await resp.json()
     assert document["openapi"].startswith("3.1")
     app = web.Application()
-    api.add_routes(app)
+    routes.add_routes(app)
     registered = {
         (route.resource.canonical, route.method)
         for route in app.router.routes()

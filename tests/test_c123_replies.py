@@ -14,7 +14,6 @@ from pydantic import SecretStr
 from goipd.clouds.providers import CloudContext, CloudFleet
 from goipd.clouds.reply_recovery import MAX_HOURS, TRIES_PER_HOUR, ReplyRecovery
 from goipd.config import C123Settings, CloudProviderConfig, ReconcileSettings
-from goipd.fleet.registry import LineRegistry
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
 from goipd.sim.c123 import RunningC123Sim, start_c123_sim
@@ -34,7 +33,7 @@ async def c123() -> AsyncIterator[RunningC123Sim]:
 async def test_replies_fetched_while_the_ledger_refuses_are_stored_next_poll(
     c123: RunningC123Sim, ledger: SqliteLedger
 ) -> None:
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
     fleet = CloudFleet(CloudContext(ledger, metrics, lambda: ()), lambda: ReconcileSettings())
     settings = C123Settings(uid="9999", password=SecretStr(PASSWORD), url=c123.url, timeout="1s")
     fleet.configure([CloudProviderConfig("c123", settings, SecretStr(PASSWORD), None)], None)
@@ -70,9 +69,7 @@ async def test_replies_fetched_while_the_ledger_refuses_are_stored_next_poll(
 
 @pytest.fixture
 async def c123_fleet(c123: RunningC123Sim, ledger: SqliteLedger) -> AsyncIterator[CloudFleet]:
-    fleet = CloudFleet(
-        CloudContext(ledger, Metrics(LineRegistry()), lambda: ()), lambda: ReconcileSettings()
-    )
+    fleet = CloudFleet(CloudContext(ledger, Metrics(), lambda: ()), lambda: ReconcileSettings())
     settings = C123Settings(uid="9999", password=SecretStr(PASSWORD), url=c123.url, timeout="1s")
     fleet.configure([CloudProviderConfig("c123", settings, SecretStr(PASSWORD), None)], None)
     yield fleet

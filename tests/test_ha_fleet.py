@@ -21,6 +21,7 @@ from goipd.app import Daemon
 from goipd.config import ConfigError, RouteTarget, RoutingSettings, parse_settings
 from goipd.dispatch.routing import CloudChoice, LineChoice, Router
 from goipd.fleet import snapshot
+from goipd.fleet.collector import FleetCollector
 from goipd.fleet.ha import default_instance_id
 from goipd.fleet.registry import LineRegistry, LineState
 from goipd.ledger.postgres import PostgresLedger
@@ -76,7 +77,8 @@ def test_a_snapshot_copies_the_server_silently_and_keeps_what_the_follower_learn
 def test_fleet_metrics_come_from_the_polling_instance_only() -> None:
     registry = LineRegistry(["hq"])
     registry.apply_poll("hq", [status("G1")], NOW)
-    metrics = Metrics(registry)
+    metrics = Metrics()
+    FleetCollector(registry, metrics)
     metrics.instance_leader.labels("hq").set(1)
     text = metrics.render().decode()
     assert sample(text, "goipd_line_online", server="hq", line="G1") == 1.0

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from goipd.ledger.base import Claim, Outcome, State
 from goipd.ledger.line_rate import grant, minute_bucket, quota_grant
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger
+from goipd.model import Claim, Outcome, State
 from tests.test_ledger import NOW, PG_URL, new
 
 Ledger = SqliteLedger | PostgresLedger

@@ -18,8 +18,8 @@ import yaml
 
 from goipd.app import Daemon
 from goipd.config import load_settings
-from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.postgres import PostgresLedger
+from goipd.model import Claim, NewMessage, Outcome, State
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import control, daemon_config, fleet_spec
 from tests.test_ledger import PG_URL

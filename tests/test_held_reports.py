@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from goipd.clouds.providers import HELD_RETRY, CloudContext, HeldReports, apply_status
-from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
+from goipd.model import Claim, NewMessage, Outcome, State
+from goipd.reports.cloud import HELD_RETRY, CloudContext, HeldReports, apply_status
 from goipd.upstream.cloud import CloudStatus
 
 NOW = 1_800_000_000.0
@@ -32,7 +31,7 @@ class Clock:
 async def ctx(tmp_path: Path) -> AsyncIterator[CloudContext]:
     ledger = SqliteLedger(tmp_path / "goipd.db")
     await ledger.open()
-    yield CloudContext(ledger, Metrics(LineRegistry()), lambda: (), clock=lambda: NOW)
+    yield CloudContext(ledger, Metrics(), lambda: (), clock=lambda: NOW)
     await ledger.close()
 
 

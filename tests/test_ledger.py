@@ -25,7 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from goipd.ledger.base import (
+from goipd.ledger.migrations import LATEST, MIGRATIONS
+from goipd.ledger.postgres import PostgresLedger
+from goipd.ledger.rows import CROCKFORD, crockford26
+from goipd.ledger.sqlite import SqliteLedger, new_message_id
+from goipd.model import (
     FINAL_STATES,
     RANK,
     AcceptResult,
@@ -37,10 +41,6 @@ from goipd.ledger.base import (
     Recipient,
     State,
 )
-from goipd.ledger.migrations import LATEST, MIGRATIONS
-from goipd.ledger.postgres import PostgresLedger
-from goipd.ledger.rows import CROCKFORD, crockford26
-from goipd.ledger.sqlite import SqliteLedger, new_message_id
 from tests.conftest import fill
 
 PG_URL = os.environ.get("GOIPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -1313,7 +1313,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from goipd.ledger.base import NewMessage
+    from goipd.model import NewMessage
     from goipd.ledger.sqlite import SqliteLedger
 
     async def main() -> None:

@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 
 from goipd.app import Daemon
-from goipd.ledger.base import LedgerError, NewMessage, State
 from goipd.ledger.postgres import WRITER_NAME, PostgresLedger
+from goipd.model import LedgerError, NewMessage, State
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import daemon_config, eventually, fleet_spec
 

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from goipd.config import PaasooSettings
-from goipd.ledger.base import State
+from goipd.model import State
 from goipd.sim.paasoo import PaasooSim, RunningPaasooSim, start_paasoo_sim
 from goipd.upstream.cloud import CloudProvider, CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import ParseError

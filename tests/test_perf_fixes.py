@@ -21,11 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from goipd.config import parse_settings
 from goipd.dispatch.dispatcher import _OutcomeWriter
 from goipd.dispatch.routing import LineChoice, Router
+from goipd.fleet.collector import FleetCollector
 from goipd.fleet.poller import FleetPoller
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
-from goipd.ledger.base import Claim, LedgerError, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
+from goipd.model import Claim, LedgerError, NewMessage, Outcome, State
 from goipd.runtime.logs import REDACTED, SecretScrubber
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import LineStatus, _strip_trailing_commas
@@ -88,7 +89,8 @@ def assert_same_exposition(metrics: Metrics) -> str:
 
 def _fleet() -> tuple[LineRegistry, Metrics]:
     registry = LineRegistry(["hq", "branch", "lab"])
-    metrics = Metrics(registry)
+    metrics = Metrics()
+    FleetCollector(registry, metrics)
     metrics.add_servers(registry.servers)
     now = time.time()
     registry.apply_poll(
@@ -176,7 +178,7 @@ async def test_metrics_endpoint_gzips_when_asked(
 
     async def warmed_up() -> bool:
         # Rendered once in the background after the first poll round, before any scrape.
-        return "hq" in daemon.metrics.fleet_collector._servers
+        return "hq" in daemon.fleet_collector._servers
 
     await eventually(warmed_up, 5.0, "the /metrics text rendered after the first poll round")
     url = f"http://127.0.0.1:{daemon.port}/metrics"
@@ -247,7 +249,7 @@ async def test_scheduled_polls_are_spread_evenly_over_the_interval() -> None:
     )
     settings = parse_settings(f"polling: {{jitter: 0.1}}\nservers:\n{servers}\n")
     registry = LineRegistry()
-    poller = FleetPoller(registry, Metrics(registry), settings.polling)
+    poller = FleetPoller(registry, Metrics(), settings.polling)
     poller.configure({s.name: s for s in settings.servers})
     started = time.time()
     poller.start()

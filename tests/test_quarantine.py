@@ -20,10 +20,10 @@ import pytest
 from goipd.app import Daemon
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
 from goipd.ledger import postgres
-from goipd.ledger.base import LineQuarantine
 from goipd.ledger.migrations import MIGRATIONS, migrate
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger
+from goipd.model import LineQuarantine
 from goipd.sim.goip import RunningSimulator
 from tests.conftest import API_TOKEN, control, daemon_config, eventually, fleet_spec, sample
 from tests.test_pipeline_e2e import connect_push, send, sent_log, wait_states

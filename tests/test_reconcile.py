@@ -14,7 +14,7 @@ import aiohttp
 import yaml
 
 from goipd.app import Daemon
-from goipd.ledger.base import Claim, Outcome, Recipient, State
+from goipd.model import Claim, Outcome, Recipient, State
 from goipd.sim.goip import RunningSimulator
 from goipd.upstream.goip import GoipClient, SendAccepted
 from tests.conftest import daemon_config, fleet_spec, sample

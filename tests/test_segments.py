@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goipd.accept.segments import (
+from goipd.upstream.segments import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     SegmentInfo,

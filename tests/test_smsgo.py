@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from goipd.config import SmsgoSettings
-from goipd.ledger.base import State
+from goipd.model import State
 from goipd.sim.smsgo import RunningSmsgoSim, start_smsgo_sim
 from goipd.upstream.cloud import CloudInbound, CloudStatus, Verdict
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError

@@ -27,7 +27,6 @@ from unittest.mock import ANY
 import pytest
 import yaml
 
-from goipd.fleet.registry import LineRegistry
 from goipd.metrics.catalog import Metrics
 from goipd.web import overview
 from tests.conftest import API_TOKEN
@@ -422,7 +421,7 @@ def test_without_a_valid_token_the_page_asks_for_one(stack: Stack, fragment: str
 
 
 def test_overview_reads_queue_and_providers_from_the_metrics() -> None:
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
     for state, count in (("queued", 3), ("dispatching", 2), ("submitted", 1), ("failed", 7)):
         metrics.queue_messages.labels(state).set(count)
     metrics.queue_oldest_age.set(42.5)

@@ -12,10 +12,9 @@ from pydantic import SecretStr
 
 from goipd.clouds.providers import CloudContext, CloudFleet
 from goipd.config import CloudProviderConfig, ReconcileSettings, SmsgoSettings
-from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import Claim, NewMessage, Outcome, State
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
+from goipd.model import Claim, NewMessage, Outcome, State
 from goipd.sim.smsgo import RunningSmsgoSim, start_smsgo_sim
 
 PASSWORD = "smsgo-secret"
@@ -42,7 +41,7 @@ def asked(smsgo: RunningSmsgoSim) -> list[str]:
 async def test_status_queries_page_through_every_overdue_send(
     smsgo: RunningSmsgoSim, ledger: SqliteLedger
 ) -> None:
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
     settings = ReconcileSettings(query_after="1s", report_deadline="1h")
     fleet = CloudFleet(CloudContext(ledger, metrics, lambda: ()), lambda: settings, status_batch=2)
     config = SmsgoSettings(

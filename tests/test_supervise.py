@@ -11,7 +11,6 @@ import pytest
 from aiohttp import web
 
 from goipd.config import InboundSettings
-from goipd.fleet.registry import LineRegistry
 from goipd.inbound.forwarder import InboundForwarder
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
@@ -68,7 +67,7 @@ def restarts(metrics: Metrics, task: str) -> float:
 
 
 async def test_supervised_restarts_a_crashed_loop_and_counts_it() -> None:
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
     runs: list[int] = []
     done = asyncio.Event()
 
@@ -78,7 +77,9 @@ async def test_supervised_restarts_a_crashed_loop_and_counts_it() -> None:
             raise RuntimeError("a bug")
         done.set()
 
-    task = asyncio.create_task(supervised("demo", loop, metrics, lambda: False, backoff=0.01))
+    task = asyncio.create_task(
+        supervised("demo", loop, metrics.task_restarts, lambda: False, backoff=0.01)
+    )
     await asyncio.wait_for(done.wait(), 5)
     await task  # a loop that returns ends supervision
     assert runs == [0, 1, 2] and restarts(metrics, "demo") == 2
@@ -86,18 +87,18 @@ async def test_supervised_restarts_a_crashed_loop_and_counts_it() -> None:
 
 async def test_supervised_exports_its_restart_series_before_any_crash() -> None:
     # Without a 0 sample, increase() cannot see the first crash and GoipdTaskCrashing misses it.
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
 
     async def quiet() -> None:
         return None
 
-    await supervised("calm", quiet, metrics, lambda: False)
+    await supervised("calm", quiet, metrics.task_restarts, lambda: False)
     sample = metrics.registry.get_sample_value("goipd_task_restarts_total", {"task": "calm"})
     assert sample == 0.0
 
 
 async def test_supervised_does_not_restart_during_shutdown() -> None:
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
     runs = 0
 
     async def loop() -> None:
@@ -105,19 +106,19 @@ async def test_supervised_does_not_restart_during_shutdown() -> None:
         runs += 1
         raise RuntimeError("closed under it")
 
-    await asyncio.wait_for(supervised("demo", loop, metrics, lambda: True), 5)
+    await asyncio.wait_for(supervised("demo", loop, metrics.task_restarts, lambda: True), 5)
     assert runs == 1 and restarts(metrics, "demo") == 0
 
 
 async def test_supervised_stops_when_cancelled() -> None:
-    metrics = Metrics(LineRegistry())
+    metrics = Metrics()
     started = asyncio.Event()
 
     async def loop() -> None:
         started.set()
         await asyncio.sleep(3600)
 
-    task = asyncio.create_task(supervised("demo", loop, metrics, lambda: False))
+    task = asyncio.create_task(supervised("demo", loop, metrics.task_restarts, lambda: False))
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

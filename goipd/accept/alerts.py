@@ -18,10 +18,10 @@ from typing import Any, Final, Literal
 
 import structlog
 
-from goipd.accept import segments
 from goipd.config import AlertingSettings, AlertReceiverSettings, RouteTarget
 from goipd.metrics.catalog import Metrics
-from goipd.web.problems import json_kind
+from goipd.problem import json_kind
+from goipd.upstream import segments
 
 log = structlog.get_logger("goipd.accept.alerts")
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from goipd.ledger.base import Ledger
+from goipd.ledger.base import InboundStore
 from goipd.ledger.rows import storable
 from goipd.upstream.cloud import CloudInbound
 
@@ -99,7 +99,7 @@ def _key(number: str, content: str, upstream_time: str) -> Key:
 
 
 async def not_stored(
-    ledger: Ledger, source: str, replies: Sequence[CloudInbound], since: datetime
+    ledger: InboundStore, source: str, replies: Sequence[CloudInbound], since: datetime
 ) -> list[CloudInbound]:
     """`replies` less those the ledger already holds from `source`, looking at what it stored
     since `since` (each stored reply stands for one fetched copy)."""

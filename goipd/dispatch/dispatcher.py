@@ -20,8 +20,9 @@ from goipd.config import RouteTarget, RoutingSettings
 from goipd.dispatch import shared_rate
 from goipd.dispatch.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import Claim, Ledger, LedgerError, Outcome, Recipient, State
+from goipd.ledger.base import Dispatching
 from goipd.metrics.catalog import Metrics
+from goipd.model import Claim, LedgerError, Outcome, Recipient, State
 from goipd.reports.outcomes import retry_delay
 from goipd.runtime.wakeup import Wakeup
 from goipd.upstream.cloud import CloudProvider, Verdict
@@ -47,7 +48,7 @@ class Body:
 class Dispatcher:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Dispatching,
         router: Router,
         registry: LineRegistry,
         clients: Callable[[str], GoipClient | None],
@@ -562,7 +563,7 @@ class _OutcomeWriter:
     """Outcomes of sends whose replies come in together go to the ledger as one write: one
     queue item, future and savepoint for all of them instead of one each."""
 
-    def __init__(self, ledger: Ledger, clock: Callable[[], float]) -> None:
+    def __init__(self, ledger: Dispatching, clock: Callable[[], float]) -> None:
         self._ledger = ledger
         self._clock = clock
         self._outcomes: list[Outcome] = []

@@ -14,7 +14,8 @@ from typing import TypeVar
 import structlog
 
 from goipd.dispatch.routing import Choice, LineChoice, Router
-from goipd.ledger.base import Ledger, LedgerError, Recipient
+from goipd.ledger.base import Dispatching
+from goipd.model import LedgerError, Recipient
 
 log = structlog.get_logger("goipd.dispatch.dispatcher")
 B = TypeVar("B")
@@ -28,7 +29,7 @@ def _line(choice: Choice) -> tuple[str, str] | None:
 
 
 async def admit(
-    ledger: Ledger, router: Router, plans: Plans[B], per_minute: int
+    ledger: Dispatching, router: Router, plans: Plans[B], per_minute: int
 ) -> tuple[Plans[B], int | None]:
     """`plans` cut to what the shared rate allows, and the minute the sends were reserved in
     (None: nothing reserved), for forget_unclaimed. Raises LedgerError like any ledger call."""
@@ -67,7 +68,7 @@ async def admit(
 
 
 async def forget_unclaimed(
-    ledger: Ledger,
+    ledger: Dispatching,
     router: Router,
     plans: Sequence[tuple[Choice, object, list[Recipient]]],
     claimed: Collection[int],

@@ -30,8 +30,9 @@ import structlog
 
 from goipd.fleet import snapshot
 from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import Ledger, LedgerError
+from goipd.ledger.base import Coordination
 from goipd.metrics.catalog import Metrics
+from goipd.model import LedgerError
 
 log = structlog.get_logger("goipd.fleet.ha")
 INSTANCE_LEASE = "instance:"
@@ -60,7 +61,7 @@ def poll_lease(server: str) -> str:
 class Coordinator:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: Coordination,
         registry: LineRegistry,
         metrics: Metrics,
         lease_ttl: float,

@@ -14,7 +14,8 @@ import structlog
 from aiohttp import web
 
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
-from goipd.ledger.base import Ledger, LineQuarantine
+from goipd.ledger.base import Coordination
+from goipd.model import LineQuarantine
 
 log = structlog.get_logger("goipd.fleet.quarantine")
 
@@ -29,7 +30,7 @@ class Released:
 
 class ManualQuarantines:
     def __init__(
-        self, ledger: Ledger, registry: LineRegistry, on_release: Callable[[], None]
+        self, ledger: Coordination, registry: LineRegistry, on_release: Callable[[], None]
     ) -> None:
         self.ledger = ledger
         self.registry = registry

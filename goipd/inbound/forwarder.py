@@ -17,7 +17,8 @@ import aiohttp
 import structlog
 
 from goipd.config import InboundSettings
-from goipd.ledger.base import Ledger, LedgerError, OutboxItem
+from goipd.ledger.base import InboundStore
+from goipd.model import LedgerError, OutboxItem
 from goipd.runtime.wakeup import Wakeup
 
 log = structlog.get_logger("goipd.inbound.forwarder")
@@ -28,7 +29,7 @@ MAX_BACKOFF = 600.0
 class InboundForwarder:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: InboundStore,
         settings: Callable[[], InboundSettings],
         clock: Callable[[], float] = time.time,
         runs: Callable[[], bool] = lambda: True,

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from goipd.ledger.base import AcceptResult, Message, NewMessage
 from goipd.ledger.rows import message_row, new_message_id
+from goipd.model import AcceptResult, Message, NewMessage
 
 Latest = dict[tuple[str, str], tuple[float, str]]
 """(number, text hash) → (created_at, message id) of the latest live recipient."""

@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from goipd.ledger.base import LedgerError
+from goipd.model import LedgerError
 
 log = structlog.get_logger("goipd.ledger")
 Op = TypeVar("Op")

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from goipd.ledger.base import FleetSnapshot, Recipient
 from goipd.ledger.line_rate import (
     HORIZON_MINUTES,
     LineReservation,
@@ -26,6 +25,7 @@ from goipd.ledger.line_rate import (
     quota_since,
 )
 from goipd.ledger.rows import RECIPIENT_COLUMNS, recipient_from_row
+from goipd.model import FleetSnapshot, Recipient
 
 T = TypeVar("T")
 DB_NOW = "extract(epoch from clock_timestamp())::float8"

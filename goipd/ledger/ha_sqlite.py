@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from goipd.ledger.base import FleetSnapshot, Recipient
 from goipd.ledger.line_rate import (
     HORIZON_MINUTES,
     LineReservation,
@@ -21,6 +20,7 @@ from goipd.ledger.line_rate import (
     quota_since,
 )
 from goipd.ledger.rows import RECIPIENT_COLUMNS, recipient_from_row
+from goipd.model import FleetSnapshot, Recipient
 
 T = TypeVar("T")
 CHUNK = 500

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
-from goipd.ledger.base import LedgerError
+from goipd.model import LedgerError
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema

@@ -29,19 +29,6 @@ from goipd.ledger.accepts import (
     note_latest,
     plan_accepts,
 )
-from goipd.ledger.base import (
-    AcceptResult,
-    Claim,
-    InboundRecord,
-    LedgerError,
-    LineQuarantine,
-    Message,
-    NewMessage,
-    OutboxItem,
-    Outcome,
-    Recipient,
-    State,
-)
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_postgres import PostgresCoordination
 from goipd.ledger.rows import (
@@ -62,6 +49,19 @@ from goipd.ledger.rules import (
     planned_timed_updates,
     planned_updates,
     transition,
+)
+from goipd.model import (
+    AcceptResult,
+    Claim,
+    InboundRecord,
+    LedgerError,
+    LineQuarantine,
+    Message,
+    NewMessage,
+    OutboxItem,
+    Outcome,
+    Recipient,
+    State,
 )
 
 log = structlog.get_logger("goipd.ledger")

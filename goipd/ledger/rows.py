@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from goipd.ledger.base import Message, NewMessage, Recipient, State
+from goipd.model import Message, NewMessage, Recipient, State
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 RECIPIENT_COLUMNS = (

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from goipd.ledger.base import FINAL_STATES, RANK, Outcome, Recipient, State
 from goipd.ledger.rows import storable
+from goipd.model import FINAL_STATES, RANK, Outcome, Recipient, State
 
 
 def transition(

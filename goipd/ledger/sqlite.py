@@ -32,19 +32,6 @@ from goipd.ledger.accepts import (
     note_latest,
     plan_accepts,
 )
-from goipd.ledger.base import (
-    AcceptResult,
-    Claim,
-    InboundRecord,
-    LedgerError,
-    LineQuarantine,
-    Message,
-    NewMessage,
-    OutboxItem,
-    Outcome,
-    Recipient,
-    State,
-)
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_sqlite import SqliteCoordination
 from goipd.ledger.migrations import migrate
@@ -63,6 +50,19 @@ from goipd.ledger.rows import (
     text_hash,
 )
 from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
+from goipd.model import (
+    AcceptResult,
+    Claim,
+    InboundRecord,
+    LedgerError,
+    LineQuarantine,
+    Message,
+    NewMessage,
+    OutboxItem,
+    Outcome,
+    Recipient,
+    State,
+)
 
 __all__ = ["SqliteLedger", "new_message_id"]
 

@@ -19,7 +19,8 @@ import contextlib
 import gzip
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -64,6 +65,14 @@ def label_text(pairs: Iterable[tuple[str, str]]) -> str:
     """`{a="1",b="2"}` with names sorted as generate_latest sorts them; "" for no labels."""
     inner = ",".join(f'{name}="{escape_label(value)}"' for name, value in sorted(pairs))
     return f"{{{inner}}}" if inner else ""
+
+
+class TextCollector(Collector, ABC):
+    """A collector that also writes its exposition text itself, in parts (None between parts:
+    where a scrape rendered in slices may yield to the event loop)."""
+
+    @abstractmethod
+    def text_parts(self) -> Iterator[bytes | None]: ...
 
 
 class OrderedRegistry(CollectorRegistry):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from goipd.config import RoutingSettings
-from goipd.ledger.base import FINAL_STATES, RANK, Outcome, Recipient, State
+from goipd.model import FINAL_STATES, RANK, Outcome, Recipient, State
 from goipd.upstream import cms
 from goipd.upstream.goip import SendReport
 

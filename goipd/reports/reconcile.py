@@ -29,11 +29,11 @@ from collections.abc import Callable, Collection
 import structlog
 
 from goipd.config import ReconcileSettings
-from goipd.ledger.base import Outcome, Recipient, State
+from goipd.model import Outcome, Recipient, State
+from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.reports.outcomes import retry_delay
 from goipd.upstream.errors import UpstreamError
 from goipd.upstream.goip import GoipClient, SendReport
-from goipd.web.goip_hooks import HookContext, apply_goip_report
 
 log = structlog.get_logger("goipd.reports.reconcile")
 BATCH = 500
@@ -49,7 +49,7 @@ MAX_TASK_SCAN = 2000
 class Reconciler:
     def __init__(
         self,
-        ctx: HookContext,
+        ctx: GoipContext,
         clients: Callable[[str], GoipClient | None],
         settings: Callable[[], ReconcileSettings],
         *,

@@ -13,8 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import structlog
-
-from goipd.metrics.catalog import Metrics
+from prometheus_client import Counter
 
 log = structlog.get_logger("goipd.runtime.supervise")
 FIRST_BACKOFF = 1.0
@@ -27,7 +26,7 @@ that fails at once every time."""
 async def supervised(
     name: str,
     factory: Callable[[], Awaitable[None]],
-    metrics: Metrics,
+    restarts: Counter,
     stopping: Callable[[], bool],
     *,
     backoff: float = FIRST_BACKOFF,
@@ -37,7 +36,7 @@ async def supervised(
     raises, run it again after a back-off, unless the daemon is stopping."""
     delay = backoff
     # The series exists at 0 before a crash, so that the first one is an increase an alert sees.
-    metrics.task_restarts.labels(name)
+    restarts.labels(name)
     while True:
         started = time.monotonic()
         try:
@@ -51,7 +50,7 @@ async def supervised(
                 return
             # The traceback is the only trace of a bug in a loop nobody awaits.
             log.error("task_crashed", task=name, restart_in=delay, exc_info=True)
-            metrics.task_restarts.labels(name).inc()
+            restarts.labels(name).inc()
         if time.monotonic() - started >= HEALTHY_AFTER:
             delay = backoff
         await asyncio.sleep(delay)

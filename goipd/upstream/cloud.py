@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from goipd.ledger.base import State
+from goipd.model import State
 
 
 class Verdict(StrEnum):

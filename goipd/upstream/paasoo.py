@@ -39,7 +39,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from goipd.config import PaasooSettings
-from goipd.ledger.base import State
+from goipd.model import State
 from goipd.upstream.cloud import CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
 from goipd.upstream.http import (

@@ -33,13 +33,13 @@ import structlog
 from pydantic import SecretStr
 from yarl import URL
 
-from goipd.accept.segments import GSM7_EXTENSION, is_gsm7
 from goipd.config import SmsgoSettings
-from goipd.ledger.base import State
+from goipd.model import State
 from goipd.upstream.cloud import CloudInbound, CloudSendResult, CloudStatus, Verdict
 from goipd.upstream.errors import AMBIGUOUS_REASONS, ErrorReason, ParseError, UpstreamError
 from goipd.upstream.goip import loads_lenient
 from goipd.upstream.http import HttpClient, read_limited, transport_errors
+from goipd.upstream.segments import GSM7_EXTENSION, is_gsm7
 
 log = structlog.get_logger("goipd.upstream.smsgo")
 

@@ -17,10 +17,11 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from goipd.clouds.providers import CloudContext, HeldReports, store_inbound
+from goipd.inbound.store import store_inbound
+from goipd.problem import Problem
+from goipd.reports.cloud import CloudContext, HeldReports
 from goipd.upstream import paasoo, smsgo
 from goipd.upstream.errors import ParseError
-from goipd.web.problems import Problem
 
 log = structlog.get_logger("goipd.web.cloud_hooks")
 MAX_QUERY_BYTES = 8 * 1024

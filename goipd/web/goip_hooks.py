@@ -2,49 +2,33 @@
 
 Push reports are untrusted input: the URL must carry the server's hook token (and come from its
 allowlist when one is set), bodies are small and bounded, and every report is applied through
-the same idempotent path as a queried one (outcomes.apply_report).
+the same idempotent path as a queried one (goipd/reports/goip.py).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 
-from goipd.config import RoutingSettings, Server
-from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import Ledger, Outcome, Recipient, State
-from goipd.metrics.catalog import LabelCache, Metrics
-from goipd.reports.outcomes import LineEffect, ReportEffect, apply_report
+from goipd.config import Server
+from goipd.problem import Problem
+from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.upstream.errors import ParseError
-from goipd.upstream.goip import SendReport, parse_inbound_push, parse_status_push
-from goipd.web.problems import Problem
+from goipd.upstream.goip import parse_inbound_push, parse_status_push
 
 log = structlog.get_logger("goipd.web.goip_hooks")
+
+
 MAX_HOOK_BODY = 64 * 1024
 
 
-@dataclass
-class HookContext:
-    servers: Callable[[], dict[str, Server]]
-    ledger: Ledger
-    registry: LineRegistry
-    metrics: Metrics
-    routing: Callable[[], RoutingSettings]
-    forward_urls: Callable[[], tuple[str, ...]]
-    wake_dispatch: Callable[[], None]
-    clock: Callable[[], float]
-    children: LabelCache = field(default_factory=lambda: LabelCache())
+HOOKS_KEY = web.AppKey("hooks", GoipContext)
 
 
-HOOKS_KEY = web.AppKey("hooks", HookContext)
-
-
-def _authorize(request: web.Request, ctx: HookContext, kind: str) -> Server:
+def _authorize(request: web.Request, ctx: GoipContext, kind: str) -> Server:
     name = request.match_info["server"]
     server = ctx.servers().get(name)
     presented = request.query.get("token", "").encode()
@@ -70,7 +54,7 @@ def _authorize(request: web.Request, ctx: HookContext, kind: str) -> Server:
     return server
 
 
-async def _body(request: web.Request, ctx: HookContext, server: str, kind: str) -> bytes:
+async def _body(request: web.Request, ctx: GoipContext, server: str, kind: str) -> bytes:
     if request.content_length is not None and request.content_length > MAX_HOOK_BODY:
         ctx.metrics.push_reports.labels(server, kind, "malformed").inc()
         raise Problem(413, f"push body larger than {MAX_HOOK_BODY} bytes")
@@ -93,61 +77,6 @@ async def goip_status(request: web.Request) -> web.Response:
     outcome = await apply_goip_report(ctx, server.name, report)
     ctx.children.get(ctx.metrics.push_reports, server.name, "status", outcome).inc()
     return web.json_response({"status": outcome})
-
-
-async def apply_goip_report(ctx: HookContext, server: str, report: SendReport) -> str:
-    """Apply one send report (pushed or queried). Returns ok / unknown_task."""
-    now = ctx.clock()
-    settings = ctx.routing()
-
-    def decide(recipient: Recipient) -> tuple[Outcome | None, ReportEffect]:
-        effect = apply_report(recipient, report, settings, now)
-        return effect.outcome, effect
-
-    found = await ctx.ledger.apply_to_task(server, report.task_id, report.number, now, decide)
-    if found is None:
-        log.info("report_unmatched", server=server, task_id=report.sub_task_id)
-        return "unknown_task"
-    recipient, effect = found
-    if effect.outcome is None:
-        return "ok"
-    # The line as the report names it only if goipd knows it: report bodies are untrusted and
-    # every distinct value would become a metric series.
-    reported = report.goip_line
-    line = (
-        reported
-        if reported and ctx.registry.line(server, reported) is not None
-        else recipient.line or ""
-    )
-    if effect.result is not None:
-        ctx.children.get(ctx.metrics.sms_sent, "goip", server, line, effect.result).inc()
-    if effect.delivered:
-        ctx.children.get(ctx.metrics.sms_delivered, "goip", server, line).inc()
-    if effect.cms_code is not None:
-        ctx.metrics.cms_errors.labels(server, line, effect.cms_code or "none").inc()
-    if effect.line_effect is not LineEffect.NONE and line:
-        ctx.registry.note_send_result(
-            server,
-            line,
-            line_error=effect.line_effect is LineEffect.LINE_ERROR,
-            code=effect.cms_code,
-            threshold=settings.quarantine_after,
-            cooldown=settings.quarantine_for,
-            now=now,
-        )
-    if effect.outcome.state is State.QUEUED:
-        ctx.wake_dispatch()
-    # Per report, so at debug: at info it was 6% of the CPU of a busy push endpoint.
-    log.debug(
-        "report_applied",
-        server=server,
-        line=line,
-        task_id=report.sub_task_id,
-        message_id=recipient.message_id,
-        state=effect.outcome.state.value,
-        err_code=effect.cms_code,
-    )
-    return "ok"
 
 
 async def goip_inbound(request: web.Request) -> web.Response:

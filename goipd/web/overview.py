@@ -11,8 +11,8 @@ from typing import Any
 from prometheus_client import Gauge
 
 from goipd.fleet.registry import LineRegistry, LineState
-from goipd.ledger.base import State
 from goipd.metrics.catalog import Metrics
+from goipd.model import State
 
 
 def _samples(gauge: Gauge) -> list[tuple[dict[str, str], float]]:

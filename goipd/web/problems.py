@@ -10,31 +10,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from goipd.ledger.base import LedgerError
+from goipd.model import LedgerError
+from goipd.problem import Problem
 
 log = structlog.get_logger("goipd.http")
 PROBLEM_TYPE = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Problem(Exception):
-    """Raise from a handler to answer with a problem document."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        title: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
-        self.headers = headers or {}
-        self.extra = extra
 
 
 def problem_response(
@@ -110,14 +91,3 @@ def _public_path(request: web.Request) -> str:
     """The request path fit to echo: a hook token carried as a path segment is masked."""
     token = request.match_info.get("token") if request.match_info else None
     return request.path.replace(token, "***") if token else request.path
-
-
-def json_kind(value: object) -> str:
-    """How an error message names the JSON type a client sent where another was expected."""
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        type(None): "null",
-    }.get(type(value), "a number")

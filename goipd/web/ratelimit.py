@@ -15,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from goipd.web.problems import Handler, Problem
+from goipd.problem import Problem
+from goipd.web.problems import Handler
 
 IDLE_EVICT = 600.0
 MAX_BUCKETS = 10_000

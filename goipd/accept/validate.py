@@ -1,0 +1,155 @@
+"""A message request checked field by field into a NewMessage; every refusal names its field."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Collection
+from datetime import datetime
+from typing import Any, Protocol
+
+import phonenumbers
+from pydantic import ValidationError
+
+from goipd.config import ApiSettings, RouteTarget
+from goipd.model import NewMessage
+from goipd.problem import Problem, json_kind
+from goipd.upstream import segments
+
+
+class Limits(Protocol):
+    """What checking a message needs to know: the API settings and the configured routes."""
+
+    @property
+    def settings(self) -> Callable[[], ApiSettings]: ...
+
+    @property
+    def server_names(self) -> Callable[[], Collection[str]]: ...
+
+    @property
+    def cloud_names(self) -> Callable[[], Collection[str]]: ...
+
+
+_MESSAGE_FIELDS = frozenset({"to", "text", "route", "idempotency_key", "send_at"})
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_SCHEDULE_AHEAD = 30 * 86400.0
+
+
+def normalise_number(raw: object, region: str, where: str) -> str:
+    if not isinstance(raw, str):
+        raise Problem(422, f"{where}: expected a phone number as a string, got {json_kind(raw)}")
+    if len(raw) > 32:
+        raise Problem(422, f"{where}: a phone number has at most 32 characters")
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        raise Problem(422, f"{where}: {raw!r} is not a phone number") from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise Problem(422, f"{where}: {raw!r} is not a valid number (default region {region})")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _parse_route(value: object, ctx: Limits) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Problem(422, f"route: expected an object, got {json_kind(value)}")
+    try:
+        target = RouteTarget.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = str(first.get("ctx", {}).get("error", first["msg"]))
+        raise Problem(422, f"route{'.' + where if where else ''}: {message}") from None
+    if (
+        target.server is not None
+        and target.server != "*"
+        and (target.server not in ctx.server_names())
+    ):
+        raise Problem(422, f"route.server: no server named {target.server[:32]!r}")
+    if target.cloud is not None and target.cloud not in ctx.cloud_names():
+        raise Problem(422, f"route.cloud: provider {target.cloud!r} is not configured")
+    return json.dumps(target.model_dump(exclude_none=True), ensure_ascii=False)
+
+
+def _parse_time(value: object, field: str) -> float:
+    if not isinstance(value, str):
+        raise Problem(422, f"{field}: expected an RFC 3339 time string, got {json_kind(value)}")
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(
+            422, f"{field}: expected an RFC 3339 time like 2026-01-31T09:00:00+08:00"
+        ) from None
+    if when.tzinfo is None:
+        raise Problem(422, f"{field}: the time needs a UTC offset (e.g. +08:00 or Z)")
+    return when.timestamp()
+
+
+def _parse_send_at(value: object, now: float) -> float | None:
+    if value is None:
+        return None
+    at = _parse_time(value, "send_at")
+    if at > now + MAX_SCHEDULE_AHEAD:
+        raise Problem(422, "send_at: at most 30 days ahead")
+    return at if at > now else None
+
+
+def validate_message(
+    body: Any,
+    ctx: Limits,
+    now: float,
+    *,
+    client: str = "",
+    duplicate_since: float | None = None,
+) -> NewMessage:
+    """The message `body` asks for, from the API token `client`, checked by the flood guard
+    back to `duplicate_since` (None: not checked)."""
+    settings = ctx.settings()
+    if not isinstance(body, dict):
+        raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
+    unknown = sorted(set(body) - _MESSAGE_FIELDS)
+    if unknown:
+        raise Problem(
+            422,
+            f"unknown field {unknown[0][:40]!r}; allowed: " + ", ".join(sorted(_MESSAGE_FIELDS)),
+        )
+    to = body.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not to:
+        raise Problem(422, "to: expected a phone number or a non-empty array of them")
+    if len(to) > settings.max_recipients:
+        raise Problem(
+            422, f"to: at most {settings.max_recipients} recipients per message, got {len(to)}"
+        )
+    numbers = list(
+        dict.fromkeys(
+            normalise_number(raw, settings.default_region, f"to[{index}]")
+            for index, raw in enumerate(to)
+        )
+    )
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise Problem(422, f"text: expected a string, got {json_kind(text)}")
+    if not text.strip():
+        raise Problem(422, "text: must not be empty")
+    if len(text) > settings.max_text_chars:
+        raise Problem(422, f"text: at most {settings.max_text_chars} characters, got {len(text)}")
+    if _CONTROL.search(text):
+        raise Problem(422, "text: control characters are not allowed (newline and tab are)")
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
+        raise Problem(422, "idempotency_key: expected a string of 1 to 128 characters")
+    info = segments.analyse(text)
+    return NewMessage(
+        text=text,
+        recipients=numbers,
+        segments=info.segments,
+        encoding=info.encoding,
+        route=_parse_route(body.get("route"), ctx),
+        idempotency_key=key,
+        send_at=_parse_send_at(body.get("send_at"), now),
+        client=client,
+        duplicate_since=duplicate_since,
+    )

@@ -1,0 +1,212 @@
+"""/api/v1/lines and /api/v1/status: the fleet as the poller sees it, and manual quarantines."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from goipd.accept.validate import _CONTROL
+from goipd.fleet.quarantine import QUARANTINE_KEY
+from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine, ServerState
+from goipd.model import LedgerError
+from goipd.problem import Problem, json_kind
+from goipd.upstream import cms
+from goipd.web import overview
+from goipd.web.auth import client_id
+from goipd.web.body import json_body
+from goipd.web.context import API_KEY, REGISTRY_KEY
+
+
+def line_json(line: Line, now: float) -> dict[str, Any]:
+    return {
+        "server": line.server,
+        "line": line.line_id,
+        "state": line.state.value,
+        "online": line.online,
+        "registered": line.registered,
+        "reg": line.reg_raw,
+        "remain_sms": line.remain_sms,
+        "day_remain_sms": line.day_remain_sms,
+        "healthy": line.healthy,
+        "quarantined": line.quarantined(now),
+        "quarantined_until": line.quarantined_until if line.auto_quarantined(now) else None,
+        "quarantine_reason": line.quarantine_reason if line.auto_quarantined(now) else None,
+        "manual_quarantine": manual_json(line.manual_quarantine),
+        "last_error": (
+            {
+                "code": line.last_error_code,
+                "meaning": cms.meaning(line.last_error_code),
+                "at": line.last_error_at,
+            }
+            if line.last_error_at is not None
+            else None
+        ),
+        "first_seen": line.first_seen,
+        "last_change": line.last_change,
+        "last_seen": line.last_seen,
+    }
+
+
+def manual_json(quarantine: ManualQuarantine | None) -> dict[str, Any] | None:
+    if quarantine is None:
+        return None
+    return {"reason": quarantine.reason, "since": quarantine.since}
+
+
+def server_json(server: ServerState) -> dict[str, Any]:
+    return {
+        "server": server.name,
+        "up": server.up,
+        "polled": server.polled,
+        "last_poll": server.last_poll,
+        "last_success": server.last_success,
+        "last_error": server.last_error,
+        "last_error_reason": server.last_error_reason.value if server.last_error_reason else None,
+        "consecutive_failures": server.consecutive_failures,
+        "lines": sum(1 for line in server.lines.values() if not line.gone),
+    }
+
+
+async def get_lines(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY_KEY]
+    server_filter = request.query.get("server")
+    state_filter = request.query.get("state")
+    healthy_filter = request.query.get("healthy")
+    if server_filter is not None and server_filter not in registry.servers:
+        raise Problem(404, f"no server named {server_filter[:40]!r}")
+    if state_filter is not None and state_filter not in set(LineState):
+        raise Problem(400, f"state must be one of {', '.join(LineState)}")
+    if healthy_filter not in (None, "true", "false"):
+        raise Problem(400, "healthy must be true or false")
+    now = time.time()
+    servers = [
+        s for s in registry.servers.values() if server_filter is None or s.name == server_filter
+    ]
+    lines = [
+        line_json(line, now)
+        for server in servers
+        for line in server.lines.values()
+        if (state_filter is None or line.state == state_filter)
+        and (healthy_filter is None or line.healthy == (healthy_filter == "true"))
+    ]
+    return web.json_response({"servers": [server_json(s) for s in servers], "lines": lines})
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """The status page's overview: servers with line counts, queue depth, provider balances
+    and every stored manual quarantine (also those of lines not reported now)."""
+    registry = request.app[REGISTRY_KEY]
+    metrics = request.app[API_KEY].metrics
+    now = time.time()
+    quarantines = [
+        {
+            "server": server,
+            "line": line_id,
+            "reported": _reported(registry, server, line_id),
+            "reason": quarantine.reason,
+            "since": quarantine.since,
+        }
+        for (server, line_id), quarantine in sorted(registry.manual.items())
+    ]
+    return web.json_response(
+        {
+            "time": now,
+            "servers": [
+                {**server_json(s), "counts": overview.server_counts(registry, s.name, now)}
+                for s in registry.servers.values()
+            ],
+            "queue": overview.queue(metrics),
+            "providers": overview.providers(metrics),
+            "manual_quarantines": quarantines,
+        }
+    )
+
+
+# For lines the server does not report now: what a GoIP line id can look like ("G101", "1.01").
+_LINE_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.:-]{0,31}")
+
+
+_QUARANTINE_FIELDS = frozenset({"reason"})
+
+
+def _quarantine_target(request: web.Request) -> tuple[str, str]:
+    registry = request.app[REGISTRY_KEY]
+    server, line_id = request.match_info["server"], request.match_info["line"]
+    state = registry.servers.get(server)
+    if state is None:
+        raise Problem(404, f"no server named {server[:40]!r}")
+    line = state.lines.get(line_id)
+    if line is None and not _LINE_ID.fullmatch(line_id):
+        raise Problem(
+            404,
+            f"server {server} reports no line {line_id[:40]!r}, and that is not a line id "
+            "(letters, digits and _.:- , at most 32 characters)",
+        )
+    return server, line_id
+
+
+def _reported(registry: LineRegistry, server: str, line_id: str) -> bool:
+    """The server lists this line in its latest poll."""
+    line = registry.line(server, line_id)
+    return line is not None and not line.gone
+
+
+def _quarantine_json(
+    registry: LineRegistry, server: str, line_id: str, now: float
+) -> dict[str, Any]:
+    line = registry.line(server, line_id)
+    manual = registry.manual.get((server, line_id))
+    return {
+        "server": server,
+        "line": line_id,
+        "reported": _reported(registry, server, line_id),
+        "quarantined": manual is not None or (line is not None and line.quarantined(now)),
+        "manual_quarantine": manual_json(manual),
+    }
+
+
+async def put_quarantine(request: web.Request) -> web.Response:
+    """Take a line out of routing until an operator releases it. A line the server does not
+    report right now may be named too: the quarantine applies as soon as it appears."""
+    server, line_id = _quarantine_target(request)
+    body: Any = await json_body(request) if await request.read() else {}
+    if not isinstance(body, dict):
+        raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
+    unknown = sorted(set(body) - _QUARANTINE_FIELDS)
+    if unknown:
+        raise Problem(422, f"unknown field {unknown[0][:40]!r}; allowed: reason")
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise Problem(422, f"reason: expected a string, got {json_kind(reason)}")
+    if reason is not None and (len(reason) > 200 or _CONTROL.search(reason)):
+        raise Problem(422, "reason: at most 200 characters, no control characters")
+    now = request.app[API_KEY].clock()
+    try:
+        await request.app[QUARANTINE_KEY].quarantine(
+            server, line_id, reason or None, now, client_id(request)
+        )
+    except LedgerError as exc:
+        raise Problem(503, f"the ledger cannot store the quarantine right now: {exc}") from None
+    return web.json_response(_quarantine_json(request.app[REGISTRY_KEY], server, line_id, now))
+
+
+async def delete_quarantine(request: web.Request) -> web.Response:
+    """Release a line: its manual quarantine and any quarantine after line errors."""
+    server, line_id = _quarantine_target(request)
+    now = request.app[API_KEY].clock()
+    try:
+        released = await request.app[QUARANTINE_KEY].release(
+            server, line_id, now, client_id(request)
+        )
+    except LedgerError as exc:
+        raise Problem(503, f"the ledger cannot store the release right now: {exc}") from None
+    if not released.manual and not released.auto:
+        raise Problem(404, f"line {line_id} of server {server} is not quarantined")
+    reply = _quarantine_json(request.app[REGISTRY_KEY], server, line_id, now)
+    reply["released"] = [
+        kind for kind, done in (("manual", released.manual), ("errors", released.auto)) if done
+    ]
+    return web.json_response(reply)

@@ -1,0 +1,81 @@
+"""The aiohttp application: its middlewares in order, the shared state handlers read, and every
+route of goipd's HTTP listener."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from goipd.accept.alerts import AlertRelay
+from goipd.config import Settings
+from goipd.fleet.quarantine import QUARANTINE_KEY, ManualQuarantines
+from goipd.fleet.registry import LineRegistry
+from goipd.reports.goip import GoipContext
+from goipd.web import goip_hooks, probes, routes, statuspage
+from goipd.web.auth import client_id, token_middleware
+from goipd.web.cloud_hooks import CloudHooks
+from goipd.web.context import ALERTING_KEY, API_KEY, REGISTRY_KEY, ApiContext
+from goipd.web.problems import Handler, problem_middleware, problem_response
+from goipd.web.ratelimit import RateLimit, rate_limit_middleware
+
+
+@dataclass
+class Parts:
+    """What the handlers work with, built by the daemon."""
+
+    probed: probes.Probed
+    registry: LineRegistry
+    api: ApiContext
+    alert_relay: AlertRelay
+    goip: GoipContext
+    quarantines: ManualQuarantines
+    cloud_hooks: CloudHooks
+
+
+def build_app(
+    settings: Callable[[], Settings], stopping: Callable[[], bool], parts: Parts
+) -> web.Application:
+    """`settings` is read per request, so a reload takes effect without a new application."""
+    app = web.Application(
+        middlewares=[
+            problem_middleware,
+            _refuse_while_stopping(stopping),
+            token_middleware(lambda: settings().api_tokens),
+            rate_limit_middleware(
+                lambda: RateLimit(settings().api.rate_limit, settings().api.rate_limit_burst),
+                # Without tokens any Authorization header passes: keying buckets by it
+                # would let a client skip the limit with a new header per request.
+                lambda request: client_id(request) if settings().api_tokens else "",
+            ),
+        ],
+        client_max_size=settings().http.max_body_bytes,
+    )
+    app[probes.PROBED_KEY] = parts.probed
+    app[REGISTRY_KEY] = parts.registry
+    app[API_KEY] = parts.api
+    app[ALERTING_KEY] = parts.alert_relay
+    app[goip_hooks.HOOKS_KEY] = parts.goip
+    app[QUARANTINE_KEY] = parts.quarantines
+    probes.add_routes(app)
+    routes.add_routes(app)
+    statuspage.add_routes(app)
+    goip_hooks.add_routes(app)
+    parts.cloud_hooks.add_routes(app)
+    return app
+
+
+def _refuse_while_stopping(stopping: Callable[[], bool]) -> Any:
+    @web.middleware
+    async def refuse(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # During a graceful stop new work is refused (clients retry elsewhere or later), while
+        # hooks keep being applied: they finish sends that are already out.
+        if stopping() and request.path.startswith("/api/"):
+            return problem_response(
+                503, "goipd is shutting down", title="Shutting down", headers={"Retry-After": "5"}
+            )
+        return await handler(request)
+
+    return refuse
