@@ -327,7 +327,7 @@ class InboundSettings(_Strict):
 
 
 class HaSettings(_Strict):
-    """Several goipd instances on one PostgreSQL ledger (README "High availability")."""
+    """Several goipd instances on one PostgreSQL ledger (docs/high-availability.md)."""
 
     instance_id: str | None = None
     """This instance's name in leases and claims; default: host name + a random suffix, new

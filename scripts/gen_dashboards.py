@@ -11,7 +11,8 @@ committed files byte for byte, so always commit both.
     python scripts/gen_dashboards.py --check    # exit 1 if the committed JSON is out of date
     python scripts/gen_dashboards.py --out DIR  # write somewhere else
 
-Metric names are the contract of README "Metrics"; the test checks every one used here.
+Metric names are the contract of docs/metrics-and-alerts.md ("Metrics"); the test checks every
+one used here. Every panel's title must also be described there ("Dashboards").
 """
 
 from __future__ import annotations

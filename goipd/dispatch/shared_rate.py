@@ -1,7 +1,7 @@
-"""The per-line send rate and quota when several instances share one ledger (README "High
-availability"): each dispatch pass asks the ledger for the sends it planned per line, in one
-atomic reservation, and sends only what was granted. The router's own rate window and quota
-decrement still apply per instance; this keeps the sum of all instances under
+"""The per-line send rate and quota when several instances share one ledger
+(docs/high-availability.md): each dispatch pass asks the ledger for the sends it planned per
+line, in one atomic reservation, and sends only what was granted. The router's own rate window
+and quota decrement still apply per instance; this keeps the sum of all instances under
 routing.line_rate_per_minute and under the quota the last poll reported. Recipients left out
 stay queued for a later pass.
 """

@@ -1,4 +1,4 @@
-"""A simulated c123 SMS service (`specs/c123-api.txt`), loopback only.
+"""A simulated c123 SMS service (as c123's document describes it), loopback only.
 
 It answers at `/tx/` (GET or POST), `/rx/` and `/mm/` the way the document shows: plain-text
 replies in GBK, bare status codes, `100{&}number||text||time||gateway{&}...` for replies (an

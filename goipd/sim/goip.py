@@ -1,7 +1,7 @@
 """A simulated GoIP SMS Server fleet: many servers on one port, told apart by a path prefix.
 
 Server `hq` answers at `http://HOST:PORT/hq/goip/<api>/` the way the vendor document
-(`specs/goip-sms-server-json-api.md`) shows, quirks included: every value a string, arrays
+(the vendor's JSON API document) shows, quirks included: every value a string, arrays
 ending in `},\\n]`, replies labelled `text/html`. It pushes send results and inbound SMS to
 configured URLs and can be told to misbehave (faults, dropped reports, line churn). Tests, the
 demo and the benchmarks drive it through its control API under `/_control/` (no auth: it only

@@ -1,4 +1,4 @@
-"""A simulated PaaSoo international SMS API (`specs/paasoo-api.md`), loopback only.
+"""A simulated PaaSoo international SMS API (as PaaSoo's document describes it), loopback only.
 
 `GET /json?key=..&secret=..&to=..&text=..` answers as the document shows, failure JSON with its
 misplaced quote included (`{"status_code":"illegal secret.,"status":"401"}`; `quirks=False`

@@ -1,7 +1,7 @@
 """A simulated smsgo (簡訊購) API 6.2, on loopback only.
 
 It answers `sendsms.aspx`, `query.asp`, `queryBulk.asp`, `query_point.asp` and
-`sendsms_cancel.asp` under `/sms_gw/` the way `specs/smsgo-api-6.2.md` shows (text replies by
+`sendsms_cancel.asp` under `/sms_gw/` the way smsgo's API document v6.2 shows (text replies by
 default, JSON with `rtype=JSON`, Big5-era quirks such as `text/html` labels and trailing commas
 in JSON), checks credentials and parameters the way the document describes, and pushes what the
 real service pushes: delivery reports as GETs to the `response` URL (retried 3 times until the

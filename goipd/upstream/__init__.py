@@ -1,1 +1,2 @@
-"""One module per upstream API; each exposes pure parsers and an async client."""
+"""The upstream APIs (GoIP SMS Server, smsgo, PaaSoo, c123): one module each behind one
+interface, pure parsers, and the SMS encoding rules every hop shares."""

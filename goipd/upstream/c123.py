@@ -1,4 +1,5 @@
-"""c123 (中国短信网, `specs/c123-api.txt`): pure parsers, status-code table, async client.
+"""c123 (中国短信网): pure parsers, status-code table, async client; how goipd reads its
+document: docs/cloud-providers.md#c123-document-rulings.
 
 Operations of the document, all covered:
 

@@ -121,7 +121,7 @@ _TABLE: Final[tuple[tuple[int, str, CmsClass], ...]] = (
     (305, "invalid text mode parameter", _LINE),
     (310, "SIM not inserted", _LINE),
     (311, "SIM PIN required", _LINE),
-    # Appendix A lists 312 twice; SPECS.md rules to keep both meanings.
+    # Appendix A lists 312 twice; both meanings are kept (docs/goip-sms-server.md#cms-error-codes).
     (312, "PH-SIM PIN necessary / SIM PUK required", _LINE),
     (313, "SIM failure", _LINE),
     (314, "SIM busy", _LINE),

@@ -1,9 +1,10 @@
 """GoIP SMS Server JSON API (v1.27+): request builders, pure reply parsers, async client.
 
-Real servers deviate from their own document in small ways (SPECS.md §1 rulings): numbers come
-as strings, arrays end with a trailing comma, `goip_line` may be the string "null", `reg` may
-be empty, and replies are labelled `text/html`. The parsers accept all of that and raise
-`ParseError` for anything else; the client turns every failure into an `UpstreamError`.
+Real servers deviate from their own document in small ways
+(docs/goip-sms-server.md#reply-quirks-goipd-accepts): numbers come as strings, arrays end with a
+trailing comma, `goip_line` may be the string "null", `reg` may be empty, and replies are
+labelled `text/html`. The parsers accept all of that and raise `ParseError` for anything else;
+the client turns every failure into an `UpstreamError`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""PaaSoo international SMS (`specs/paasoo-api.md`): pure parsers, status tables, async client.
+"""PaaSoo international SMS: pure parsers, status tables, async client; how goipd reads its
+document: docs/cloud-providers.md#paasoo-document-rulings.
 
 The document has two operations, and this module covers both:
 
@@ -16,7 +17,7 @@ numbers and gets one id back), and each DLR names its number in `to`: every reci
 therefore gets the call's messageid as its upstream id, and a DLR is matched by the pair
 (messageid, to).
 
-Quirk (SPECS.md §3): the document's failure reply is not JSON — `{"status_code":"illegal
+Quirk: the document's failure reply is not JSON — `{"status_code":"illegal
 secret.,"status":"401"}` has its closing quote after the comma. `parse_send_reply` reads such
 bodies field by field when strict JSON fails.
 
