@@ -36,7 +36,7 @@ How the figures are taken:
   Scenario 4: the same goipd with no SMS Server. Scenario 5: the same load without scraping.
   Scenario 6: the same decision over one server of 32 lines.
 - "load" is /proc/loadavg when the scenario started; a high value means a noisy neighbour.
-- The smoke test (`tests/test_bench_smoke.py`) runs every scenario `--quick` into a temporary
+- The smoke test (`tests/system/test_bench_smoke.py`) runs every scenario `--quick` into a temporary
   file and asserts no performance at all.
 """
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Makes sure Alertmanager is available, for tests/test_alerting.py (it starts a real Alertmanager
+# Makes sure Alertmanager is available, for tests/accept/test_alerts.py (it starts a real Alertmanager
 # on loopback whose webhook receiver is goipd's POST /api/v1/alertmanager). Debian names the
 # binary `prometheus-alertmanager`. Idempotent: does nothing when it is already there.
 # Debian/Ubuntu only.

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Makes sure a headless-capable Chromium is available, for tests/test_status_page.py (it loads
+# Makes sure a headless-capable Chromium is available, for tests/system/test_status_page.py (it loads
 # goipd's status page in `chromium --headless` and checks the rendered DOM and a screenshot).
 # Idempotent: does nothing when chromium is already there. Debian/Ubuntu only.
 #

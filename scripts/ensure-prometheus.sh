@@ -1,5 +1,5 @@
 #!/bin/sh
-# Makes sure `promtool` and `prometheus` are available, for tests/test_observability.py (it runs
+# Makes sure `promtool` and `prometheus` are available, for tests/metrics/test_observability.py (it runs
 # `promtool check rules` and `promtool test rules` on prometheus/ and on the dashboards' queries).
 # Idempotent: does nothing when both tools are already there. Debian/Ubuntu only.
 #

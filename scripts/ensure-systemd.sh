@@ -1,5 +1,5 @@
 #!/bin/sh
-# Makes sure `systemd-analyze` is available, for tests/test_systemd_unit.py (it checks
+# Makes sure `systemd-analyze` is available, for tests/system/test_systemd_unit.py (it checks
 # systemd/goipd.service with `systemd-analyze verify` and `security --offline=yes`; neither needs a
 # running systemd). Idempotent: does nothing when the tool is already there. Debian/Ubuntu only.
 set -eu

@@ -4,7 +4,7 @@
 The dashboards are code so that a query is written once (the line-state expressions are shared by
 several panels), the layout is computed instead of hand-placed, and a review of a change is a
 review of a few lines of Python rather than of hundreds of lines of JSON. The output is
-deterministic: tests/test_observability.py runs this script and compares the result with the
+deterministic: tests/metrics/test_observability.py runs this script and compares the result with the
 committed files byte for byte, so always commit both.
 
     python scripts/gen_dashboards.py            # rewrite the committed JSON

@@ -12,13 +12,7 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from goipd.config import (
-    ConfigError,
-    RawSettings,
-    load_settings,
-    parse_duration,
-    parse_settings,
-)
+from goipd.config import ConfigError, RawSettings, load_settings, parse_duration, parse_settings
 
 GOOD = """
 http:
@@ -309,3 +303,120 @@ def test_check_config_command_exit_codes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "OK (2 servers)" in result.stdout
+
+
+# --- the alerting and ha sections ----------------------------------------------------------------
+
+
+CONFIG = """
+servers:
+  - {name: hq, url: "http://127.0.0.1:9", username: root, password: pw}
+api: {default_region: CN, max_recipients: 3}
+alerting:
+"""
+
+
+@pytest.mark.parametrize(
+    ("alerting", "expected"),
+    [
+        (
+            "  receivers: {oncall: {to: ['13800138000', '123']}}",
+            'alerting.receivers.oncall.to[1]: "123" is not a valid phone number '
+            "(default region CN)",
+        ),
+        ("  receivers: {oncall: {}}", "alerting.receivers.oncall.to: required key is missing"),
+        (
+            "  receivers: {oncall: {to: []}}",
+            "alerting.receivers.oncall.to: tuple should have at least 1 item after validation, "
+            "not 0",
+        ),
+        (
+            "  receivers: {oncall: {to: ['13800138000'], cc: ['13800138001']}}",
+            "alerting.receivers.oncall.cc: unknown key",
+        ),
+        (
+            "  receivers: {oncall: {to: ['13800138000'], max_segments: 0}}",
+            "alerting.receivers.oncall.max_segments: input should be greater than or equal to 1",
+        ),
+        (
+            "  receivers: {oncall: {to: ['13800138000'], route: {server: nope}}}",
+            'alerting.receivers.oncall.route.server: no server named "nope"',
+        ),
+        (
+            "  receivers: {oncall: {to: ['13800138000'], route: {cloud: smsgo}}}",
+            "alerting.receivers.oncall.route.cloud: provider smsgo is not configured under "
+            "providers.smsgo",
+        ),
+        (
+            "  receivers: {oncall: {to: ['13800138000'], route: {line: G101}}}",
+            "alerting.receivers.oncall.route: give either server (with optional provider or "
+            "line) or cloud",
+        ),
+        (
+            "  receivers: {oncall: {to: ['13800138000', '13800138001', '13800138002', "
+            "'13800138003']}}",
+            "alerting.receivers.oncall.to: at most api.max_recipients (3) numbers",
+        ),
+        (
+            '  receivers: {"on\\tcall": {to: ["13800138000"]}}',
+            'alerting.receivers: receiver names are 1-128 printable characters, got "on\tcall"',
+        ),
+        ("  dedup_window: soon", 'alerting.dedup_window: expected a duration like 15s, got "soon"'),
+        ("  rate_limit: {per: 0s}", "alerting.rate_limit.per: must be greater than 0s, got 0s"),
+        (
+            "  rate_limit: {max_messages: 0}",
+            "alerting.rate_limit.max_messages: input should be greater than or equal to 1",
+        ),
+        ("  page_everyone: true", "alerting.page_everyone: unknown key"),
+    ],
+)
+def test_bad_alerting_config_names_the_key(alerting: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(CONFIG + alerting, source=Path("goipd.yaml"), environ={})
+    assert f"goipd.yaml: {expected}" in info.value.lines()
+
+
+def test_alerting_config_numbers_use_the_default_region() -> None:
+    settings = parse_settings(
+        CONFIG
+        + "  receivers:\n"
+        + "    oncall: {to: ['13800138000', '+8613800138000', '+886912345678'],"
+        + " route: {server: hq, line: G101}, max_segments: 1}\n"
+        + "  dedup_window: 1m\n"
+        + "  rate_limit: {max_messages: 3, per: 10m}\n",
+        environ={},
+    )
+    oncall = settings.alerting.receivers["oncall"]
+    assert oncall.to == ("+8613800138000", "+886912345678")
+    assert oncall.route is not None and oncall.route.line == "G101"
+    assert oncall.max_segments == 1
+    assert settings.alerting.dedup_window == 60.0
+    assert (settings.alerting.rate_limit.max_messages, settings.alerting.rate_limit.per) == (3, 600)
+    defaults = parse_settings("", environ={}).alerting
+    assert defaults.receivers == {} and defaults.dedup_window == 300.0
+
+
+def test_ha_config_defaults_and_errors_name_the_key() -> None:
+    servers = (
+        "servers:\n"
+        "- {name: a, url: 'http://h', username: u, password: p, poll_interval: 5s, timeout: 1s}\n"
+        "- {name: b, url: 'http://h', username: u, password: p, poll_interval: 2m}\n"
+    )
+    settings = parse_settings(servers)
+    assert settings.ha.instance_id is None and settings.lease_ttl == 5.0
+    assert parse_settings("").lease_ttl == 15.0  # no server: the longest default
+    fast = "servers: [{name: a, url: 'http://h', username: u, password: p, "
+    fast += "poll_interval: 500ms, timeout: 100ms}]\n"
+    assert parse_settings(fast).lease_ttl == 1.0
+    assert parse_settings(servers + "ha: {instance_id: gw-a.1, lease_ttl: 30s}").lease_ttl == 30.0
+    for text, expected in (
+        (
+            "ha: {instance_id: 'gw a'}",
+            'ha.instance_id: expected 1-64 of A-Z a-z 0-9 _ . -, got "gw a"',
+        ),
+        ("ha: {lease_ttl: 100ms}", "ha.lease_ttl: must be between 300ms and 10m, got 0.1s"),
+        ("ha: {lease: 1s}", "ha.lease: unknown key"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_settings(text, source=Path("goipd.yaml"))
+        assert info.value.lines() == [f"goipd.yaml: {expected}"]

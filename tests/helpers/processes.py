@@ -1,0 +1,139 @@
+"""goipd as its own process (`python -m goipd run`): a free loopback port, its config, starting,
+killing and waiting for it, and reading every recipient's final state through its API."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from goipd.sim.goip import RunningSimulator
+from tests.helpers.daemons import API_TOKEN
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Goipd:
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config, self.port, self.log = config, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "goipd", "run", "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def ensure_dead(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    async def ready(self, session: aiohttp.ClientSession, within: float = 20.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"goipd not ready; log:\n{self.log.read_text()[-3000:]}")
+
+
+def process_config(
+    sim: RunningSimulator, port: int, storage: dict[str, str], **overrides: Any
+) -> dict[str, Any]:
+    """The config of a goipd process on `port` in front of the simulator's `hq`."""
+    config: dict[str, Any] = {
+        "http": {"listen": f"127.0.0.1:{port}", "api_tokens": [API_TOKEN]},
+        "storage": storage,
+        "logging": {"format": "json"},
+        "routing": {"line_rate_per_minute": 600},
+        "api": {"duplicate_window": "0s"},
+        "servers": [
+            {
+                "name": "hq",
+                "url": sim.base_url("hq"),
+                "username": "root",
+                "password": "pw-hq",
+                "poll_interval": "1s",
+                "timeout": "500ms",
+                "hook_token": "hook-hq-0123456789",
+            }
+        ],
+    }
+    return config | overrides
+
+
+def start_process(config: dict[str, Any], port: int, directory: Path, name: str = "goipd") -> Goipd:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return Goipd(path, port, directory / f"{name}.log")
+
+
+async def recipient_states(session: aiohttp.ClientSession, port: int) -> dict[str, dict[str, Any]]:
+    """Every recipient the goipd on `port` holds, by number (all pages of the message list)."""
+    states: dict[str, dict[str, Any]] = {}
+    after = None
+    while True:
+        url = f"http://127.0.0.1:{port}/api/v1/messages?limit=1000"
+        async with session.get(url + (f"&after={after}" if after else "")) as resp:
+            assert resp.status == 200
+            page = await resp.json()
+        for message in page["messages"]:
+            for r in message["recipients"]:
+                states[r["to"]] = r
+        after = page["next"]
+        if after is None:
+            return states
+
+
+async def final_states(
+    session: aiohttp.ClientSession, port: int, accepted: Collection[str]
+) -> dict[str, dict[str, Any]]:
+    """Wait (60 s at most) until every recipient is final, then check that every accepted
+    number is there and none failed."""
+    deadline = time.monotonic() + 60
+    while True:
+        states = await recipient_states(session, port)
+        # `sent` is terminal for dispatch: a delivery receipt may follow, or never come (a
+        # receipt pushed while goipd was down is lost; carriers do not always send one).
+        pending = [
+            n for n, r in states.items() if r["state"] not in ("sent", "delivered", "failed")
+        ]
+        if not pending or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert not pending, f"{len(pending)} recipients not final, e.g. {states[pending[0]]}"
+    assert set(states) == set(accepted), "an accepted message is missing from the ledger"
+    failed = [r for r in states.values() if r["state"] == "failed"]
+    assert not failed, failed[:3]
+    return states

@@ -1,0 +1,93 @@
+"""What only the PostgreSQL ledger does: an accept or a write it cannot store fails alone, not its
+whole batch. Real PostgreSQL on 127.0.0.1:5432, one schema per test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+
+from goipd.ledger import postgres
+from goipd.ledger.postgres import PostgresLedger
+from goipd.model import AcceptResult, LedgerError, State
+from tests.helpers.ledgers import NOW, PG_URL, new
+
+
+async def test_postgresql_accept_it_cannot_store_fails_only_that_accept_of_its_batch() -> None:
+    # Accepts queued together are inserted with one statement per table; the one whose data
+    # PostgreSQL refuses (a segment count past int4) must not take the others with it.
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+    try:
+        too_many = replace(new(("+886912349999",)), segments=2**40)
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+                store.accept(too_many, NOW),
+                *(store.accept(new((f"+88691235{i:04d}",), key=f"k{i}"), NOW) for i in range(3)),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(results[3], LedgerError) and "int32" in str(results[3])
+        accepted = [r for i, r in enumerate(results) if i != 3]
+        assert all(isinstance(r, AcceptResult) and r.created for r in accepted), accepted
+        assert (await store.counts())[State.QUEUED] == 6
+        assert store.write_error is None
+    finally:
+        await store.close()
+        await store.drop_schema()
+
+
+async def test_postgresql_text_it_cannot_store_fails_only_that_write(tmp_path: Path) -> None:
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+
+    async def raw_nul(conn: asyncpg.Connection) -> None:
+        # Past the boundary that replaces NUL: what any other unstorable text would do.
+        await conn.execute("INSERT INTO line_quarantines VALUES ('hq', $1, NULL, 0)", "G\x00")
+
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(store.accept(new((f"+88691234{i:04d}",)), NOW) for i in range(3)),
+                store._committer.submit(raw_nul),
+                *(store.accept(new((f"+88691235{i:04d}",)), NOW) for i in range(3)),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert isinstance(results[3], LedgerError)
+        assert "\x00" not in str(results[3])
+        assert all(not isinstance(r, BaseException) for i, r in enumerate(results) if i != 3)
+        assert (await store.counts())[State.QUEUED] == 6
+        assert await store.line_quarantines() == []
+        assert store.write_error is None  # one caller's data, not the store
+    finally:
+        await store.close()
+        await store.drop_schema()
+
+
+async def test_postgres_ledger_of_the_previous_schema_gets_the_table() -> None:
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, script in enumerate(postgres.MIGRATIONS[:2], 1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
+    finally:
+        await conn.close()
+    ledger = PostgresLedger(PG_URL, schema=schema)
+    await ledger.open()
+    try:
+        await ledger.quarantine_line("hq", "G101", "upgraded", NOW)
+        assert [q.reason for q in await ledger.line_quarantines()] == ["upgraded"]
+    finally:
+        await ledger.close()
+        await ledger.drop_schema()
