@@ -14,6 +14,8 @@ import yaml
 from goipd.runtime.logs import configure_logging, scrubber
 from goipd.sim.common import until_stop_signal
 from goipd.sim.goip import (
+    DEFAULT_PROFILE,
+    PROFILES,
     SimError,
     SimFleet,
     demo_spec,
@@ -45,6 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=7, help="seed for churn and the demo fleet")
     parser.add_argument("--send-delay", type=float, help="override every server's send delay")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=DEFAULT_PROFILE,
+        help="how the servers answer: v1.28.4 = the real SMS Server v1.28.4 (its PHP, MySQL and "
+        "engine), document = the vendor's API document (default: %(default)s); "
+        "a server's own `profile` in the spec wins",
+    )
+    parser.add_argument(
+        "--no-mbstring",
+        action="store_true",
+        help="v1.28.4 servers lack php-mbstring (every sendsms reply starts with a warning); "
+        "a server's own `mbstring` in the spec wins",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser
 
@@ -98,9 +114,14 @@ def main_simulate(argv: list[str]) -> int:
     configure_logging(args.log_level, "auto")
     try:
         spec = _spec(args)
-        if args.send_delay is not None:
-            for server in spec.get("servers") or []:
+        for server in spec.get("servers") or []:
+            if not isinstance(server, dict):
+                continue  # from_spec says what is wrong with it
+            if args.send_delay is not None:
                 server["send_delay"] = args.send_delay
+            server.setdefault("profile", args.profile)
+            if args.no_mbstring:
+                server.setdefault("mbstring", False)
         fleet = SimFleet.from_spec(spec, seed=args.seed)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"goipd simulate: {exc}", file=sys.stderr)

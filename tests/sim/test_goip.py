@@ -34,10 +34,13 @@ Start = Callable[..., Awaitable[RunningSimulator]]
 
 
 def spec(*lines: dict[str, Any], **server: Any) -> dict[str, Any]:
+    """A server answering the way the vendor's document shows (profile `document`); the
+    v1.28.4 profile, the default, is tested in test_goip_v1284.py."""
     return {
         "servers": [
             {
                 "name": "hq",
+                "profile": "document",
                 "username": "root",
                 "password": "pw",
                 "lines": list(lines) or [{"line_id": "G101"}],
@@ -563,7 +566,13 @@ async def test_control_api_servers_fault_push_and_sent(start: Start, receiver: R
         sim,
         "POST",
         "servers",
-        {"name": "branch", "password": "b", "lines": [{"line_id": "G201"}], "quirks": False},
+        {
+            "name": "branch",
+            "password": "b",
+            "lines": [{"line_id": "G201"}],
+            "quirks": False,
+            "profile": "document",
+        },
         expect=201,
     )
     await control(sim, "POST", "servers", {"name": "branch", "password": "b"}, expect=409)
@@ -729,15 +738,15 @@ async def test_auth_quirks_and_trailing_slash(simulator: Start) -> None:
 
 
 async def test_sendsms_round_robin_rejects_and_quota(simulator: Start) -> None:
-    sim = await simulator(
-        fleet_spec(
-            hq=[
-                {"line_id": "G1", "provider": "cht"},
-                {"line_id": "G2", "provider": "cht"},
-                {"line_id": "G3", "provider": "fet", "day_remain_sms": 1},
-            ]
-        )
+    document = fleet_spec(
+        hq=[
+            {"line_id": "G1", "provider": "cht"},
+            {"line_id": "G2", "provider": "cht"},
+            {"line_id": "G3", "provider": "fet", "day_remain_sms": 1},
+        ]
     )
+    document["servers"][0]["profile"] = "document"  # quota-aware accept, as the document says
+    sim = await simulator(document)
     fleet = sim.fleet.servers["hq"]
     fleet.send_delay = 0.0
     _, _, reply = await call(
