@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,16 @@ TARGET_RATIO = 0.6
 SUBMITTED = ("submitted", "sent", "delivered")
 
 
-async def start_simulator(ctx: Ctx, servers: int, lines: int) -> Proc:
-    args = ["--servers", str(servers), "--lines-per-server", str(lines), "--send-delay", "0"]
+async def start_simulator(ctx: Ctx, servers: int, lines: int, extra: Sequence[str] = ()) -> Proc:
+    args = [
+        "--servers",
+        str(servers),
+        "--lines-per-server",
+        str(lines),
+        "--send-delay",
+        "0",
+        *extra,
+    ]
     return await start_json_server(
         "simulator", "bench.simulator", args, ctx.cores.clients, ctx.workdir
     )

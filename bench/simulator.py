@@ -1,4 +1,5 @@
-"""`python -m bench.simulator --servers N --lines-per-server M [--send-delay S]`.
+"""`python -m bench.simulator --servers N --lines-per-server M [--send-delay S] [--profile P]
+[--slow K --engine-delay S]`.
 
 goipd's own simulated fleet (goipd.sim.goip: synthetic_spec, SimFleet, build_app), served the
 way `goipd simulate` serves it, plus one thing the benchmarks need and the simulator does not
@@ -40,6 +41,11 @@ async def get_polls(request: web.Request) -> web.Response:
 
 async def serve(args: argparse.Namespace) -> None:
     spec = synthetic_spec(args.servers, args.lines_per_server, args.send_delay)
+    for index, server in enumerate(spec["servers"]):
+        server["profile"] = args.profile
+        if index < args.slow:
+            # The first K servers' engines answer late: sendsms takes engine_delay to ACCEPT.
+            server.update(engine="slow", engine_delay=args.engine_delay)
     fleet = SimFleet.from_spec(spec)
     app = build_app(fleet)
     app[POLLS_KEY] = defaultdict(list)
@@ -65,6 +71,9 @@ def main() -> None:
     parser.add_argument("--lines-per-server", type=int, default=32)
     parser.add_argument("--send-delay", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--profile", default="document", choices=["document", "v1.28.4"])
+    parser.add_argument("--slow", type=int, default=0, help="servers whose engine is slow")
+    parser.add_argument("--engine-delay", type=float, default=15.0)
     configure_logging("warning", "json")
     asyncio.run(serve(parser.parse_args()))
 

@@ -114,6 +114,8 @@ class Daemon:
             lambda: self.settings.reconcile,
             owned=lambda: [name for name, s in self.registry.servers.items() if s.owned],
         )
+        self.dispatcher.unconfirmed = self.reconciler.unconfirmed
+        self.dispatcher.held = self.reconciler.verifying.keys
         self.quarantines = ManualQuarantines(self.ledger, self.registry, self.dispatcher.wake)
         self.forwarder = InboundForwarder(
             self.ledger,
@@ -326,6 +328,7 @@ class Daemon:
         self.notifier.stopping()
         deadline = time.monotonic() + grace
         await self.dispatcher.stop(deadline)
+        await self.reconciler.stop()
         await self.clouds.stop()
         await self.forwarder.stop()
         for task in self._tasks:

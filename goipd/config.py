@@ -158,6 +158,13 @@ class ServerSettings(_Strict):
     password_file: str | None = None
     poll_interval: Duration = 15.0
     timeout: Duration = 5.0
+    send_timeout: Duration = 30.0
+    """sendsms only: the server stores the task, then waits up to 15 s for its engine."""
+    max_sends_in_flight: int = Field(default=4, ge=1, le=64)
+    """sendsms calls open at once: a slow engine holds at most this many of goipd's sends."""
+    escape_text: bool = True
+    """v1.28.4 puts the text into its SQL unescaped: goipd escapes it so the phone gets it
+    exactly. False for a server that escapes the text itself."""
     hook_token: SecretStr | None = None
     hook_token_env: str | None = None
     hook_token_file: str | None = None
@@ -183,7 +190,7 @@ class ServerSettings(_Strict):
             raise ValueError("credentials belong in username/password, not in the URL")
         return value.rstrip("/")
 
-    @field_validator("poll_interval", "timeout")
+    @field_validator("poll_interval", "timeout", "send_timeout")
     @classmethod
     def _positive_duration(cls, value: float) -> float:
         return _positive(value)
@@ -543,6 +550,15 @@ class RawSettings(_Strict):
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
 
 
+GOIP_STATUS_HOOK = "/hooks/goip/{server}/status"
+GOIP_INBOUND_HOOK = "/hooks/goip/{server}/inbound"
+GOIP_PUSH_URL_MAX = 128
+"""The SMS Server keeps push URLs in varchar(128) and cuts longer ones without a word, which
+breaks the token at their end: every push then fails."""
+SLOW_ENGINE_WAIT = 15.0
+"""How long v1.28.4's sendsms may wait for its engine before it answers ACCEPT anyway."""
+
+
 @dataclass(frozen=True)
 class Server:
     name: str
@@ -554,6 +570,21 @@ class Server:
     hook_token: SecretStr | None
     hook_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     groups: Mapping[str, tuple[str, ...]]
+    send_timeout: float = 30.0
+    max_sends_in_flight: int = 4
+    escape_text: bool = True
+
+    def push_urls(self, public_url: str) -> tuple[str, str] | None:
+        """The send-result and inbound push URLs to paste into this SMS Server, for goipd
+        reached at `public_url`; None without a hook_token (pushes are then refused)."""
+        if self.hook_token is None:
+            return None
+        base = public_url.rstrip("/")
+        query = f"?token={self.hook_token.get_secret_value()}"
+        return (
+            base + GOIP_STATUS_HOOK.format(server=self.name) + query,
+            base + GOIP_INBOUND_HOOK.format(server=self.name) + query,
+        )
 
 
 @dataclass(frozen=True)
@@ -695,6 +726,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
 
 def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> Settings:
     problems: list[tuple[str, str]] = []
+    warnings: list[str] = []
     base = source.parent if source is not None else Path.cwd()
     servers: list[Server] = []
     seen: dict[str, int] = {}
@@ -713,21 +745,31 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
                     f", got {format_duration(server.timeout)}",
                 )
             )
+        if server.send_timeout <= SLOW_ENGINE_WAIT:
+            warnings.append(
+                f"{path}.send_timeout: {format_duration(server.send_timeout)} is not longer than "
+                f"the {format_duration(SLOW_ENGINE_WAIT)} a v1.28.4 SMS Server may take to answer "
+                "a send while its engine is busy; such sends are checked with querysms before "
+                "they are tried again, which delays them"
+            )
         password = _secret(server, "password", path, base, env, problems, required=True)
         hook_token = _secret(server, "hook_token", path, base, env, problems, required=False)
-        servers.append(
-            Server(
-                name=server.name,
-                url=server.url,
-                username=server.username,
-                password=password or SecretStr(""),
-                poll_interval=server.poll_interval,
-                timeout=server.timeout,
-                hook_token=hook_token,
-                hook_allow=tuple(ipaddress.ip_network(n, strict=False) for n in server.hook_allow),
-                groups=server.groups,
-            )
+        resolved = Server(
+            name=server.name,
+            url=server.url,
+            username=server.username,
+            password=password or SecretStr(""),
+            poll_interval=server.poll_interval,
+            timeout=server.timeout,
+            hook_token=hook_token,
+            hook_allow=tuple(ipaddress.ip_network(n, strict=False) for n in server.hook_allow),
+            groups=server.groups,
+            send_timeout=server.send_timeout,
+            max_sends_in_flight=server.max_sends_in_flight,
+            escape_text=server.escape_text,
         )
+        problems.extend(_push_url_problems(resolved, path, raw.http.public_url))
+        servers.append(resolved)
     tokens = list(raw.http.api_tokens)
     if raw.http.api_tokens_file is not None:
         file_tokens = _read_secret_file(
@@ -774,6 +816,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         providers=providers,
         alerting=alerting,
         ha=raw.ha,
+        warnings=tuple(warnings),
         inline_secrets=bool(raw.http.api_tokens)
         or any(s.password is not None or s.hook_token is not None for s in raw.servers)
         or any(
@@ -782,6 +825,23 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             for k in ("password", "secret", "hook_token")
         ),
     )
+
+
+def _push_url_problems(server: Server, path: str, public_url: str | None) -> list[tuple[str, str]]:
+    """Push URLs the SMS Server would cut (varchar(128)); checkable once goipd knows the URL
+    the servers reach it at (http.public_url)."""
+    urls = server.push_urls(public_url) if public_url else None
+    longest = max((len(url) for url in urls or ()), default=0)
+    if longest <= GOIP_PUSH_URL_MAX:
+        return []
+    return [
+        (
+            f"{path}.hook_token",
+            f"the push URLs would be {longest} characters, but the SMS Server keeps at most "
+            f"{GOIP_PUSH_URL_MAX} and cuts the rest, token included, without a word: use a "
+            "shorter hook_token or http.public_url (`goipd push-urls` prints them)",
+        )
+    ]
 
 
 def _resolve_providers(

@@ -141,7 +141,14 @@ class Outcome:
     retry_at: float | None = None
     """For state=QUEUED: when to try again."""
     exclude_line: str | None = None
-    """For state=QUEUED after a line error: `server/line` to avoid next time."""
+    """For state=QUEUED after a line error: `server/line` to avoid next time (whole_server:
+    every line of the server)."""
+
+
+def whole_server(server: str) -> str:
+    """The exclusion key of every line of `server`: a send there lost its answer, so the
+    server, not one of its lines, is what failed."""
+    return f"{server}/*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,3 +420,61 @@ def test_ha_config_defaults_and_errors_name_the_key() -> None:
         with pytest.raises(ConfigError) as info:
             parse_settings(text, source=Path("goipd.yaml"))
         assert info.value.lines() == [f"goipd.yaml: {expected}"]
+
+
+# --- what the real SMS Server (v1.28.4) needs ---------------------------------------------------
+
+PUBLIC = GOOD.replace(
+    'listen: "127.0.0.1:8080"', 'listen: "127.0.0.1:8080"\n  public_url: "https://gw.example.net"'
+)
+
+
+def test_push_urls_longer_than_the_servers_column_are_refused() -> None:
+    long_token = "t" * 100
+    text = PUBLIC.replace("hook_token: hook-secret-123", f"hook_token: {long_token}")
+    (problem,) = problems(text, {"GOIPD_BRANCH_PW": "x"})
+    # https://gw.example.net/hooks/goip/hq/inbound?token= is 51 characters, plus the token.
+    assert problem.startswith("goipd.yaml: servers[0].hook_token: the push URLs would be 151 ")
+    assert "keeps at most 128" in problem and long_token not in problem
+    settings = parse_settings(PUBLIC, environ={"GOIPD_BRANCH_PW": "x"})
+    assert settings.servers[0].push_urls("https://gw.example.net") == (
+        "https://gw.example.net/hooks/goip/hq/status?token=hook-secret-123",
+        "https://gw.example.net/hooks/goip/hq/inbound?token=hook-secret-123",
+    )
+    assert settings.servers[1].push_urls("https://gw.example.net") is None  # no hook_token
+
+
+def test_send_timeout_defaults_above_a_slow_engine_and_warns_below() -> None:
+    settings = parse_settings(GOOD, environ={"GOIPD_BRANCH_PW": "x"})
+    assert settings.servers[0].send_timeout == 30.0 and not settings.warnings
+    assert settings.servers[0].escape_text and settings.servers[0].max_sends_in_flight == 4
+    short = parse_settings(
+        GOOD.replace("timeout: 5s", "timeout: 5s\n    send_timeout: 10s"),
+        environ={"GOIPD_BRANCH_PW": "x"},
+    )
+    (warning,) = short.warnings
+    assert warning.startswith("servers[0].send_timeout: 10s is not longer than the 15s")
+
+
+def test_check_config_shows_push_url_lengths_and_push_urls_prints_them(tmp_path: Path) -> None:
+    path = tmp_path / "goipd.yaml"
+    path.write_text(PUBLIC.replace("password_env: GOIPD_BRANCH_PW", "password: b"))
+    path.chmod(0o600)
+
+    def goipd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "goipd", *args], capture_output=True, text=True, check=False
+        )
+
+    checked = goipd("check-config", str(path))
+    assert checked.returncode == 0, checked.stderr
+    assert "servers hq: push URLs 65 and 66 characters" in checked.stdout
+    # check-config runs in the systemd unit, into the journal: no token.
+    assert "hook-secret-123" not in checked.stdout + checked.stderr
+    printed = goipd("push-urls", str(path))
+    assert printed.returncode == 0, printed.stderr
+    assert "https://gw.example.net/hooks/goip/hq/status?token=hook-secret-123" in printed.stdout
+    assert "https://gw.example.net/hooks/goip/hq/inbound?token=hook-secret-123" in printed.stdout
+    assert "branch_2: no hook_token" in printed.stdout
+    other = goipd("push-urls", str(path), "--base", "http://10.0.0.5:8080/")
+    assert "http://10.0.0.5:8080/hooks/goip/hq/status?token=" in other.stdout

@@ -134,6 +134,9 @@ def validate_message(
         raise Problem(422, f"text: expected a string, got {json_kind(text)}")
     if not text.strip():
         raise Problem(422, "text: must not be empty")
+    if text == "0":
+        # PHP's empty() holds for "0": the GoIP SMS Server refuses it as an empty text.
+        raise Problem(422, 'text: the GoIP SMS Server refuses the text "0" as empty')
     if len(text) > settings.max_text_chars:
         raise Problem(422, f"text: at most {settings.max_text_chars} characters, got {len(text)}")
     if _CONTROL.search(text):

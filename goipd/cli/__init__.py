@@ -1,4 +1,4 @@
-"""`goipd run|check-config|send|lines|messages show|quarantine|release|simulate|version`:
+"""`goipd run|check-config|push-urls|send|lines|messages show|quarantine|release|simulate|version`:
 the command line, one module per verb."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from goipd import __version__
-from goipd.cli import lines, messages, quarantine, run, send
+from goipd.cli import lines, messages, push_urls, quarantine, run, send
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run.check_config(args.path)
     if args.command == "run":
         return run.run(args.config)
+    if args.command == "push-urls":
+        return push_urls.run(args)
     if args.command == "send":
         return send.run_send(args)
     if args.command == "lines":
@@ -45,10 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goipd", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", "-c", default="/etc/goipd/goipd.yaml")
+    run_parser = sub.add_parser("run", help="run the daemon")
+    run_parser.add_argument("--config", "-c", default="/etc/goipd/goipd.yaml")
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, else 1")
     check.add_argument("path")
+    push_urls.add_arguments(
+        sub.add_parser("push-urls", help="the push URLs to paste into each SMS Server")
+    )
     send.add_send_arguments(sub.add_parser("send", help="send an SMS through goipd's API"))
     lines.add_lines_arguments(sub.add_parser("lines", help="every line and its state"))
     messages_parser = sub.add_parser("messages", help="look at messages").add_subparsers(

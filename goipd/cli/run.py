@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from goipd.cli import push_urls
 from goipd.config import ConfigError, load_settings
 from goipd.runtime.logs import configure_logging
 
@@ -18,6 +19,8 @@ def check_config(path: str) -> int:
         return 1
     for warning in settings.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for line in push_urls.lengths(settings):
+        print(line)
     print(f"{path}: OK ({len(settings.servers)} servers)")
     return 0
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -27,7 +27,7 @@ from goipd.reports.outcomes import retry_delay
 from goipd.runtime.wakeup import Wakeup
 from goipd.upstream.cloud import CloudProvider, Verdict
 from goipd.upstream.errors import AMBIGUOUS_REASONS, REASON_CODES, UpstreamError
-from goipd.upstream.goip import GoipClient, SendAccepted
+from goipd.upstream.goip import GoipClient, SendAccepted, TextParts, goip_refusal
 
 log = structlog.get_logger("goipd.dispatch.dispatcher")
 IDLE_WAIT = 1.0
@@ -43,6 +43,18 @@ class Body:
     text: str
     targets: tuple[RouteTarget, ...] | None
     """The message's own route, or None to use the routing rules."""
+    parts: TextParts
+    goip_refusal: tuple[str, str] | None
+    """Why no GoIP hop can carry the text exactly (error code, meaning), if none can."""
+
+    @classmethod
+    def of(cls, text: str, route: str | None) -> Body:
+        return cls(text, _targets(route), TextParts(text), goip_refusal(text))
+
+
+UnconfirmedSends = Callable[[str, Sequence[Recipient], float, UpstreamError], None]
+"""Told of a GoIP send whose fate is unknown (server, recipients, when the call started, the
+error): it finds out whether the server created the task before anything is sent again."""
 
 
 class Dispatcher:
@@ -58,6 +70,7 @@ class Dispatcher:
         clouds: Callable[[str], CloudProvider | None] = lambda _name: None,
         schedule_ahead: Callable[[str], float] = lambda _name: 0.0,
         shared_line_rate: bool = False,
+        unconfirmed: UnconfirmedSends | None = None,
         batch: int = 500,
         concurrency: int = 64,
         clock: Callable[[], float] = time.time,
@@ -70,6 +83,10 @@ class Dispatcher:
         self.schedule_ahead = schedule_ahead
         self.shared_line_rate = shared_line_rate
         """Count line sends against the rate of all instances on the ledger (shared_rate.py)."""
+        self.unconfirmed = unconfirmed
+        """None: such sends are queued again at once (and may go out twice)."""
+        self.held: Callable[[], Collection[str]] = lambda: ()
+        """Servers not to send to now: their unconfirmed sends are being looked for."""
         self.settings = settings
         self.metrics = metrics
         self.batch = batch
@@ -84,6 +101,8 @@ class Dispatcher:
         waits queued at its send_at (so no other pass sends it early); only this tells the
         hand-over pass it is a scheduled recipient and not one waiting for a retry."""
         self._outcomes = _OutcomeWriter(ledger, clock)
+        self._server_sends: Counter[str] = Counter()
+        """sendsms calls open per server: a slow engine must not take every send slot."""
 
     def wake(self) -> None:
         self._wake.ring()
@@ -125,6 +144,9 @@ class Dispatcher:
             )
         deferred: list[Outcome] = []
         plans: list[tuple[Choice, Body, list[Recipient]]] = []
+        planned: Counter[str] = Counter()
+        busy = {name for name, sends in self._server_sends.items() if sends >= self._cap(name)}
+        busy.update(self.held())
         for (message_id, excluded), recipients in groups.items():
             body = bodies.get(message_id)
             if body is None:
@@ -151,19 +173,51 @@ class Dispatcher:
                 for r in pending:
                     by_targets.setdefault(self.router.targets_for(r.number), []).append(r)
             for targets, same_route in by_targets.items():
+                lines = body.goip_refusal is None
                 while same_route:
-                    choice = self.router.choose(targets, now, set(excluded), want=len(same_route))
+                    choice = self.router.choose(
+                        targets,
+                        now,
+                        set(excluded),
+                        want=len(same_route),
+                        text=body.parts,
+                        lines=lines,
+                        busy=busy,
+                    )
                     if choice is None and excluded:
                         # Every candidate failed this recipient before: a second try on one of
                         # them beats waiting for max_queue_age.
-                        choice = self.router.choose(targets, now, (), want=len(same_route))
+                        choice = self.router.choose(
+                            targets,
+                            now,
+                            (),
+                            len(same_route),
+                            text=body.parts,
+                            lines=lines,
+                            busy=busy,
+                        )
                     if choice is None:
-                        deferred.extend(self._no_route(r, now) for r in same_route)
+                        if body.goip_refusal is not None and not any(t.cloud for t in targets):
+                            deferred.extend(_refused(r, *body.goip_refusal) for r in same_route)
+                        elif busy and self.router.choose(
+                            targets, now, (), 1, text=body.parts, lines=lines
+                        ):
+                            # Only servers with all their sends open could take these: they
+                            # stay queued for the pass after one of those sends ends.
+                            pass
+                        else:
+                            deferred.extend(self._no_route(r, now) for r in same_route)
                         break
                     take = same_route[: choice.capacity]
                     same_route = same_route[choice.capacity :]
                     self.router.record_use(choice, len(take), now)
                     plans.append((choice, body, take))
+                    if isinstance(choice, LineChoice):
+                        planned[choice.server] += 1
+                        if self._server_sends[choice.server] + planned[choice.server] >= self._cap(
+                            choice.server
+                        ):
+                            busy.add(choice.server)
         if deferred:
             await self.ledger.record(deferred, now)
         reserved_in: int | None = None
@@ -198,11 +252,17 @@ class Dispatcher:
                 continue
             await self._slots.acquire()
             await self._restamp_if_late(choice, batch, now)
+            if isinstance(choice, LineChoice):
+                self._server_sends[choice.server] += 1
             task = asyncio.create_task(self._send(choice, body, batch))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
             started += 1
         return started
+
+    def _cap(self, server: str) -> int:
+        config = self.router.servers.get(server)
+        return config.max_sends_in_flight if config is not None else 1
 
     def _no_route(self, recipient: Recipient, now: float) -> Outcome:
         # No usable route is not an attempt: the recipient waits (up to max_queue_age).
@@ -278,7 +338,7 @@ class Dispatcher:
             return
         client = self.clients(choice.server)
         waited = self.clock() - claimed_at
-        if client is None or waited <= client.timeout / 2:
+        if client is None or waited <= client.send_timeout / 2:
             return
         try:
             await self.ledger.restamp_claims([r.id for r in batch], self.clock())
@@ -309,6 +369,14 @@ class Dispatcher:
             log.exception("dispatch_send_crashed", route=choice.key)
         finally:
             self._slots.release()
+            if isinstance(choice, LineChoice):
+                was_busy = self._server_sends[choice.server] >= self._cap(choice.server)
+                self._server_sends[choice.server] -= 1
+                if self._server_sends[choice.server] <= 0:
+                    del self._server_sends[choice.server]
+                if was_busy:
+                    # Recipients left queued for this server can go now.
+                    self.wake()
 
     async def _send_goip(self, choice: LineChoice, body: Body, batch: Sequence[Recipient]) -> None:
         client = self.clients(choice.server)
@@ -316,6 +384,7 @@ class Dispatcher:
             await self._requeue(batch, choice, "server_removed", "server no longer configured", 0)
             return
         labels = ("goip", choice.server, choice.line or "")
+        started = self.clock()
         try:
             reply = await client.send_sms(
                 [r.number for r in batch],
@@ -325,9 +394,21 @@ class Dispatcher:
             )
         except UpstreamError as exc:
             ambiguous = exc.reason in AMBIGUOUS_REASONS
+            if ambiguous and self.unconfirmed is not None:
+                # The server may have stored the task before the failure: the claims stay and
+                # the server is asked (querysms) before anything is sent again.
+                log.warning(
+                    "send_unconfirmed",
+                    server=choice.server,
+                    line=choice.line,
+                    reason=exc.reason.value,
+                    detail=exc.detail,
+                    recipients=len(batch),
+                )
+                self.unconfirmed(choice.server, batch, started, exc)
+                return
             if ambiguous:
-                # The server may have taken the request before the failure: resending can
-                # duplicate. Counted so the duplicate bound is observable.
+                # Resending can duplicate: counted so the duplicate bound is observable.
                 self.metrics.dispatch_ambiguous.inc(len(batch))
             log.warning(
                 "send_failed",
@@ -367,7 +448,7 @@ class Dispatcher:
             server=choice.server,
             line=choice.line,
             provider=choice.provider,
-            reason=reply.reason,
+            reason=reply.reason[:64],
             recipients=len(batch),
         )
         # REJECT means our view of the server is stale (line gone, group unknown): try the
@@ -375,8 +456,8 @@ class Dispatcher:
         await self._requeue(
             batch,
             choice,
-            f"reject_{reply.reason}",
-            f"SMS Server rejected the send: {reply.reason}",
+            f"reject_{reply.kind}",
+            f"SMS Server rejected the send: {reply.reason[:64] or '(no reason given)'}",
             0,
         )
 
@@ -552,7 +633,7 @@ class Dispatcher:
             # One read for the whole pass: with single-recipient messages nearly every
             # recipient of a pass belongs to a message not seen before.
             for message_id, (text, route) in (await self.ledger.message_bodies(missing)).items():
-                body = found[message_id] = Body(text, _targets(route))
+                body = found[message_id] = Body.of(text, route)
                 self._bodies[message_id] = body
             while len(self._bodies) > BODY_CACHE:
                 self._bodies.popitem(last=False)
@@ -606,6 +687,11 @@ class _OutcomeWriter:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
+
+
+def _refused(recipient: Recipient, code: str, meaning: str) -> Outcome:
+    """A text no hop of the route can carry: failed before any task is created."""
+    return Outcome(recipient.id, State.FAILED, error_code=code, error_meaning=meaning)
 
 
 def _route_name(choice: Choice) -> str:

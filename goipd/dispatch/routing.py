@@ -16,9 +16,13 @@ import phonenumbers
 
 from goipd.config import RouteRule, RouteTarget, RoutingSettings, Server
 from goipd.fleet.registry import Line, LineRegistry, LineState
+from goipd.model import whole_server
+from goipd.upstream.goip import TextParts
 
 RATE_WINDOW = 60.0
 ANY_SERVER = "*"
+
+
 DEFAULT_TARGETS = (RouteTarget(server=ANY_SERVER),)
 _Lru = OrderedDict[tuple[str, str], None]
 
@@ -31,6 +35,8 @@ class LineChoice:
     provider: str | None
     capacity: int
     """Recipients this choice may take now (send-rate and quota bound)."""
+    parts: int = 1
+    """Quota each recipient takes: the text's parts as this SMS Server counts them."""
 
     @property
     def key(self) -> str:
@@ -181,48 +187,70 @@ class Router:
         now: float,
         exclude: Collection[str] = (),
         want: int = 1,
+        *,
+        text: TextParts | None = None,
+        lines: bool = True,
+        busy: Collection[str] = (),
     ) -> Choice | None:
-        """First target, in order, with a usable line (or an enabled cloud provider)."""
+        """First target, in order, with a usable line (or an enabled cloud provider).
+
+        `text`: what each recipient takes of a line's quota (one part if None); `lines`: False
+        when the text cannot go through a GoIP hop at all; `busy`: servers with as many sends
+        open as they may have."""
         self._sync()
         for target in targets:
-            choice = self._choose_target(target, now, exclude, want)
+            choice = self._choose_target(target, now, exclude, want, text, lines, busy)
             if choice is not None:
                 return choice
         return None
 
     def _choose_target(
-        self, target: RouteTarget, now: float, exclude: Collection[str], want: int
+        self,
+        target: RouteTarget,
+        now: float,
+        exclude: Collection[str],
+        want: int,
+        text: TextParts | None,
+        lines: bool,
+        busy: Collection[str],
     ) -> Choice | None:
         if target.cloud is not None:
             if f"cloud:{target.cloud}" not in exclude and self._cloud_usable(target.cloud, now):
                 return CloudChoice(target.cloud, capacity=want)
             return None
+        if not lines:
+            return None
         assert target.server is not None
         if target.server == ANY_SERVER:
-            return self._pick(self._fleet_lru, now, exclude, want, None)
+            return self._pick(self._fleet_lru, now, exclude, want, None, text, busy)
         server = self.servers.get(target.server)
         lru = self._server_lru.get(target.server)
         state = self.registry.servers.get(target.server)
         if server is None or lru is None or state is None or not state.up:
             return None
+        if target.server in busy or whole_server(target.server) in exclude:
+            return None
+        parts = self._parts(target.server, text)
         if target.line is not None:
             line = self.registry.line(target.server, target.line)
             if line is None or f"{target.server}/{target.line}" in exclude:
                 return None
-            capacity = self._capacity(line, now, want)
-            return LineChoice(target.server, target.line, None, capacity) if capacity else None
+            capacity = self._capacity(line, now, want, parts)
+            if not capacity:
+                return None
+            return LineChoice(target.server, target.line, None, capacity, parts)
         if target.provider is not None and target.provider not in server.groups:
             # The line → group map is unknown: let the SMS Server pick within the group, if
             # this server has any usable line at all.
             key = f"{target.server}[{target.provider}]"
             if key in exclude or not any(
-                self._capacity(line, now, 1)
+                self._capacity(line, now, 1, parts)
                 for line in self.registry.servers[target.server].lines.values()
             ):
                 return None
-            return LineChoice(target.server, None, target.provider, want)
+            return LineChoice(target.server, None, target.provider, want, parts)
         members = frozenset(server.groups[target.provider]) if target.provider else None
-        return self._pick(lru, now, exclude, want, members)
+        return self._pick(lru, now, exclude, want, members, text, busy)
 
     def _pick(
         self,
@@ -231,6 +259,8 @@ class Router:
         exclude: Collection[str],
         want: int,
         members: frozenset[str] | None,
+        text: TextParts | None,
+        busy: Collection[str],
     ) -> LineChoice | None:
         parked = []
         found: LineChoice | None = None
@@ -245,17 +275,30 @@ class Router:
                 # recover, and then only for one rotation.
                 parked.append(entry)
                 continue
-            if f"{server}/{line_id}" in exclude:
+            if exclude and (f"{server}/{line_id}" in exclude or whole_server(server) in exclude):
                 continue
-            capacity = self._capacity(line, now, want)
+            if server in busy:
+                continue
+            parts = self._parts(server, text)
+            capacity = self._capacity(line, now, want, parts)
             if capacity:
-                found = LineChoice(server, line_id, None, capacity)
+                found = LineChoice(server, line_id, None, capacity, parts)
                 break
         for entry in parked:
             lru.move_to_end(entry)
         return found
 
-    def _capacity(self, line: Line, now: float, want: int) -> int:
+    def _parts(self, server: str, text: TextParts | None) -> int:
+        if text is None:
+            return 1
+        config = self.servers.get(server)
+        state = self.registry.servers.get(server)
+        return text.for_server(
+            escape=config.escape_text if config is not None else True,
+            mbstring=state is None or not state.mbstring_missing,
+        )
+
+    def _capacity(self, line: Line, now: float, want: int, parts: int = 1) -> int:
         if line.state is not LineState.REGISTERED or line.quarantined(now):
             return 0
         recent = self._recent.get((line.server, line.line_id))
@@ -267,7 +310,8 @@ class Router:
         capacity = min(want, self.settings.line_rate_per_minute - used)
         for quota in (line.remain_sms, line.day_remain_sms):
             if quota is not None:
-                capacity = min(capacity, quota)
+                # The server takes each send's parts off the quota, not one per recipient.
+                capacity = min(capacity, quota // parts)
         return max(capacity, 0)
 
     def record_use(self, choice: Choice, count: int, now: float) -> None:
@@ -285,10 +329,11 @@ class Router:
         if line is not None:
             # Decrement locally so the router does not overshoot day_remain_sms between polls;
             # the next poll replaces these with the server's own figures.
+            used = count * choice.parts
             if line.remain_sms is not None:
-                line.remain_sms = max(line.remain_sms - count, 0)
+                line.remain_sms = max(line.remain_sms - used, 0)
             if line.day_remain_sms is not None:
-                line.day_remain_sms = max(line.day_remain_sms - count, 0)
+                line.day_remain_sms = max(line.day_remain_sms - used, 0)
 
     def release_use(self, choice: Choice, count: int) -> None:
         """Undo record_use for `count` sends that will not happen (another instance claimed
@@ -302,9 +347,9 @@ class Router:
         line = self.registry.line(choice.server, choice.line)
         if line is not None:
             if line.remain_sms is not None:
-                line.remain_sms += count
+                line.remain_sms += count * choice.parts
             if line.day_remain_sms is not None:
-                line.day_remain_sms += count
+                line.day_remain_sms += count * choice.parts
 
     def _sync(self) -> None:
         """Bring the LRU orders in line with the registry (lines appear and go with polls)."""

@@ -9,6 +9,7 @@ backoff window are skipped, so a dead server costs nothing but a counter.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import random
 import time
@@ -23,7 +24,7 @@ from goipd.config import PollingSettings, Server
 from goipd.fleet.registry import LineRegistry
 from goipd.metrics.catalog import Metrics
 from goipd.upstream.errors import ErrorReason, UpstreamError
-from goipd.upstream.goip import GoipClient
+from goipd.upstream.goip import SETUP_FIXES, GoipClient
 
 log = structlog.get_logger("goipd.poller")
 GOLDEN_RATIO_CONJUGATE = 0.6180339887498949
@@ -72,12 +73,33 @@ class FleetPoller:
                 continue
             self.servers[name] = server
             self.clients[name] = GoipClient(
-                name, server.url, server.username, server.password, server.timeout
+                name,
+                server.url,
+                server.username,
+                server.password,
+                server.timeout,
+                send_timeout=server.send_timeout,
+                escape_text=server.escape_text,
+                on_diagnostics=functools.partial(self._diagnostics, name),
             )
             if self._scheduler is not None:
                 self._schedule(server)
         self.metrics.add_servers(servers)
         return retired
+
+    def _diagnostics(self, server: str, api: str, diagnostics: tuple[str, ...]) -> None:
+        """PHP warnings before a reply's JSON: a setup problem of the server, logged once with
+        its fix and exported until goipd restarts (the warning shows in every reply)."""
+        for key in self.registry.note_setup_problems(server, diagnostics):
+            self.metrics.server_setup_problem.labels(server, key).set(1)
+            log.warning(
+                "server_setup_problem",
+                server=server,
+                api=api,
+                problem=key,
+                warning=self.registry.servers[server].setup_problems[key],
+                fix=SETUP_FIXES[key],
+            )
 
     async def first_round(self) -> None:
         await asyncio.gather(*(self.poll(name) for name in list(self.servers)))

@@ -14,7 +14,7 @@ from enum import StrEnum
 import structlog
 
 from goipd.upstream.errors import ErrorReason
-from goipd.upstream.goip import LineStatus
+from goipd.upstream.goip import MBSTRING_MISSING, LineStatus, setup_problem
 
 log = structlog.get_logger("goipd.fleet")
 
@@ -107,6 +107,14 @@ class ServerState:
     owned: bool = True
     """This instance holds the server's polling lease (goipd/fleet/ha.py): it polls the server and
     exports its fleet metrics. Otherwise its lines are copied from the owner's snapshots."""
+    setup_problems: dict[str, str] = field(default_factory=dict)
+    """Setup problems its replies showed (a PHP warning before the JSON), by key
+    (goipd/upstream/goip.py SETUP_FIXES), with the first warning seen."""
+
+    @property
+    def mbstring_missing(self) -> bool:
+        """The server lacks php-mbstring: it counts every text's parts by bytes."""
+        return MBSTRING_MISSING in self.setup_problems
 
 
 class LineRegistry:
@@ -129,6 +137,20 @@ class LineRegistry:
                 log.info("server_removed", server=name)
         for name in wanted:
             self.servers.setdefault(name, ServerState(name))
+
+    def note_setup_problems(self, server: str, diagnostics: Iterable[str]) -> list[str]:
+        """Remember what a reply's PHP diagnostics say about the server's setup; returns the
+        keys not known before."""
+        state = self.servers.get(server)
+        if state is None:
+            return []
+        new = []
+        for diagnostic in diagnostics:
+            key = setup_problem(diagnostic)
+            if key not in state.setup_problems:
+                state.setup_problems[key] = diagnostic
+                new.append(key)
+        return new
 
     def lines(self) -> Iterator[Line]:
         for server in self.servers.values():

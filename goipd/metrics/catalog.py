@@ -33,6 +33,7 @@ from goipd.metrics.exposition import (
 )
 from goipd.upstream import cms
 from goipd.upstream.errors import ErrorReason
+from goipd.upstream.goip import SETUP_FIXES
 
 # `*_created` series double the series count of every counter and histogram for a timestamp
 # nobody graphs: with 32,000 lines that is scrape time and Prometheus memory for nothing.
@@ -209,6 +210,22 @@ class Metrics:
             "crash mid-call): each may be delivered twice.",
             registry=self.registry,
         )
+        self.send_verifications = Counter(
+            "goipd_send_verifications",
+            "Recipients of GoIP sends whose answer was lost (timeout, connection cut, unreadable "
+            "reply), by what querysms then showed: adopted (the server had created the task: "
+            "not sent again) or requeued (no task found: sent again, counted ambiguous too).",
+            ["server", "result"],
+            registry=self.registry,
+        )
+        self.server_setup_problem = Gauge(
+            "goipd_server_setup_problem",
+            "1 while the SMS Server's replies show a setup problem: php_mbstring_missing (a "
+            "PHP warning before every sendsms answer; parts are counted by bytes) or "
+            "php_warning (another PHP warning).",
+            ["server", "problem"],
+            registry=self.registry,
+        )
         self.instance_leader = Gauge(
             "goipd_instance_leader",
             "1 on the goipd instance that holds the server's polling lease (it polls the server "
@@ -256,6 +273,8 @@ class Metrics:
         _remove(self.poll_duration, name)
         _remove(self.poll_skipped, name)
         _remove(self.instance_leader, name)
+        for problem in SETUP_FIXES:
+            _remove(self.server_setup_problem, name, problem)
 
     def add_provider(self, name: str) -> None:
         """A configured provider: enabled, its error counters at 0 so rate() works."""

@@ -16,6 +16,11 @@
   in which a recipient can be sent twice (another client of the same SMS Server sending in
   between can push the task beyond the scanned ids).
 
+A send whose answer was lost (timed out, cut off, unreadable) is settled the same way, right
+away rather than after a crash: its claim stays, the task ids around the call are asked about a
+few times (the server may store the task late), and only a claim whose task is not found is
+queued again.
+
 With several instances on one ledger (goipd/fleet/ha.py) each settles the claims of its own past and
 those of instances whose heartbeat expired, never a live instance's sends in flight; it takes
 them over in the ledger first, so no two instances settle one claim. Submitted sends are asked
@@ -24,12 +29,16 @@ about by the instance that polls their server.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+from typing import Literal
 
 import structlog
 
 from goipd.config import ReconcileSettings
-from goipd.model import Outcome, Recipient, State
+from goipd.model import LedgerError, Outcome, Recipient, State, whole_server
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.reports.outcomes import retry_delay
 from goipd.upstream.errors import UpstreamError
@@ -44,6 +53,15 @@ CLOCK_SLACK = 5.0
 submit times come from different hosts): the task-id window is widened by this much."""
 MAX_TASK_SCAN = 2000
 """querysms calls per server and sweep at most; claims not found by then are re-queued."""
+Search = Literal["proven", "no_anchor", "unanswered"]
+"""How a search for interrupted sends' tasks ended: the rest provably absent; no task id of the
+server known to say where to look; the server did not answer querysms."""
+VERIFY_RETRY = 5.0
+"""Seconds at least between searches while the server does not answer."""
+VERIFY_AFTER = (1.0, 0.5, 1.0, 2.0)
+"""When an unconfirmed send is looked for: 1 s after its call ended, then 0.5, 1 and 2 send
+timeouts after each look before: a server whose web server queued the request runs it late,
+and stores the task then. About 3.5 send timeouts in all, well inside the stale-claim sweep."""
 
 
 class Reconciler:
@@ -62,6 +80,104 @@ class Reconciler:
         self.stale_claim_after = stale_claim_after
         self.owned = owned or (lambda: list(ctx.servers()))
         """The servers this instance polls, and so asks about submitted sends."""
+        self._verifying: set[asyncio.Task[None]] = set()
+        self.verifying: Counter[str] = Counter()
+        """Servers with unconfirmed sends being looked for: dispatch leaves them alone
+        meanwhile, so a server whose answers keep getting lost cannot pile up more."""
+
+    def unconfirmed(
+        self, server: str, recipients: Sequence[Recipient], started: float, error: UpstreamError
+    ) -> None:
+        """A send whose answer was lost: find its task before anything is sent again. The
+        recipients stay `dispatching` meanwhile (a crash leaves them to startup())."""
+        self.verifying[server] += 1
+        task = asyncio.create_task(self._verify(server, list(recipients), started, error))
+        self._verifying.add(task)
+        task.add_done_callback(self._verifying.discard)
+        task.add_done_callback(lambda _task: self._verified(server))
+
+    def _verified(self, server: str) -> None:
+        self.verifying[server] -= 1
+        if self.verifying[server] <= 0:
+            del self.verifying[server]
+            self.ctx.wake_dispatch()
+
+    async def stop(self) -> None:
+        for task in list(self._verifying):
+            task.cancel()
+        await asyncio.gather(*self._verifying, return_exceptions=True)
+
+    async def _verify(
+        self, server: str, recipients: list[Recipient], started: float, error: UpstreamError
+    ) -> None:
+        # The claim time is when the call started: the task, if any, was created after it.
+        pending = [replace(r, updated_at=started) for r in recipients]
+        proven: Search = "no_anchor"
+        give_up_at = self.ctx.clock() + self.stale_claim_after / 2
+        try:
+            for index, factor in enumerate(VERIFY_AFTER):
+                client = self.clients(server)
+                await asyncio.sleep(
+                    factor if index == 0 or client is None else factor * client.send_timeout
+                )
+                pending, proven = await self._adopt_tasks(server, pending)
+                if not pending:
+                    break
+            while pending and proven == "unanswered" and self.ctx.clock() < give_up_at:
+                # The server does not answer querysms (the fault that lost the send's answer,
+                # most likely): ask again until it does, holding its sends meanwhile.
+                client = self.clients(server)
+                await asyncio.sleep(max(client.send_timeout if client else 0.0, VERIFY_RETRY))
+                pending, proven = await self._adopt_tasks(server, pending)
+            adopted = len(recipients) - len(pending)
+            if adopted:
+                self.ctx.metrics.send_verifications.labels(server, "adopted").inc(adopted)
+            if pending and proven != "proven":
+                # Nothing proves the task absent (goipd has recorded no task of this server to
+                # say which ids to ask about, or the server would not answer): the claims wait
+                # for the stale-claim sweep, which asks again.
+                log.warning("unconfirmed_sends_waiting", server=server, recipients=len(pending))
+            elif pending:
+                await self._requeue_unconfirmed(server, pending, error)
+        except LedgerError as exc:
+            # The claims stay `dispatching`: the stale-claim sweep settles them later.
+            log.error("send_verification_failed", server=server, reason=str(exc))
+
+    async def _requeue_unconfirmed(
+        self, server: str, recipients: list[Recipient], error: UpstreamError
+    ) -> None:
+        settings = self.ctx.routing()
+        now = self.ctx.clock()
+        code = f"upstream_{error.reason.value}"
+        outcomes = []
+        for r in recipients:
+            attempts = r.attempts + 1
+            if attempts >= settings.max_attempts:
+                outcomes.append(
+                    Outcome(
+                        r.id,
+                        State.FAILED,
+                        error_code=code,
+                        error_meaning=f"{error.detail} (after {attempts} attempts)",
+                    )
+                )
+            else:
+                outcomes.append(
+                    Outcome(
+                        r.id,
+                        State.QUEUED,
+                        error_code=code,
+                        error_meaning=f"{error.detail}; the SMS Server holds no task for it",
+                        retry_at=now + retry_delay(settings, attempts),
+                        exclude_line=whole_server(server),
+                    )
+                )
+        await self.ctx.ledger.record(outcomes, now)
+        # The one window in which a recipient can be sent twice (see the module docstring).
+        self.ctx.metrics.dispatch_ambiguous.inc(len(recipients))
+        self.ctx.metrics.send_verifications.labels(server, "requeued").inc(len(recipients))
+        log.warning("unconfirmed_sends_requeued", server=server, recipients=len(recipients))
+        self.ctx.wake_dispatch()
 
     async def startup(self) -> None:
         """Before dispatch starts: settle every claim left by a previous process (of this
@@ -116,10 +232,17 @@ class Reconciler:
             for recipient in stale:
                 by_server.setdefault(recipient.server or "", []).append(recipient)
             lost: list[Recipient] = []
+            now = self.ctx.clock()
             for server, recipients in by_server.items():
-                lost.extend(await self._adopt_tasks(server, recipients))
+                missing, proven = await self._adopt_tasks(server, recipients)
+                # Unproven (no task of the server recorded to say where to look, or it did
+                # not answer): the claims wait for the next sweep, up to the report deadline.
+                lost.extend(
+                    r
+                    for r in missing
+                    if proven == "proven" or now - r.updated_at > self.settings().report_deadline
+                )
             if lost:
-                now = self.ctx.clock()
                 outcomes = [
                     _after_lost_claim(
                         r, settings.max_attempts, now, retry_delay(settings, r.attempts)
@@ -140,7 +263,7 @@ class Reconciler:
         never recorded a task of this server (then nothing tells where to look)."""
         claimed_from = min(r.updated_at for r in recipients) - CLOCK_SLACK
         # A task recorded after this was created after every interrupted call had ended.
-        claimed_to = max(r.updated_at for r in recipients) + 2 * client.timeout + CLOCK_SLACK
+        claimed_to = max(r.updated_at for r in recipients) + 2 * client.send_timeout + CLOCK_SLACK
         low, high = await self.ctx.ledger.task_id_bounds(server, claimed_from, claimed_to)
         if low is None:
             # Nothing recorded before the claims: they were among goipd's first sends here.
@@ -151,12 +274,18 @@ class Reconciler:
         stop = low + 1 + MAX_TASK_SCAN
         return low + 1, min(high, stop) if high is not None else stop
 
-    async def _adopt_tasks(self, server: str, recipients: list[Recipient]) -> list[Recipient]:
-        """Find the tasks the SMS Server created for interrupted sends; returns the rest."""
+    async def _adopt_tasks(
+        self, server: str, recipients: list[Recipient]
+    ) -> tuple[list[Recipient], Search]:
+        """Find the tasks the SMS Server created for interrupted sends; returns the rest, and
+        whether their absence is proven (a server gone from the config counts as proven:
+        nobody can ask it any more)."""
         client = self.clients(server)
-        window = await self._task_window(server, client, recipients) if client else None
-        if client is None or window is None:
-            return recipients
+        if client is None:
+            return recipients, "proven"
+        window = await self._task_window(server, client, recipients)
+        if window is None:
+            return recipients, "no_anchor"
         first, stop = window
         # Tasks goipd recorded are not interrupted ones: only the others are asked about.
         recorded = await self.ctx.ledger.recorded_task_ids(server, first, stop)
@@ -168,6 +297,7 @@ class Reconciler:
         for recipient in sorted(recipients, key=lambda r: (r.updated_at, r.id)):
             waiting.setdefault(_bare(recipient.number), []).append(recipient)
         adopted: dict[int, tuple[int, SendReport]] = {}
+        proven: Search = "proven"
         for task_id in range(first, stop):
             if not waiting:
                 break
@@ -177,6 +307,7 @@ class Reconciler:
                 reports = await client.query_sms(str(task_id))
             except UpstreamError as exc:
                 log.warning("claim_scan_failed", server=server, reason=exc.reason.value)
+                proven = "unanswered"
                 break
             if not reports and task_id > last_recorded:
                 break  # ids are handed out in order: no task beyond this one exists yet
@@ -201,7 +332,7 @@ class Reconciler:
             if lost_race:
                 log.warning("claim_adoption_raced", server=server, recipients=len(lost_race))
             adopted = {rid: a for rid, a in adopted.items() if rid not in lost_race}
-        return [r for r in recipients if r.id not in adopted]
+        return [r for r in recipients if r.id not in adopted], proven
 
     async def _query_submitted(self, older_than: float, now: float) -> None:
         deadline = self.settings().report_deadline

@@ -90,7 +90,7 @@ PROFILE_V1284: Final = "v1.28.4"
 PROFILE_DOCUMENT: Final = "document"
 """What the vendor's JSON API document shows."""
 PROFILES: Final = (PROFILE_V1284, PROFILE_DOCUMENT)
-DEFAULT_PROFILE: Final = PROFILE_DOCUMENT
+DEFAULT_PROFILE: Final = PROFILE_V1284
 ENGINES: Final = ("running", "slow", "dead")
 """The SMS Server's engine (goipcron): sends the queued recipients, keeps lines' state fresh."""
 REG_STATES: Final = ("LOGIN", "LOGOUT", "")

@@ -11,9 +11,15 @@ from enum import StrEnum
 class ErrorReason(StrEnum):
     TIMEOUT = "timeout"
     CONNECT = "connect"
+    """No connection: the request was never written, so the upstream did nothing."""
+    DISCONNECTED = "disconnected"
+    """The connection was lost after the request was written: the upstream may have acted."""
     HTTP_STATUS = "http_status"
     AUTH = "auth"
     PARSE = "parse"
+    SERVER_DATABASE = "server_database"
+    """The GoIP SMS Server's database refused the request (`Bad query`, `Could not connect`):
+    nothing was stored that will be sent."""
 
 
 REASON_CODES = frozenset(reason.value for reason in ErrorReason)
@@ -21,9 +27,10 @@ REASON_CODES = frozenset(reason.value for reason in ErrorReason)
 code)."""
 
 
-AMBIGUOUS_REASONS = frozenset({ErrorReason.TIMEOUT, ErrorReason.PARSE})
+AMBIGUOUS_REASONS = frozenset({ErrorReason.TIMEOUT, ErrorReason.PARSE, ErrorReason.DISCONNECTED})
 """Failures after which the upstream may still have acted on the request (no answer in time,
-an answer cut short or garbled): a send repeated after one of these may go out twice."""
+an answer cut short or garbled, the connection lost after the request was written): a send
+repeated after one of these may go out twice."""
 
 
 class UpstreamError(Exception):

@@ -24,9 +24,13 @@ from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 MAX_FIELD_CHARS = 64
 MAX_CONTENT_CHARS = 4096
+MAX_DEVICE_TEXT_BYTES = 3000
+"""The most text (UTF-8 bytes) a GoIP device takes in one send command."""
+DEFAULT_SEND_TIMEOUT = 30.0
+"""sendsms stores the task, then waits up to 3 x 5 s for the engine's OK before it answers."""
 JSON_HEADERS = {"Content-Type": "application/json"}
 SendState = Literal["succeeded", "failed", "unsend", "sending"]
-RejectReason = Literal["none_line", "none_provider", "unknown"]
+RejectKind = Literal["none_line", "none_provider", "content_or_number", "unknown"]
 _T = TypeVar("_T")
 
 
@@ -49,7 +53,9 @@ class SendAccepted:
 
 @dataclass(frozen=True, slots=True)
 class SendRejected:
-    reason: RejectReason
+    kind: RejectKind
+    reason: str
+    """The reason as the server wrote it."""
 
 
 SendReply = SendAccepted | SendRejected
@@ -77,6 +83,115 @@ class InboundSms:
 
 
 # --- pure parsers -------------------------------------------------------------------------------
+
+
+class DatabaseFault(ValueError):
+    """The SMS Server answered with its database's failure instead of JSON (HTTP 200): `Bad
+    query: <error>(<the SQL>)` or `Could not connect`. Nothing was stored that will be sent.
+    The message never holds the echoed SQL: it contains the SMS text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply body as the server wrote it: the JSON, and the PHP diagnostics printed before it
+    (a server without php-mbstring prints `Warning: need install php-mbstring module<br>`
+    before every sendsms answer)."""
+
+    body: bytes
+    diagnostics: tuple[str, ...] = ()
+
+
+# PHP prints diagnostics as `Warning: text<br>` (the vendor's own echo), `<br />\n<b>Warning</b>:
+# text in <b>file</b> on line <b>N</b><br />` (html_errors on) or `Warning: text in file on
+# line N` followed by a newline (html_errors off).
+_PHP_DIAGNOSTIC = re.compile(
+    rb"\s*(?:<br\s*/?>\s*)*(?:<b>)?(?:PHP )?"
+    rb"(Warning|Notice|Deprecated|Strict Standards|Fatal error|Parse error)(?:</b>)?:"
+    rb"[ \t]*(.*?)(?:<br\s*/?>|\r?\n|\Z)",
+    re.DOTALL,
+)
+_TAG = re.compile(r"<[^>]*>")
+MAX_DIAGNOSTIC_CHARS = 200
+
+
+def read_reply(body: bytes) -> Reply:
+    """The JSON part of a reply and the PHP diagnostics before it; raises DatabaseFault for a
+    database failure. Anything else is left for the JSON parser to judge."""
+    diagnostics: list[str] = []
+    rest = body
+    while True:
+        match = _PHP_DIAGNOSTIC.match(rest)
+        if match is None or match.end() == 0:
+            break
+        kind = match.group(1).decode("ascii")
+        text = _TAG.sub("", match.group(2).decode("utf-8", "replace")).strip()
+        diagnostics.append(f"{kind}: {text}"[:MAX_DIAGNOSTIC_CHARS])
+        rest = rest[match.end() :]
+    head = rest.lstrip()[:32]
+    if head.startswith(b"Bad query:"):
+        kind = "SQL syntax error" if b"SQL syntax" in rest[:200] else "database error"
+        raise DatabaseFault(
+            f"the SMS Server's database refused the request (Bad query: {kind}); "
+            "the SQL it echoed is not kept"
+        )
+    if head.startswith(b"Could not connect"):
+        raise DatabaseFault("the SMS Server cannot reach its database (Could not connect)")
+    return Reply(rest, tuple(diagnostics))
+
+
+def escape_for_sql(text: str) -> str:
+    """Text as v1.28.4's sendsms must receive it so the phone gets exactly `text`: the server
+    puts what it gets into a single-quoted MySQL literal unescaped (backslash escapes on), so
+    `'` would end the literal (`Bad query`, nothing sent) and `\\n` would become a newline."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def server_parts(text: str, *, mbstring: bool = True) -> int:
+    """SMS parts the SMS Server counts against a line's quota for `text` as posted (its own
+    formula, not GSM's): with php-mbstring, a text holding non-ASCII counts characters, 1 part
+    up to 70, then one per 67; otherwise it counts bytes, 1 part up to 160, then one per 153.
+    Without php-mbstring every text counts bytes."""
+    size = len(text.encode("utf-8"))
+    if mbstring and size != len(text):
+        chars = len(text)
+        return 1 if chars <= 70 else -(-chars // 67)
+    return 1 if size <= 160 else -(-size // 153)
+
+
+class TextParts:
+    """The parts one text counts for on each kind of server (escaped for SQL or not, with or
+    without php-mbstring), each computed once."""
+
+    __slots__ = ("_counts", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._counts: dict[tuple[bool, bool], int] = {}
+
+    def for_server(self, *, escape: bool, mbstring: bool) -> int:
+        key = (escape, mbstring)
+        count = self._counts.get(key)
+        if count is None:
+            posted = escape_for_sql(self.text) if escape else self.text
+            count = self._counts[key] = server_parts(posted, mbstring=mbstring)
+        return count
+
+
+def goip_refusal(text: str) -> tuple[str, str] | None:
+    """Why a GoIP hop cannot carry `text` exactly, as (error code, meaning); None if it can.
+    Checked before any task is created, so the text goes to the route's next hop instead."""
+    if any(ord(ch) > 0xFFFF for ch in text):
+        return (
+            "goip_text_unsupported",
+            "holds a character beyond U+FFFF (an emoji, say): the GoIP SMS Server's database "
+            "stores 3-byte UTF-8 and would cut the text there",
+        )
+    if len(text.encode("utf-8")) > MAX_DEVICE_TEXT_BYTES:
+        return (
+            "goip_text_too_long",
+            f"longer than the {MAX_DEVICE_TEXT_BYTES} bytes a GoIP device takes per send",
+        )
+    return None
 
 
 def loads_lenient(body: bytes | str) -> Any:
@@ -239,15 +354,17 @@ def parse_sendsms(body: bytes | str) -> SendReply:
             raise ParseError(f"sendsms: taskID must be an integer, got {task_id[:20]!r}")
         return SendAccepted(task_id)
     if result == "REJECT":
-        reason = _text(data, "reason", required=False) or "unknown"
-        if reason == "none_line":
-            return SendRejected("none_line")
-        if reason == "none_provider":
-            return SendRejected("none_provider")
-        return SendRejected("unknown")
+        reason = _text(data, "reason", required=False) or ""
+        return SendRejected(_REJECT_KINDS.get(reason, "unknown"), reason)
     raise ParseError(f"sendsms: result must be ACCEPT or REJECT, got {str(result)[:20]!r}")
 
 
+_REJECT_KINDS: dict[str, RejectKind] = {
+    "none_line": "none_line",
+    "none_provider": "none_provider",
+    # v1.28.4: empty text or number, and PHP's empty() also holds for the text "0".
+    "content or number error": "content_or_number",
+}
 _SEND_STATES: dict[str, SendState] = {
     "succeeded": "succeeded",
     "failed": "failed",
@@ -319,47 +436,86 @@ def build_sendsms(
     *,
     goip_line: str | None = None,
     provider: str | None = None,
+    escape: bool = False,
 ) -> dict[str, str]:
+    """`escape`: the server puts the values into its SQL as they come (v1.28.4), so they are
+    escaped for it (escape_for_sql)."""
     if not numbers or len(numbers) > 9999:
         raise ValueError("sendsms takes 1 to 9999 numbers")
-    body = {"number": ",".join(numbers), "content": content}
+    quote = escape_for_sql if escape else _as_is
+    body = {"number": quote(",".join(numbers)), "content": quote(content)}
     if goip_line is not None:
-        body["goip_line"] = goip_line
+        body["goip_line"] = quote(goip_line)
     elif provider is not None:
-        body["provider"] = provider
+        body["provider"] = quote(provider)
     return body
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 # --- client -------------------------------------------------------------------------------------
 
 
+MBSTRING_MISSING = "php_mbstring_missing"
+OTHER_PHP_WARNING = "php_warning"
+SETUP_FIXES = {
+    MBSTRING_MISSING: "install php-mbstring on the SMS Server and restart its web server",
+    OTHER_PHP_WARNING: "read the warning in goipd's log and fix the SMS Server's PHP setup",
+}
+"""Setup problems a server's replies show, by key (a metric label: the set is closed)."""
+
+
+def setup_problem(diagnostic: str) -> str:
+    return MBSTRING_MISSING if "php-mbstring" in diagnostic else OTHER_PHP_WARNING
+
+
 class GoipClient:
-    """One GoIP SMS Server. Owns one ClientSession (connection pool) for its whole life."""
+    """One GoIP SMS Server. Polls and sends use separate connection pools: a send may wait
+    ~15 s for a slow engine, and polls must not queue behind it."""
 
     def __init__(
-        self, name: str, base_url: str, username: str, password: SecretStr, timeout: float
+        self,
+        name: str,
+        base_url: str,
+        username: str,
+        password: SecretStr,
+        timeout: float,
+        *,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        escape_text: bool = True,
+        on_diagnostics: Callable[[str, tuple[str, ...]], None] | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._username = username
         self._password = password
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self.send_timeout = send_timeout
+        self.escape_text = escape_text
+        self.on_diagnostics = on_diagnostics
+        """Called with the API and the PHP diagnostics a reply started with."""
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._auth_json: str | None = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+    def _get_session(self, api: str) -> aiohttp.ClientSession:
+        pool = "send" if api == "sendsms" else "poll"
+        session = self._sessions.get(pool)
+        if session is None or session.closed:
+            session = self._sessions[pool] = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=self.send_timeout if pool == "send" else self.timeout
+                ),
                 connector=aiohttp.TCPConnector(limit=8, ttl_dns_cache=300),
                 raise_for_status=False,
             )
-        return self._session
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
     async def query_lines(self) -> list[LineStatus]:
         return await self._exchange("querylines", {}, parse_querylines)
@@ -372,7 +528,9 @@ class GoipClient:
         goip_line: str | None = None,
         provider: str | None = None,
     ) -> SendReply:
-        body = build_sendsms(numbers, content, goip_line=goip_line, provider=provider)
+        body = build_sendsms(
+            numbers, content, goip_line=goip_line, provider=provider, escape=self.escape_text
+        )
         return await self._exchange("sendsms", body, parse_sendsms)
 
     async def query_sms(self, task_id: str) -> list[SendReport]:
@@ -381,7 +539,13 @@ class GoipClient:
     async def _exchange(self, api: str, params: dict[str, str], parse: Callable[[bytes], _T]) -> _T:
         body = await self._post(api, params)
         try:
-            return parse(body)
+            reply = read_reply(body)
+        except DatabaseFault as exc:
+            raise UpstreamError(ErrorReason.SERVER_DATABASE, f"{api}: {exc}") from None
+        if reply.diagnostics and self.on_diagnostics is not None:
+            self.on_diagnostics(api, reply.diagnostics)
+        try:
+            return parse(reply.body)
         except ParseError as exc:
             raise UpstreamError(ErrorReason.PARSE, f"{api}: {exc}") from None
 
@@ -399,7 +563,7 @@ class GoipClient:
         url = f"{self.base_url}/goip/{api}/"
         body = self._request_body(params)
         try:
-            async with self._get_session().post(url, data=body, headers=JSON_HEADERS) as resp:
+            async with self._get_session(api).post(url, data=body, headers=JSON_HEADERS) as resp:
                 if resp.status == 401:
                     raise UpstreamError(
                         ErrorReason.AUTH, f"{api}: HTTP 401, check username/password"
@@ -413,16 +577,19 @@ class GoipClient:
         except UpstreamError:
             raise
         except TimeoutError:
-            raise UpstreamError(
-                ErrorReason.TIMEOUT, f"{api}: no reply within {self.timeout:g}s"
-            ) from None
+            limit = self.send_timeout if api == "sendsms" else self.timeout
+            raise UpstreamError(ErrorReason.TIMEOUT, f"{api}: no reply within {limit:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            # No connection was made, so the request was never written.
+            raise UpstreamError(ErrorReason.CONNECT, f"{api}: {exc.__class__.__name__}") from None
         except (
-            aiohttp.ClientConnectorError,
             aiohttp.ServerDisconnectedError,
             aiohttp.ClientOSError,
             aiohttp.ClientPayloadError,
         ) as exc:
-            raise UpstreamError(ErrorReason.CONNECT, f"{api}: {exc.__class__.__name__}") from None
+            raise UpstreamError(
+                ErrorReason.DISCONNECTED, f"{api}: {exc.__class__.__name__}"
+            ) from None
         except aiohttp.ClientResponseError as exc:
             raise UpstreamError(ErrorReason.HTTP_STATUS, f"{api}: HTTP {exc.status}") from None
         except aiohttp.ClientError as exc:

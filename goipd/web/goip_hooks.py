@@ -13,7 +13,7 @@ import ipaddress
 import structlog
 from aiohttp import web
 
-from goipd.config import Server
+from goipd.config import GOIP_INBOUND_HOOK, GOIP_STATUS_HOOK, Server
 from goipd.problem import Problem
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.upstream.errors import ParseError
@@ -108,5 +108,6 @@ async def goip_inbound(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/hooks/goip/{server}/status", goip_status)
-    app.router.add_post("/hooks/goip/{server}/inbound", goip_inbound)
+    # The same paths goipd tells operators to paste into the SMS Servers (Server.push_urls).
+    app.router.add_post(GOIP_STATUS_HOOK, goip_status)
+    app.router.add_post(GOIP_INBOUND_HOOK, goip_inbound)

@@ -14,6 +14,7 @@ from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine
 from goipd.model import LedgerError
 from goipd.problem import Problem, json_kind
 from goipd.upstream import cms
+from goipd.upstream.goip import SETUP_FIXES
 from goipd.web import overview
 from goipd.web.auth import client_id
 from goipd.web.body import json_body
@@ -67,6 +68,10 @@ def server_json(server: ServerState) -> dict[str, Any]:
         "last_error_reason": server.last_error_reason.value if server.last_error_reason else None,
         "consecutive_failures": server.consecutive_failures,
         "lines": sum(1 for line in server.lines.values() if not line.gone),
+        "setup_problems": [
+            {"problem": key, "warning": warning, "fix": SETUP_FIXES[key]}
+            for key, warning in server.setup_problems.items()
+        ],
     }
 
 

@@ -449,6 +449,24 @@ DOCUMENT: dict[str, Any] = {
                                 "last_error_reason": {"type": ["string", "null"]},
                                 "consecutive_failures": {"type": "integer"},
                                 "lines": {"type": "integer"},
+                                "setup_problems": {
+                                    "type": "array",
+                                    "description": (
+                                        "what the server's replies show about its setup (a "
+                                        "PHP warning before the JSON), with the fix"
+                                    ),
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "problem": {
+                                                "type": "string",
+                                                "enum": ["php_mbstring_missing", "php_warning"],
+                                            },
+                                            "warning": {"type": "string"},
+                                            "fix": {"type": "string"},
+                                        },
+                                    },
+                                },
                                 "counts": {
                                     "type": "object",
                                     "description": (

@@ -7,8 +7,9 @@ from pydantic import SecretStr
 from goipd.config import RouteRule, RouteTarget, RoutingSettings, Server, parse_settings
 from goipd.dispatch.routing import CloudChoice, LineChoice, Router, match_rule
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
+from goipd.model import whole_server
 from goipd.upstream.errors import ErrorReason
-from goipd.upstream.goip import LineStatus
+from goipd.upstream.goip import LineStatus, TextParts
 
 NOW = 1_000_000.0
 
@@ -305,3 +306,45 @@ def test_routing_never_chooses_a_manually_quarantined_line() -> None:
         lines.add(choice.line)  # type: ignore[union-attr]
         router.record_use(choice, 1, NOW + 3000 + step * 120)
     assert lines == {"G1", "G2"}
+
+
+def test_quota_is_counted_in_the_servers_parts() -> None:
+    router, registry = make_router({"hq": [status("G1", day=5), status("G2")]}, rate=600)
+    three_parts = TextParts("a" * 400)  # 400 bytes: ceil(400 / 153) = 3 parts
+    targets = (RouteTarget(server="hq", line="G1"),)
+    choice = router.choose(targets, NOW, want=4, text=three_parts)
+    # 5 parts left take one 3-part send, not four.
+    assert choice == LineChoice("hq", "G1", None, 1, 3)
+    router.record_use(choice, 1, NOW)
+    assert registry.line("hq", "G1").day_remain_sms == 2  # type: ignore[union-attr]
+    assert router.choose(targets, NOW, text=three_parts) is None
+    router.release_use(choice, 1)
+    assert registry.line("hq", "G1").day_remain_sms == 5  # type: ignore[union-attr]
+
+
+def test_a_server_without_php_mbstring_counts_bytes() -> None:
+    router, registry = make_router({"hq": [status("G1", day=1)]})
+    chinese = TextParts("測" * 70)
+    assert router.choose(router.targets_for("+886912345678"), NOW, text=chinese) is not None
+    registry.note_setup_problems("hq", ["Warning: need install php-mbstring module"])
+    # 210 bytes: two parts by the byte formula, and the line has one left.
+    assert router.choose(router.targets_for("+886912345678"), NOW, text=chinese) is None
+
+
+def test_busy_servers_and_a_whole_server_exclusion_are_skipped() -> None:
+    router, _ = make_router({"hq": [status("G1")], "branch": [status("G2")]})
+    targets = router.targets_for("+886912345678")
+    assert router.choose(targets, NOW, busy={"hq"}).server == "branch"  # type: ignore[union-attr]
+    assert router.choose(targets, NOW, busy={"hq", "branch"}) is None
+    assert router.choose(targets, NOW, exclude={whole_server("hq")}).server == "branch"  # type: ignore[union-attr]
+    pinned = (RouteTarget(server="hq"),)
+    assert router.choose(pinned, NOW, busy={"hq"}) is None
+    assert router.choose(pinned, NOW, exclude={whole_server("hq")}) is None
+
+
+def test_a_text_no_line_can_carry_goes_to_a_cloud_hop_only() -> None:
+    router, _ = make_router({"hq": [status("G1")]}, clouds=("smsgo",))
+    targets = (RouteTarget(server="hq"), RouteTarget(cloud="smsgo"))
+    assert isinstance(router.choose(targets, NOW), LineChoice)
+    assert router.choose(targets, NOW, lines=False) == CloudChoice("smsgo", 1)
+    assert router.choose(targets[:1], NOW, lines=False) is None

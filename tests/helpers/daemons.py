@@ -58,6 +58,8 @@ def daemon_config(
                 "password": f"pw-{name}",
                 "poll_interval": f"{int(POLL * 1000)}ms",
                 "timeout": "300ms",
+                # Short, so tests of slow servers stay fast (goipd warns: below 15 s).
+                "send_timeout": "1s",
                 "hook_token": f"hook-{name}-0123456789",
             }
             for name in names

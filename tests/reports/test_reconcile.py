@@ -187,11 +187,13 @@ async def test_a_send_that_waited_for_a_send_slot_is_claimed_anew_before_it_star
     tmp_path: Path,
 ) -> None:
     sim = await simulator(fleet_spec(hq=[{"line_id": "G101"}, {"line_id": "G102"}]))
-    daemon = await daemon_factory(daemon_config(sim, ["hq"], tmp_path))
-    # One send at a time, each sendsms call 250 ms (the client times out at 300 ms): the second
+    config = daemon_config(sim, ["hq"], tmp_path)
+    config["servers"][0]["send_timeout"] = "400ms"
+    daemon = await daemon_factory(config)
+    # One send at a time, each sendsms call 250 ms (the client times out at 400 ms): the second
     # message is claimed while the first is sent, and its send starts ~250 ms after its claim.
-    # Crash recovery scans task ids from the claim time on, for two timeouts; a claim time left
-    # that far behind the send is what restamping prevents.
+    # Crash recovery scans task ids from the claim time on, for two send timeouts; a claim time
+    # left over half a send timeout behind the send is what restamping prevents.
     daemon.dispatcher._slots = asyncio.Semaphore(1)
     sim.fleet.servers["hq"].set_fault("slow", delay=0.25)
     accepted_at = time.time()

@@ -46,14 +46,18 @@ async def cloud_goipd(
     clouds: Clouds,
     tmp_path: Path,
 ) -> Start:
-    """goipd with one SMS Server whose SIMs are all logged out, and the three providers."""
+    """goipd with one SMS Server whose SIMs are all logged out (unless `hq_lines` says
+    otherwise), and the three providers."""
 
     async def start(
-        routes: list[dict[str, Any]], *, smsgo_reports: bool = True, **overrides: Any
+        routes: list[dict[str, Any]],
+        *,
+        smsgo_reports: bool = True,
+        hq_lines: list[dict[str, Any]] | None = None,
+        **overrides: Any,
     ) -> tuple[Daemon, str]:
-        sim = await simulator(
-            fleet_spec(hq=[{"line_id": "G101", "reg": "LOGOUT"}, {"line_id": "G102", "reg": ""}])
-        )
+        dead_sims = [{"line_id": "G101", "reg": "LOGOUT"}, {"line_id": "G102", "reg": ""}]
+        sim = await simulator(fleet_spec(hq=hq_lines or dead_sims))
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         config = daemon_config(
@@ -128,6 +132,22 @@ async def test_dead_sims_fall_back_to_smsgo_and_its_report_delivers(
         return value is not None and value == clouds.smsgo.sim.points
 
     await eventually(balance_known, 5, "smsgo balance exported")
+
+
+async def test_a_text_no_goip_hop_can_carry_takes_the_cloud_hop(
+    cloud_goipd: Start, clouds: Clouds, http: aiohttp.ClientSession
+) -> None:
+    _, base = await cloud_goipd(
+        [{"via": [{"server": "hq"}, {"cloud": "smsgo"}]}], hq_lines=[{"line_id": "G101"}]
+    )
+    plain = await send(http, base, {"to": [TW], "text": "plain text"})
+    emoji = await send(http, base, {"to": ["+886912345679"], "text": "see you 😀"})
+    assert (await until_state(http, base, plain["id"], {"sent", "delivered"}))["route"] == "goip"
+    recipient = await until_state(http, base, emoji["id"], {"sent", "delivered"})
+    # The SMS Server would cut the text at the emoji: goipd never asked it, smsgo sent it.
+    assert recipient["route"] == "smsgo" and recipient["attempts"] == 1
+    (sent,) = clouds.smsgo.sim.sends
+    assert (sent["dstaddr"], sent["delivered_text"]) == (["0912345679"], "see you 😀")
 
 
 async def test_smsgo_primary_down_fails_over_to_backup(

@@ -10,17 +10,27 @@ from hypothesis import strategies as st
 
 from goipd.upstream.errors import ParseError
 from goipd.upstream.goip import (
+    MBSTRING_MISSING,
+    OTHER_PHP_WARNING,
+    DatabaseFault,
     LineStatus,
+    Reply,
     SendAccepted,
     SendRejected,
+    TextParts,
     _strip_trailing_commas,
     build_sendsms,
+    escape_for_sql,
+    goip_refusal,
     loads_lenient,
     parse_inbound_push,
     parse_querylines,
     parse_querysms,
     parse_sendsms,
     parse_status_push,
+    read_reply,
+    server_parts,
+    setup_problem,
 )
 
 # §4.2, verbatim, including the trailing comma before "]".
@@ -92,12 +102,18 @@ def test_querylines_rejects_malformed(body: bytes, message: str) -> None:
 
 def test_sendsms_document_examples() -> None:
     assert parse_sendsms(b'{"result":"ACCEPT","taskID":"5689"}') == SendAccepted("5689")
-    assert parse_sendsms(b'{"result":"REJECT","reason":"none_line"}') == SendRejected("none_line")
-    assert parse_sendsms(b'{"result":"REJECT","reason":"none_provider"}') == SendRejected(
-        "none_provider"
+    assert parse_sendsms(b'{"result":"REJECT","reason":"none_line"}') == SendRejected(
+        "none_line", "none_line"
     )
-    assert parse_sendsms(b'{"result":"REJECT","reason":"unknown"}') == SendRejected("unknown")
-    assert parse_sendsms(b'{"result":"REJECT","reason":"quota"}') == SendRejected("unknown")
+    assert parse_sendsms(b'{"result":"REJECT","reason":"none_provider"}') == SendRejected(
+        "none_provider", "none_provider"
+    )
+    assert parse_sendsms(b'{"result":"REJECT","reason":"unknown"}') == SendRejected(
+        "unknown", "unknown"
+    )
+    assert parse_sendsms(b'{"result":"REJECT","reason":"quota"}') == SendRejected(
+        "unknown", "quota"
+    )
     assert parse_sendsms(b'{"result":"ACCEPT","taskID":5689}') == SendAccepted("5689")
     with pytest.raises(ParseError, match="result must be ACCEPT or REJECT"):
         parse_sendsms(b'{"result":"OK"}')
@@ -314,3 +330,133 @@ def test_regex_comma_stripper_equals_the_character_walk(
 @given(st.text(max_size=40))
 def test_regex_comma_stripper_equals_the_character_walk_on_any_text(text: str) -> None:
     assert _strip_trailing_commas(text) == _strip_by_walking(text)
+
+
+# --- the real server, v1.28.4 (docs/real-sms-server.md) ------------------------------------------
+
+MBSTRING_WARNING = b"Warning: need install php-mbstring module<br>"
+
+
+def test_a_php_warning_before_the_json_is_read_through_and_reported() -> None:
+    reply = read_reply(MBSTRING_WARNING + b'{"result":"ACCEPT","taskID":"17"}')
+    assert parse_sendsms(reply.body) == SendAccepted("17")
+    assert reply.diagnostics == ("Warning: need install php-mbstring module",)
+    assert setup_problem(reply.diagnostics[0]) == MBSTRING_MISSING
+    # PHP's own warnings, with html_errors on and off, then the JSON.
+    html = (
+        b"<br />\n<b>Warning</b>:  mysql_fetch_array() expects parameter 1 to be resource in "
+        b"<b>/var/www/goip/querylines/index.php</b> on line <b>7</b><br />\n[]"
+    )
+    reply = read_reply(html)
+    assert parse_querylines(reply.body) == []
+    assert reply.diagnostics[0].startswith("Warning: mysql_fetch_array() expects parameter 1")
+    assert setup_problem(reply.diagnostics[0]) == OTHER_PHP_WARNING
+    plain = b"\nNotice: Undefined index: goip_line in /x.php on line 3\n" + MBSTRING_WARNING + b"[]"
+    assert len(read_reply(plain).diagnostics) == 2
+    assert read_reply(b'{"a":1}') == Reply(b'{"a":1}')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Bad query: You have an error in your SQL syntax; check the manual that corresponds to "
+        b"your MariaDB server version for the right syntax to use near 't stop','1','+88691234"
+        b"5678','','','1')' at line 1(INSERT INTO message (type,msg) VALUES (100, 'don't stop'))",
+        MBSTRING_WARNING + b"Bad query: Table 'goip.sends' doesn't exist(select * from sends)",
+    ],
+)
+def test_bad_query_is_a_database_fault_and_never_repeats_the_sql(body: bytes) -> None:
+    with pytest.raises(DatabaseFault) as caught:
+        read_reply(body)
+    message = str(caught.value)
+    assert "Bad query" in message
+    # The echoed SQL holds the SMS text: no part of it is kept.
+    for fragment in ("don't", "stop", "INSERT", "sends", "+886"):
+        assert fragment not in message
+
+
+def test_could_not_connect_is_a_database_fault() -> None:
+    with pytest.raises(DatabaseFault, match="cannot reach its database"):
+        read_reply(b"Could not connect")
+
+
+def test_v1284_replies_parse() -> None:
+    assert parse_sendsms(b'{"result":"REJECT","reason":"content or number error"}') == (
+        SendRejected("content_or_number", "content or number error")
+    )
+    # json_encode form: JSON null line, integer receipt, sendTime, \\u and \\/ escapes.
+    (report,) = parse_querysms(
+        b'[{"taskID":"1001.+886912345678","goip_line":null,"sendTime":"2026-12-07 10:00:00",'
+        b'"send":"succeeded","receipt":1}]'
+    )
+    assert (report.goip_line, report.send, report.receipt) == (None, "succeeded", True)
+    (line,) = parse_querylines(
+        b'[{"goip_line":"G\\u6e2c\\/1","online":"1","reg":"LOGIN","remain_sms":"-1",'
+        b'"day_remain_sms":"5","num":"0912345678"}]'
+    )
+    assert (line.line_id, line.day_remain_sms) == ("G測/1", 5)
+
+
+@given(st.text())
+def test_escaping_for_sql_undone_by_mysql_gives_back_the_text(text: str) -> None:
+    escaped = escape_for_sql(text)
+    # What MySQL does with a single-quoted literal's body, backslash escapes on.
+    unescaped, index = [], 0
+    while index < len(escaped):
+        char = escaped[index]
+        assert char != "'", "an unescaped quote would end the literal"
+        if char == "\\":
+            index += 1
+            char = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "b": "\b", "Z": "\x1a"}.get(
+                escaped[index], escaped[index]
+            )
+        unescaped.append(char)
+        index += 1
+    assert "".join(unescaped) == text
+
+
+def test_sendsms_body_is_escaped_only_when_asked() -> None:
+    body = build_sendsms(["+886912345678"], "don't C:\\new", goip_line="G'1", escape=True)
+    assert body == {
+        "number": "+886912345678",
+        "content": "don\\'t C:\\\\new",
+        "goip_line": "G\\'1",
+    }
+    assert build_sendsms(["1"], "don't", escape=False)["content"] == "don't"
+
+
+@pytest.mark.parametrize(
+    ("text", "mbstring", "parts"),
+    [
+        ("a" * 160, True, 1),
+        ("a" * 161, True, 2),
+        ("a" * 306, True, 2),
+        ("a" * 307, True, 3),
+        ("測" * 70, True, 1),
+        ("測" * 71, True, 2),
+        ("測" * 134, True, 2),
+        ("測" * 135, True, 3),
+        # Without php-mbstring the server counts bytes: 70 CJK characters are 210 bytes.
+        ("測" * 70, False, 2),
+        ("a" * 161, False, 2),
+    ],
+)
+def test_parts_follow_the_servers_own_formula(text: str, mbstring: bool, parts: int) -> None:
+    assert server_parts(text, mbstring=mbstring) == parts
+
+
+def test_parts_are_counted_on_the_text_as_posted() -> None:
+    # 160 characters, 4 of them quotes: 164 once escaped for the SQL, so 2 parts.
+    text = "'" * 4 + "a" * 156
+    parts = TextParts(text)
+    assert parts.for_server(escape=False, mbstring=True) == 1
+    assert parts.for_server(escape=True, mbstring=True) == 2
+
+
+def test_what_a_goip_hop_cannot_carry_is_named() -> None:
+    assert goip_refusal("don't stop C:\\new 測試\n") is None
+    emoji = goip_refusal("x😀y")
+    assert emoji is not None and emoji[0] == "goip_text_unsupported" and "U+FFFF" in emoji[1]
+    assert goip_refusal("測" * 1000) is None  # 3,000 bytes
+    too_long = goip_refusal("測" * 1001)
+    assert too_long is not None and too_long[0] == "goip_text_too_long"
