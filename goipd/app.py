@@ -26,7 +26,7 @@ from goipd.inbound.forwarder import InboundForwarder, url_secrets
 from goipd.ledger.open import open_ledger
 from goipd.metrics.catalog import Metrics
 from goipd.model import LedgerError, State
-from goipd.reports.cloud import CloudContext
+from goipd.reports.cloud import CloudContext, HeldReports
 from goipd.reports.goip import GoipContext
 from goipd.reports.reconcile import Reconciler
 from goipd.runtime.logs import scrubber
@@ -34,7 +34,6 @@ from goipd.runtime.netutil import bound_port
 from goipd.runtime.sdnotify import Notifier, watchdog_loop
 from goipd.runtime.supervise import supervised
 from goipd.web import server as web_server
-from goipd.web.cloud_hooks import CloudHooks
 from goipd.web.context import ApiContext
 
 log = structlog.get_logger("goipd")
@@ -83,9 +82,7 @@ class Daemon:
             disabled_by=self.router.disabled_by,
             runs_jobs=lambda name: self.coordinator.holds(f"{CLOUD_LEASE}{name}"),
         )
-        self.cloud_hooks = CloudHooks(
-            self.cloud_ctx, lambda: {p.name: p.hook_token for p in self.settings.providers}
-        )
+        self.held_reports = HeldReports(self.cloud_ctx)
         self.dispatcher = Dispatcher(
             self.ledger,
             self.router,
@@ -143,7 +140,11 @@ class Daemon:
                 alert_relay=self.alert_relay,
                 goip=self.hooks,
                 quarantines=self.quarantines,
-                cloud_hooks=self.cloud_hooks,
+                cloud=self.cloud_ctx,
+                held_reports=self.held_reports,
+                provider_hook_tokens=lambda: {
+                    p.name: p.hook_token for p in self.settings.providers
+                },
             ),
         )
         self._runner: web.AppRunner | None = None
@@ -194,7 +195,7 @@ class Daemon:
             self._supervise("dispatch", self.dispatcher.run),
             self._supervise("forward", self.forwarder.run),
             self._supervise("clouds", self.clouds.run),
-            self._supervise("held_reports", self.cloud_hooks.held.run),
+            self._supervise("held_reports", self.held_reports.run),
             self._supervise("maintenance", self._maintenance),
             self._coordinator_task,
             self._supervise("watchdog", lambda: watchdog_loop(self.notifier)),

@@ -31,6 +31,9 @@ from goipd.upstream.goip import GoipClient, SendAccepted, TextParts, goip_refusa
 
 log = structlog.get_logger("goipd.dispatch.dispatcher")
 IDLE_WAIT = 1.0
+SLOW_SEND = 1.0
+"""Seconds a sendsms call may take before its server counts as slow (a healthy one answers in
+milliseconds; a v1.28.4 server waiting for its engine takes up to 15 s)."""
 BODY_CACHE = 10_000
 """Messages whose text and route are kept for later passes (big messages span many)."""
 HANDOVER_RETRIES = 10_000
@@ -101,8 +104,11 @@ class Dispatcher:
         waits queued at its send_at (so no other pass sends it early); only this tells the
         hand-over pass it is a scheduled recipient and not one waiting for a retry."""
         self._outcomes = _OutcomeWriter(ledger, clock)
-        self._server_sends: Counter[str] = Counter()
-        """sendsms calls open per server: a slow engine must not take every send slot."""
+        self._open_sends: dict[str, list[float]] = {}
+        """When each open sendsms call of a server started (monotonic): a slow engine must not
+        take every send slot."""
+        self._send_seconds: dict[str, float] = {}
+        """How long each server's last sendsms call took."""
 
     def wake(self) -> None:
         self._wake.ring()
@@ -145,8 +151,12 @@ class Dispatcher:
         deferred: list[Outcome] = []
         plans: list[tuple[Choice, Body, list[Recipient]]] = []
         planned: Counter[str] = Counter()
-        busy = {name for name, sends in self._server_sends.items() if sends >= self._cap(name)}
+        busy = {name for name, opened in self._open_sends.items() if self._full(name, len(opened))}
         busy.update(self.held())
+        # Routes only busy servers could take this pass: busy only grows within a pass, so
+        # their later recipients are left queued without routing them again (a scan of every
+        # line each, otherwise: 10x fewer single-recipient sends per second).
+        waiting: set[tuple[tuple[RouteTarget, ...], tuple[str, ...], bool]] = set()
         for (message_id, excluded), recipients in groups.items():
             body = bodies.get(message_id)
             if body is None:
@@ -174,6 +184,8 @@ class Dispatcher:
                     by_targets.setdefault(self.router.targets_for(r.number), []).append(r)
             for targets, same_route in by_targets.items():
                 lines = body.goip_refusal is None
+                if (targets, excluded, lines) in waiting:
+                    continue
                 while same_route:
                     choice = self.router.choose(
                         targets,
@@ -204,7 +216,7 @@ class Dispatcher:
                         ):
                             # Only servers with all their sends open could take these: they
                             # stay queued for the pass after one of those sends ends.
-                            pass
+                            waiting.add((targets, excluded, lines))
                         else:
                             deferred.extend(self._no_route(r, now) for r in same_route)
                         break
@@ -214,9 +226,8 @@ class Dispatcher:
                     plans.append((choice, body, take))
                     if isinstance(choice, LineChoice):
                         planned[choice.server] += 1
-                        if self._server_sends[choice.server] + planned[choice.server] >= self._cap(
-                            choice.server
-                        ):
+                        open_count = len(self._open_sends.get(choice.server, ()))
+                        if self._full(choice.server, open_count + planned[choice.server]):
                             busy.add(choice.server)
         if deferred:
             await self.ledger.record(deferred, now)
@@ -252,17 +263,27 @@ class Dispatcher:
                 continue
             await self._slots.acquire()
             await self._restamp_if_late(choice, batch, now)
+            opened = time.monotonic()
             if isinstance(choice, LineChoice):
-                self._server_sends[choice.server] += 1
-            task = asyncio.create_task(self._send(choice, body, batch))
+                self._open_sends.setdefault(choice.server, []).append(opened)
+            task = asyncio.create_task(self._send(choice, body, batch, opened=opened))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
             started += 1
         return started
 
-    def _cap(self, server: str) -> int:
+    def _full(self, server: str, sends: int) -> bool:
+        """Whether `server` may take no more sendsms calls now: it has max_sends_in_flight of
+        them open and is slow (or not yet known to be fast). A fast server is never full: its
+        calls end within milliseconds, and capping them would only cut throughput."""
         config = self.router.servers.get(server)
-        return config.max_sends_in_flight if config is not None else 1
+        if sends < (config.max_sends_in_flight if config is not None else 1):
+            return False
+        last = self._send_seconds.get(server)
+        if last is None or last > SLOW_SEND:
+            return True
+        starts = self._open_sends.get(server)
+        return starts is not None and time.monotonic() - starts[0] > SLOW_SEND
 
     def _no_route(self, recipient: Recipient, now: float) -> Outcome:
         # No usable route is not an attempt: the recipient waits (up to max_queue_age).
@@ -355,6 +376,7 @@ class Dispatcher:
         recipients: Sequence[Recipient],
         *,
         send_at: float | None = None,
+        opened: float = 0.0,
     ) -> None:
         try:
             if isinstance(choice, CloudChoice):
@@ -370,13 +392,19 @@ class Dispatcher:
         finally:
             self._slots.release()
             if isinstance(choice, LineChoice):
-                was_busy = self._server_sends[choice.server] >= self._cap(choice.server)
-                self._server_sends[choice.server] -= 1
-                if self._server_sends[choice.server] <= 0:
-                    del self._server_sends[choice.server]
-                if was_busy:
-                    # Recipients left queued for this server can go now.
-                    self.wake()
+                self._send_closed(choice.server, opened)
+
+    def _send_closed(self, server: str, opened: float) -> None:
+        was_full = self._full(server, len(self._open_sends.get(server, ())))
+        self._send_seconds[server] = time.monotonic() - opened
+        open_sends = self._open_sends.get(server, [])
+        if opened in open_sends:
+            open_sends.remove(opened)
+        if not open_sends:
+            self._open_sends.pop(server, None)
+        if was_full:
+            # Recipients left queued for this server can go now.
+            self.wake()
 
     async def _send_goip(self, choice: LineChoice, body: Body, batch: Sequence[Recipient]) -> None:
         client = self.clients(choice.server)

@@ -30,12 +30,15 @@ Parsed = TypeVar("Parsed")
 
 class CloudHooks:
     def __init__(
-        self, ctx: CloudContext, hook_tokens: Callable[[], Mapping[str, SecretStr | None]]
+        self,
+        ctx: CloudContext,
+        hook_tokens: Callable[[], Mapping[str, SecretStr | None]],
+        held: HeldReports,
     ) -> None:
         self.ctx = ctx
         self.hook_tokens = hook_tokens
-        self.held = HeldReports(ctx)
-        """Reports that came before their send was recorded; Daemon runs `held.run()`."""
+        self.held = held
+        """Reports that came before their send was recorded (the daemon runs `held.run()`)."""
 
     def _authorize(self, request: web.Request, provider: str, kind: str) -> dict[str, str]:
         expected = self.hook_tokens().get(provider)

@@ -3,16 +3,18 @@ route of goipd's HTTP listener."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from goipd.accept.alerts import AlertRelay
 from goipd.config import Settings
 from goipd.fleet.quarantine import QUARANTINE_KEY, ManualQuarantines
 from goipd.fleet.registry import LineRegistry
+from goipd.reports.cloud import CloudContext, HeldReports
 from goipd.reports.goip import GoipContext
 from goipd.web import goip_hooks, probes, routes, statuspage
 from goipd.web.auth import client_id, token_middleware
@@ -32,7 +34,9 @@ class Parts:
     alert_relay: AlertRelay
     goip: GoipContext
     quarantines: ManualQuarantines
-    cloud_hooks: CloudHooks
+    cloud: CloudContext
+    held_reports: HeldReports
+    provider_hook_tokens: Callable[[], Mapping[str, SecretStr | None]]
 
 
 def build_app(
@@ -63,7 +67,7 @@ def build_app(
     routes.add_routes(app)
     statuspage.add_routes(app)
     goip_hooks.add_routes(app)
-    parts.cloud_hooks.add_routes(app)
+    CloudHooks(parts.cloud, parts.provider_hook_tokens, parts.held_reports).add_routes(app)
     return app
 
 

@@ -574,14 +574,14 @@ async def test_smsgo_report_before_the_send_is_recorded_is_held_and_applied(
         # smsgo repeats a report until it reads exactly this, held or not.
         assert resp.status == 200 and resp.content_type == "text/plain"
         assert await resp.text() == f"magicid=tccrd_sms_gateway_rpack\nmsgid={msgid}\n"
-    assert len(daemon.cloud_hooks.held) == 1
+    assert len(daemon.held_reports) == 1
     text = await metrics(http, base)
     assert sample(text, "goipd_cloud_reports_held_total", provider="smsgo", outcome="held") == 1
 
     sent = await send(http, base, {"to": [TW], "text": "answer recorded after its report"})
     failed = await until_state(http, base, sent["id"], {"failed"}, within=5)
     assert failed["upstream_id"] == msgid and failed["error"]["code"] == "UNDELIV"
-    assert len(daemon.cloud_hooks.held) == 0
+    assert len(daemon.held_reports) == 0
     text = await metrics(http, base)
     assert sample(text, "goipd_cloud_reports_held_total", provider="smsgo", outcome="matched") == 1
     assert sample(text, "goipd_sms_undelivered_total", route="smsgo") == 1
