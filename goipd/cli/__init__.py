@@ -1,5 +1,4 @@
-"""`goipd run|check-config|push-urls|send|lines|messages show|quarantine|release|simulate|version`:
-the command line, one module per verb."""
+"""The `goipd` command line: the verbs and their arguments; one module per verb does the work."""
 
 from __future__ import annotations
 

@@ -1,2 +1,1 @@
-"""Fleet state: the poller asks every SMS Server for its lines, the registry remembers them,
-the collector exports them, leases decide which instance polls which server."""
+"""Fleet state: lines polled, remembered, exported; leases say who polls which server."""

@@ -1,2 +1,1 @@
-"""The upstream APIs (GoIP SMS Server, smsgo, PaaSoo, c123): one module each behind one
-interface, pure parsers, and the SMS encoding rules every hop shares."""
+"""Upstream APIs (GoIP SMS Server, smsgo, PaaSoo, c123) behind one interface; pure parsers."""

@@ -29,6 +29,7 @@ from goipd.sim.goip import (
     synthetic_spec,
 )
 from tests.helpers.daemons import fleet_spec
+from tests.helpers.simulator import control, until
 
 Start = Callable[..., Awaitable[RunningSimulator]]
 
@@ -136,24 +137,6 @@ async def api(sim: RunningSimulator, name: str, body: dict[str, Any], **kw: Any)
 async def send(sim: RunningSimulator, number: str, **body: Any) -> dict[str, str]:
     reply: dict[str, str] = await api(sim, "sendsms", {"number": number, "content": "hi", **body})
     return reply
-
-
-async def control(
-    sim: RunningSimulator, method: str, path: str, body: Any = None, expect: int = 200
-) -> Any:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(method, f"{sim.url}/_control/{path}", json=body) as resp,
-    ):
-        assert resp.status == expect, f"{method} {path}: {resp.status} {await resp.text()}"
-        return await resp.json()
-
-
-async def until(check: Callable[[], bool], within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def lines_of(sim: RunningSimulator, task: str) -> list[str | None]:

@@ -38,6 +38,7 @@ from goipd.sim.goip_sql import (
     sql_escape,
     stored_text,
 )
+from tests.helpers.simulator import control, until
 
 Start = Callable[..., Awaitable[RunningSimulator]]
 AUTH = {"username": "root", "password": "pw"}
@@ -168,24 +169,6 @@ async def querylines(sim: RunningSimulator) -> list[dict[str, str]]:
     assert reply.status == 200, reply
     rows: list[dict[str, str]] = reply.json()
     return rows
-
-
-async def control(
-    sim: RunningSimulator, method: str, path: str, body: Any = None, expect: int = 200
-) -> Any:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(method, f"{sim.url}/_control/{path}", json=body) as resp,
-    ):
-        assert resp.status == expect, f"{method} {path}: {resp.status} {await resp.text()}"
-        return await resp.json()
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def hq(sim: RunningSimulator) -> SimServer:

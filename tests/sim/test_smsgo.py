@@ -226,7 +226,7 @@ async def test_simulator_validates_like_the_service(
 
 
 async def test_simulator_text_forms_match_the_document(sim: RunningSmsgoSim) -> None:
-    # The ASCII example request, with smbody (SPECS.md ruling) and a real number.
+    # The ASCII example request, with smbody (docs/cloud-providers.md#smsgo-document-rulings) and a real number.
     query = (
         f"username=goipd&password={PASSWORD}&dstaddr=0912345678&encoding=ASCII&smbody=Smtest"
         "&response=http%3A%2F%2F127.0.0.1%3A1%2Fresponse.php"

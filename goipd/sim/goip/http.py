@@ -1,0 +1,272 @@
+"""The simulated fleet over HTTP: many servers on one port, told apart by a path prefix.
+
+Server `hq` answers the vendor API at `http://HOST:PORT/hq/goip/<api>/` in its profile
+(state.py). Tests, the demo and the benchmarks drive the fleet through its control API under
+`/_control/` (no auth: it only ever listens on loopback) or, in-process, through the same
+methods on `SimFleet`/`SimServer`. Also here: starting it on loopback (`start_simulator`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from goipd.sim.common import (
+    SimError,
+    control_errors,
+    fault_response,
+    http_url,
+    json_body,
+    seconds,
+    serve,
+)
+from goipd.sim.goip.fleet import SimFleet
+from goipd.sim.goip.php import DB_DOWN_TEXT
+from goipd.sim.goip.server import SimServer
+from goipd.sim.goip.state import APIS, PROFILE_KEYS, PROFILE_V1284, UNSET
+from goipd.sim.goip_sql import php_json_decode
+
+HTML_ERROR_PAGE: Final = (
+    "<html><head><title>SMS Server</title></head>"
+    "<body><h1>Error</h1><p>Please login again.</p></body></html>"
+)
+
+
+# --- HTTP: the vendor API -----------------------------------------------------------------------
+
+FLEET_KEY: Final = web.AppKey("goipd_sim_fleet", SimFleet)
+
+
+async def goip_api(request: web.Request) -> web.StreamResponse:
+    fleet = request.app[FLEET_KEY]
+    server = fleet.servers.get(request.match_info["server"])
+    api = request.match_info["api"]
+    if server is None or api not in APIS:
+        raise web.HTTPNotFound()
+    server.counters[f"requests_{api}"] += 1
+    if api == "querylines":
+        server.polled_at.append(time.time())
+    mode = server.fault.mode
+    early = await fault_response(request, server.fault, html_page=HTML_ERROR_PAGE)
+    if early is not None:
+        return early
+    if mode == "db_down":
+        # inc/conn.inc.php dies in the database constructor, before auth and before the body.
+        return web.Response(text=DB_DOWN_TEXT, content_type="text/html", charset="utf-8")
+    if server.profile == PROFILE_V1284:
+        php = await server.php_request(
+            api,
+            php_json_decode(await request.read()),
+            remote=request.remote or "",
+            refuse_auth=mode == "wrong_auth",
+        )
+        text = php.text
+        if mode == "truncated_json":
+            text = text[: len(text) // 2]
+        return web.Response(
+            status=php.status,
+            text=text,
+            content_type="text/html",
+            charset="utf-8",
+            headers=php.headers,
+        )
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return web.Response(status=400, text="400 Bad Request", content_type="text/html")
+    if mode == "wrong_auth" or not server.check_auth(body):
+        return web.Response(status=401, text="401 Unauthorized", content_type="text/html")
+    reply: Any
+    if api == "querylines":
+        reply = server.query_lines()
+    elif api == "querysms":
+        reply = server.query_sms(body.get("taskID", ""))
+    else:
+        reply = server.send_sms(
+            body.get("number"), body.get("content"), body.get("provider"), body.get("goip_line")
+        )
+    text, content_type = server.encode(reply)
+    if mode == "truncated_json":
+        # The request was handled (a sendsms really was accepted); only the reply is cut.
+        text = text[: len(text) // 2]
+    return web.Response(text=text, content_type=content_type, charset="utf-8")
+
+
+# --- HTTP: the control API ----------------------------------------------------------------------
+
+
+def _server(request: web.Request) -> SimServer:
+    return request.app[FLEET_KEY].server(request.match_info["server"])
+
+
+async def control_servers(request: web.Request) -> web.Response:
+    return web.json_response(list(request.app[FLEET_KEY].servers))
+
+
+async def control_add_server(request: web.Request) -> web.Response:
+    server = request.app[FLEET_KEY].add_server(await json_body(request))
+    return web.json_response(server.state(), status=201)
+
+
+async def control_server(request: web.Request) -> web.Response:
+    return web.json_response(_server(request).state())
+
+
+async def control_patch_server(request: web.Request) -> web.Response:
+    server = _server(request)
+    body = await json_body(request, PROFILE_KEYS, kind="server")
+    return web.json_response(server.configure(**body))
+
+
+async def control_tasks(request: web.Request) -> web.Response:
+    return web.json_response(_server(request).stored_tasks())
+
+
+async def control_delete_server(request: web.Request) -> web.Response:
+    server = request.app[FLEET_KEY].remove_server(request.match_info["server"])
+    return web.json_response({"deleted": server.name})
+
+
+async def control_add_line(request: web.Request) -> web.Response:
+    line = _server(request).add_line(await json_body(request))
+    return web.json_response(line.state(), status=201)
+
+
+async def control_patch_line(request: web.Request) -> web.Response:
+    line = _server(request).set_line(request.match_info["line"], **await json_body(request))
+    return web.json_response(line.state())
+
+
+async def control_delete_line(request: web.Request) -> web.Response:
+    line = _server(request).remove_line(request.match_info["line"])
+    return web.json_response({"deleted": line.line_id})
+
+
+async def control_fault(request: web.Request) -> web.Response:
+    server = _server(request)
+    body = await json_body(request)
+    fault = server.set_fault(str(body.get("mode", "none")), body.get("delay"))
+    return web.json_response(asdict(fault))
+
+
+async def control_push(request: web.Request) -> web.Response:
+    server = _server(request)
+    body = await json_body(request, ("status_url", "inbound_url", "drop_reports"), kind="push")
+    drop = body.get("drop_reports")
+    if drop is not None and not isinstance(drop, bool):
+        raise SimError("drop_reports must be true or false")
+    return web.json_response(
+        server.set_push(body.get("status_url", UNSET), body.get("inbound_url", UNSET), drop)
+    )
+
+
+async def control_inbound(request: web.Request) -> web.Response:
+    server = _server(request)
+    body = await json_body(request)
+    goip_line, from_number, content = (body.get(k) for k in ("goip_line", "from_number", "content"))
+    if not all(isinstance(v, str) and v for v in (goip_line, from_number, content)):
+        raise SimError("goip_line, from_number and content must be non-empty strings")
+    recv_time = body.get("recv_time")
+    if recv_time is not None and not isinstance(recv_time, str):
+        raise SimError("recv_time must be a string 'YYYY-MM-DD hh:mm:ss'")
+    outcome = await server.push_inbound(
+        str(goip_line), str(from_number), str(content), recv_time=recv_time
+    )
+    return web.json_response(outcome)
+
+
+async def control_sent(request: web.Request) -> web.Response:
+    return web.json_response(_server(request).sent)
+
+
+async def control_polls(request: web.Request) -> web.Response:
+    return web.json_response(list(_server(request).polled_at))
+
+
+async def control_churn(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET_KEY]
+    body = await json_body(request)
+    fleet.start_churn(seconds(body.get("interval", 0.0), "interval"))
+    return web.json_response({"interval": fleet.churn_interval})
+
+
+def build_app(fleet: SimFleet) -> web.Application:
+    # 9,999 recipients plus content fit easily; anything larger is a mistake.
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[control_errors])
+    app[FLEET_KEY] = fleet
+
+    async def churn_ctx(_app: web.Application) -> AsyncIterator[None]:
+        if fleet.churn_interval > 0:
+            fleet.start_churn(fleet.churn_interval)
+        yield
+        await fleet.close()
+
+    app.cleanup_ctx.append(churn_ctx)
+    r = app.router
+    r.add_get("/_control/servers", control_servers)
+    r.add_post("/_control/servers", control_add_server)
+    r.add_get("/_control/servers/{server}", control_server)
+    r.add_patch("/_control/servers/{server}", control_patch_server)
+    r.add_delete("/_control/servers/{server}", control_delete_server)
+    r.add_get("/_control/servers/{server}/tasks", control_tasks)
+    r.add_post("/_control/servers/{server}/lines", control_add_line)
+    r.add_patch("/_control/servers/{server}/lines/{line}", control_patch_line)
+    r.add_delete("/_control/servers/{server}/lines/{line}", control_delete_line)
+    r.add_put("/_control/servers/{server}/fault", control_fault)
+    r.add_put("/_control/servers/{server}/push", control_push)
+    r.add_post("/_control/servers/{server}/inbound", control_inbound)
+    r.add_get("/_control/servers/{server}/sent", control_sent)
+    r.add_get("/_control/servers/{server}/polls", control_polls)
+    r.add_put("/_control/churn", control_churn)
+    # One dynamic route for every server: a dict lookup per request, however large the fleet.
+    # The trailing slash is part of the vendor URL; without it the real server answers 404.
+    r.add_post("/{server}/goip/{api}/", goip_api)
+    return app
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class RunningSimulator:
+    fleet: SimFleet
+    runner: web.AppRunner
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return http_url(self.host, self.port)
+
+    def base_url(self, server: str) -> str:
+        """What goipd's config calls the server's `url`."""
+        return f"{self.url}/{server}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        # Normally done by the app's cleanup; repeated here in case the app never started.
+        await self.fleet.close()
+
+
+async def start_simulator(
+    fleet: SimFleet, host: str = "127.0.0.1", port: int = 0
+) -> RunningSimulator:
+    if not is_loopback(host):
+        raise ValueError(f"the simulator listens on loopback only, not {host!r}")
+    runner, bound = await serve(build_app(fleet), host, port, backlog=1024)
+    return RunningSimulator(fleet, runner, bound, host)
