@@ -33,7 +33,10 @@ REQUEST_OUTCOMES: Final[tuple[Outcome, ...]] = ("unknown_receiver", "malformed")
 
 # Labels that say where an alert was evaluated or how it is routed, not what is broken; shown
 # only when the notification is grouped by them.
-BACKGROUND_LABELS: Final = frozenset({"alertname", "severity", "job", "instance", "prometheus"})
+BACKGROUND_LABELS: Final = frozenset(
+    # goipd_runbook_base: an external label for runbook links (docs/metrics-and-alerts.md).
+    {"alertname", "severity", "job", "instance", "prometheus", "goipd_runbook_base"}
+)
 LABEL_VALUE_CHARS: Final = 32
 MIN_SUMMARY_CHARS: Final = 40
 """Labels are dropped (last first) rather than cut the summary shorter than this."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_simulate(args_list[1:])
     parser = _parser()
     args = parser.parse_args(args_list)
+    try:
+        return _verb(parser, args)
+    except BrokenPipeError:
+        # The reader went away (`goipd lines | head`): what it did not read is no error, and
+        # the interpreter's own flush of stdout at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _verb(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.version or args.command == "version":
         print(f"goipd {__version__}")
         return 0

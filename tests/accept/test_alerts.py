@@ -34,6 +34,13 @@ def test_group_labels_come_first_and_background_labels_only_when_grouped() -> No
     )
 
 
+def test_the_runbook_base_label_never_reaches_the_sms() -> None:
+    # An external label Prometheus adds to every alert when the operator keeps it on alerts.
+    labels = {**SIM_DEAD, "goipd_runbook_base": "https://wiki.example.net/goipd/docs"}
+    body = payload(alert("firing", "SIM of line hq/G101 not registered", **labels))
+    assert "runbook" not in rendered(body) and "wiki" not in rendered(body)
+
+
 def test_several_alerts_count_the_notifications_status_and_show_the_first() -> None:
     body = payload(
         alert("resolved", "old one", **{**SIM_DEAD, "line": "G100"}),

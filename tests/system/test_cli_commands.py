@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -106,3 +107,22 @@ async def test_lines_and_messages_show_commands(
     missing = await asyncio.to_thread(goipd, "messages", "show", "NOPE", *common)
     assert missing.returncode == 1
     assert "error 404: no message with that id" in missing.stderr
+
+
+def test_a_reader_that_goes_away_is_no_error() -> None:
+    """`goipd lines | head`: the pipe closes before goipd has written everything."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "goipd", "version"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
