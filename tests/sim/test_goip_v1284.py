@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +22,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goipd.sim.goip import RunningSimulator, SimFleet, SimServer, start_simulator
+from goipd.sim.goip import RunningSimulator, SimFleet, SimServer
 from goipd.sim.goip_sql import (
     BadQuery,
     SqlLiteralError,
@@ -68,17 +65,8 @@ def spec(*lines: dict[str, Any], **server: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def start() -> AsyncIterator[Start]:
-    running: list[RunningSimulator] = []
-
-    async def go(fleet_spec: dict[str, Any]) -> RunningSimulator:
-        sim = await start_simulator(SimFleet.from_spec(fleet_spec))
-        running.append(sim)
-        return sim
-
-    yield go
-    for sim in running:
-        await sim.stop()
+def start(simulator: Start) -> Start:
+    return simulator
 
 
 @dataclass
@@ -552,38 +540,6 @@ async def test_the_document_profile_is_unchanged(start: Start) -> None:
     assert (await post(sim, "querylines", raw=b"{no")).status == 400
     await control(sim, "PATCH", "servers/hq", {"profile": "v1.28.4"})
     assert not (await post(sim, "querylines")).text.endswith(",\n]")
-
-
-def test_runner_applies_profile_and_mbstring_to_every_server() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "goipd.sim.runner",
-            "--port",
-            "0",
-            "--demo",
-            "--profile",
-            "v1.28.4",
-            "--no-mbstring",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = re.search(r"control API at (http://127\.0\.0\.1:\d+)/_control/servers", line)
-        assert url, line
-        with urllib.request.urlopen(f"{url.group(1)}/_control/servers/taipei") as resp:
-            state = json.loads(resp.read())
-        assert (state["profile"], state["mbstring"]) == ("v1.28.4", False)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # --- the pure models ----------------------------------------------------------------------------
