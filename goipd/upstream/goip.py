@@ -458,6 +458,8 @@ def _as_is(text: str) -> str:
 # --- client -------------------------------------------------------------------------------------
 
 
+POOL_SIZES = {"send": 8, "poll": 4}
+"""Connections kept per SMS Server, for sendsms and for everything else."""
 MBSTRING_MISSING = "php_mbstring_missing"
 OTHER_PHP_WARNING = "php_warning"
 SETUP_FIXES = {
@@ -507,7 +509,8 @@ class GoipClient:
                 timeout=aiohttp.ClientTimeout(
                     total=self.send_timeout if pool == "send" else self.timeout
                 ),
-                connector=aiohttp.TCPConnector(limit=8, ttl_dns_cache=300),
+                # Polls and queries go one after another; sends may run side by side.
+                connector=aiohttp.TCPConnector(limit=POOL_SIZES[pool], ttl_dns_cache=300),
                 raise_for_status=False,
             )
         return session
