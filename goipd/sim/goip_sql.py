@@ -372,7 +372,8 @@ def php_prop(value: Any, name: str) -> Any:
 
 def php_json_encode(value: Any) -> str:
     """PHP's `json_encode` with its default flags: no spaces, `/` as `\\/`, every non-ASCII
-    character as `\\uXXXX` (lower-case hex, surrogate pairs beyond U+FFFF), DEL as it is."""
+    character as a `\\u` escape of four lower-case hex digits (a surrogate pair beyond U+FFFF),
+    DEL as it is."""
     if value is None:
         return "null"
     if value is True:

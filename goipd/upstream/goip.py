@@ -127,7 +127,8 @@ def read_reply(body: bytes) -> Reply:
         text = _TAG.sub("", match.group(2).decode("utf-8", "replace")).strip()
         diagnostics.append(f"{kind}: {text}"[:MAX_DIAGNOSTIC_CHARS])
         rest = rest[match.end() :]
-    head = rest.lstrip()[:32]
+    # Only the start is looked at: a poll's whole reply is not copied for it.
+    head = rest[:64].lstrip()
     if head.startswith(b"Bad query:"):
         kind = "SQL syntax error" if b"SQL syntax" in rest[:200] else "database error"
         raise DatabaseFault(
