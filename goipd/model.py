@@ -152,6 +152,22 @@ def whole_server(server: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class GoipInbound:
+    """An inbound SMS as a GoIP SMS Server reported it: pushed (no inbox id; the server
+    pushes each SMS once) or read from its web inbox (with the inbox's own row id)."""
+
+    server: str
+    line: str | None
+    """The line's name as the server gave it; None when the push said null (the line was
+    renamed or deleted)."""
+    from_number: str
+    content: str
+    upstream_time: str
+    """When the server received it, its local time as it wrote it ('YYYY-MM-DD hh:mm:ss')."""
+    inbox_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundRecord:
     id: int
     source: str

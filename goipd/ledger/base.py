@@ -14,6 +14,7 @@ from goipd.model import (
     AcceptResult,
     Claim,
     FleetSnapshot,
+    GoipInbound,
     InboundRecord,
     LineQuarantine,
     Message,
@@ -194,6 +195,19 @@ class Reporting(Recording, Protocol):
         """`submitted` GoIP recipients whose server is none of `servers` (it was removed from
         the config), not updated since `older_than`, oldest first."""
 
+    async def progress_since(self, server: str, reported_after: float, handed_after: float) -> bool:
+        """Whether a report since `reported_after` moved on one of the sends `server` took
+        since `handed_after` (sent, or failed with the server's own error code): its engine
+        works. `handed_after` bounds the recipients looked at."""
+
+    async def abandon_tasks(self, server: str, abandoned: Sequence[Recipient], now: float) -> None:
+        """Remember the tasks of `abandoned` (recipients about to be moved off `server` while
+        it still holds them): a later report on one is counted, not lost. Kept two days (the
+        engine sends nothing older than one)."""
+
+    async def abandoned_task(self, server: str, task_id: str, number: str) -> int | None:
+        """The recipient id of an abandoned task of `server`, if any."""
+
     async def task_id_bounds(
         self, server: str, before: float, after: float
     ) -> tuple[int | None, int | None]:
@@ -231,6 +245,23 @@ class InboundStore(Protocol):
         row is finished, keeping `error`)."""
 
     async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]: ...
+
+    async def add_goip_inbound(
+        self, sms: GoipInbound, now: float, forward_to: Sequence[str] = ()
+    ) -> tuple[int, bool]:
+        """Store an SMS of a GoIP SMS Server unless the ledger holds it already, atomically
+        (a push and an inbox read of one SMS may race on two instances). Returns its inbound
+        id and whether it was stored now (then with its outbox rows).
+
+        The same SMS is a row of the same server with the same number, text and server time:
+        a push (no inbox id) matches a row read from the inbox that no push matched yet; an
+        inbox row matches the row holding its inbox id, else a pushed row no inbox row matched
+        yet. Each row is matched at most once each way, so identical SMS keep their count."""
+
+    async def inbox_watermark(self, server: str) -> str | None:
+        """The server time back to which `server`'s inbox was last read completely."""
+
+    async def set_inbox_watermark(self, server: str, received: str, now: float) -> None: ...
 
 
 class Coordination(Protocol):

@@ -128,6 +128,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (server, line, minute)
     );
     """,
+    # 6: inbound SMS matched between pushes and inbox reads (goipd/inbound/inbox.py), how far
+    # each SMS Server's inbox was read, and tasks moved off a stalled server (a report on one
+    # later is counted, goipd/fleet/stall.py). Rows stored before came from pushes.
+    """
+    ALTER TABLE inbound ADD COLUMN inbox_id INTEGER;
+    ALTER TABLE inbound ADD COLUMN pushed INTEGER NOT NULL DEFAULT 1;
+    CREATE UNIQUE INDEX inbound_inbox ON inbound (source, inbox_id) WHERE inbox_id IS NOT NULL;
+    CREATE INDEX inbound_match ON inbound (source, from_number, upstream_time);
+    CREATE TABLE inbox_reads (
+        server TEXT PRIMARY KEY,
+        covered_from TEXT NOT NULL,
+        read_at REAL NOT NULL
+    );
+    CREATE TABLE abandoned_tasks (
+        server TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        abandoned_at REAL NOT NULL,
+        PRIMARY KEY (server, task_id, number)
+    );
+    """,
 )
 LATEST = len(MIGRATIONS)
 

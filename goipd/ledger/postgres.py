@@ -50,6 +50,7 @@ from goipd.ledger.rules import (
     planned_updates,
     transition,
 )
+from goipd.ledger.servers_postgres import PostgresServerRecords, insert_inbound
 from goipd.model import (
     AcceptResult,
     Claim,
@@ -199,6 +200,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (server, line, minute)
     );
     """,
+    # 5: inbound SMS matched between pushes and inbox reads (goipd/inbound/inbox.py), how far
+    # each SMS Server's inbox was read, and tasks moved off a stalled server (a report on one
+    # later is counted, goipd/fleet/stall.py). Rows stored before came from pushes.
+    """
+    ALTER TABLE inbound ADD COLUMN inbox_id BIGINT;
+    ALTER TABLE inbound ADD COLUMN pushed BOOLEAN NOT NULL DEFAULT TRUE;
+    CREATE UNIQUE INDEX inbound_inbox ON inbound (source, inbox_id) WHERE inbox_id IS NOT NULL;
+    CREATE INDEX inbound_match ON inbound (source, from_number, upstream_time);
+    CREATE TABLE inbox_reads (
+        server TEXT PRIMARY KEY,
+        covered_from TEXT NOT NULL,
+        read_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE abandoned_tasks (
+        server TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        recipient_id BIGINT NOT NULL,
+        abandoned_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (server, task_id, number)
+    );
+    """,
 )
 
 
@@ -211,7 +234,7 @@ def _short(exc: BaseException) -> str:
     return exc.__class__.__name__
 
 
-class PostgresLedger(PostgresCoordination):
+class PostgresLedger(PostgresCoordination, PostgresServerRecords):
     def __init__(
         self,
         url: str,
@@ -674,33 +697,16 @@ class PostgresLedger(PostgresCoordination):
         now: float,
         forward_to: Sequence[str] = (),
     ) -> int:
-        source, from_number, content = storable(source), storable(from_number), storable(content)
-        line, to_number = storable_or_none(line), storable_or_none(to_number)
-        upstream_time, forward_to = storable(upstream_time), [storable(url) for url in forward_to]
-
-        async def op(conn: asyncpg.Connection) -> int:
-            inbound_id = int(
-                await conn.fetchval(
-                    "INSERT INTO inbound (source, line, from_number, to_number, content,"
-                    " received_at, upstream_time) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                    " RETURNING id",
-                    source,
-                    line,
-                    from_number,
-                    to_number,
-                    content,
-                    now,
-                    upstream_time,
-                )
-            )
-            if forward_to:
-                await conn.executemany(
-                    "INSERT INTO outbox (inbound_id, url, next_at) VALUES ($1, $2, $3)",
-                    [(inbound_id, url, now) for url in forward_to],
-                )
-            return inbound_id
-
-        return await self._write(op)
+        values = (
+            storable(source),
+            storable_or_none(line),
+            storable(from_number),
+            storable_or_none(to_number),
+            storable(content),
+            now,
+            storable(upstream_time),
+        )
+        return await self._write(lambda conn: insert_inbound(conn, values, forward_to))
 
     async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]:
         async def op(conn: asyncpg.Connection) -> list[InboundRecord]:

@@ -50,6 +50,7 @@ from goipd.ledger.rows import (
     text_hash,
 )
 from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
+from goipd.ledger.servers_sqlite import SqliteServerRecords, insert_inbound
 from goipd.model import (
     AcceptResult,
     Claim,
@@ -157,7 +158,7 @@ def _id_floor(since: float) -> str:
     return crockford26(int(since * 1000) << 80)
 
 
-class SqliteLedger(SqliteCoordination):
+class SqliteLedger(SqliteCoordination, SqliteServerRecords):
     def __init__(self, path: Path, instance_id: str = "local") -> None:
         self.path = Path(path)
         self.instance_id = instance_id
@@ -628,26 +629,16 @@ class SqliteLedger(SqliteCoordination):
         now: float,
         forward_to: Sequence[str] = (),
     ) -> int:
-        source, from_number, content = storable(source), storable(from_number), storable(content)
-        line, to_number = storable_or_none(line), storable_or_none(to_number)
-        upstream_time, forward_to = storable(upstream_time), [storable(url) for url in forward_to]
-
-        def op(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "INSERT INTO inbound (source, line, from_number, to_number, content, received_at,"
-                " upstream_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (source, line, from_number, to_number, content, now, upstream_time),
-            )
-            inbound_id = cursor.lastrowid
-            assert inbound_id is not None
-            conn.executemany(
-                "INSERT INTO outbox (inbound_id, url, attempts, next_at, done) "
-                "VALUES (?, ?, 0, ?, 0)",
-                [(inbound_id, url, now) for url in forward_to],
-            )
-            return inbound_id
-
-        return await self._write(op)
+        values = (
+            storable(source),
+            storable_or_none(line),
+            storable(from_number),
+            storable_or_none(to_number),
+            storable(content),
+            now,
+            storable(upstream_time),
+        )
+        return await self._write(lambda conn: insert_inbound(conn, values, forward_to))
 
     async def list_inbound(self, limit: int, before_id: int | None) -> list[InboundRecord]:
         columns = "id, source, line, from_number, to_number, content, received_at, upstream_time"

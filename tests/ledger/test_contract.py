@@ -24,6 +24,7 @@ from goipd.model import (
     FINAL_STATES,
     RANK,
     Claim,
+    GoipInbound,
     LedgerError,
     LineQuarantine,
     Message,
@@ -841,6 +842,118 @@ async def test_inbound_and_outbox(ledger: Ledger) -> None:
     assert retry.attempts == 1
     await ledger.outbox_result(retry.id, done=False, retry_at=None, error="gave up", now=NOW)
     assert await ledger.outbox_due(NOW + 1000, 10) == []
+
+
+def sms(
+    inbox_id: int | None = None,
+    line: str | None = "G101",
+    text: str = "hi",
+    at: str = "2026-12-07 10:00:00",
+) -> GoipInbound:
+    return GoipInbound("hq", line, "10086", text, at, inbox_id)
+
+
+async def test_goip_inbound_push_then_inbox_is_stored_once(ledger: Ledger) -> None:
+    urls = ("http://127.0.0.1:1/a",)
+    first, new = await ledger.add_goip_inbound(sms(line=None), NOW, urls)
+    assert new
+    # The inbox lists it later with its id and the line's old name: the same SMS.
+    assert await ledger.add_goip_inbound(sms(inbox_id=7, line="G9"), NOW + 1, urls) == (
+        first,
+        False,
+    )
+    assert await ledger.add_goip_inbound(sms(inbox_id=7), NOW + 2, urls) == (first, False)
+    (record,) = await ledger.list_inbound(10, None)
+    assert (record.id, record.line, record.received_at) == (first, "G9", NOW)
+    assert len(await ledger.outbox_due(NOW + 10, 10)) == 1
+
+
+async def test_goip_inbound_inbox_then_push_is_stored_once(ledger: Ledger) -> None:
+    first, new = await ledger.add_goip_inbound(sms(inbox_id=7), NOW)
+    assert new
+    assert await ledger.add_goip_inbound(sms(), NOW + 1) == (first, False)
+    # A second push of the same text in the same second is another SMS: nothing left to match.
+    second, new = await ledger.add_goip_inbound(sms(), NOW + 2)
+    assert new and second != first
+
+
+async def test_goip_inbound_identical_sms_keep_their_count(ledger: Ledger) -> None:
+    pushed = [(await ledger.add_goip_inbound(sms(), NOW))[0] for _ in range(2)]
+    # Three rows in the inbox: two match the pushes (one each), the third is new.
+    read = [await ledger.add_goip_inbound(sms(inbox_id=i), NOW + 1) for i in (1, 2, 3)]
+    assert [r[0] for r in read[:2]] == pushed and not read[0][1] and not read[1][1]
+    assert read[2][1]
+    # Read again: every row is held by its inbox id.
+    again = [await ledger.add_goip_inbound(sms(inbox_id=i), NOW + 2) for i in (1, 2, 3)]
+    assert again == [(pushed[0], False), (pushed[1], False), (read[2][0], False)]
+    # Other text, other second, other server: other SMS.
+    assert (await ledger.add_goip_inbound(sms(inbox_id=4, text="hi!"), NOW))[1]
+    assert (await ledger.add_goip_inbound(sms(at="2026-12-07 10:00:01"), NOW))[1]
+    other = GoipInbound("branch", "G1", "10086", "hi", "2026-12-07 10:00:00", 1)
+    assert (await ledger.add_goip_inbound(other, NOW))[1]
+    assert len(await ledger.list_inbound(100, None)) == 6
+
+
+async def test_goip_inbound_racing_push_and_inbox_store_once(ledger: Ledger) -> None:
+    results = await asyncio.gather(
+        *(ledger.add_goip_inbound(sms(inbox_id=i, text=str(i)), NOW) for i in range(20)),
+        *(ledger.add_goip_inbound(sms(text=str(i)), NOW) for i in range(20)),
+    )
+    assert sum(new for _, new in results) == 20
+    assert len(await ledger.list_inbound(100, None)) == 20
+
+
+async def test_inbox_watermark(ledger: Ledger, make_ledger: Callable[[], Ledger]) -> None:
+    assert await ledger.inbox_watermark("hq") is None
+    await ledger.set_inbox_watermark("hq", "2026-12-07 10:00:00", NOW)
+    await ledger.set_inbox_watermark("hq", "2026-12-07 10:05:00", NOW + 300)
+    await ledger.close()
+    reopened = make_ledger()
+    await reopened.open()
+    try:
+        assert await reopened.inbox_watermark("hq") == "2026-12-07 10:05:00"
+        assert await reopened.inbox_watermark("branch") is None
+    finally:
+        await reopened.close()
+
+
+async def submitted(ledger: Ledger, task: str, at: float, number: str = "+886912345678") -> int:
+    message = (await ledger.accept(new((number,), text=task), at)).message
+    rid = message.recipients[0].id
+    await ledger.claim([Claim(rid, "goip", "hq", "G101")], at)
+    await ledger.record([Outcome(rid, State.SUBMITTED, task_id=task)], at)
+    return rid
+
+
+async def test_progress_since_sees_reports_on_recent_sends_only(ledger: Ledger) -> None:
+    sent = await submitted(ledger, "1", NOW)
+    waiting = await submitted(ledger, "2", NOW + 10)
+    assert not await ledger.progress_since("hq", NOW, NOW - 600)
+    await ledger.record([Outcome(sent, State.SENT)], NOW + 20)
+    assert await ledger.progress_since("hq", NOW + 20, NOW - 600)
+    assert not await ledger.progress_since("hq", NOW + 21, NOW - 600)  # reported before
+    assert not await ledger.progress_since("hq", NOW + 20, NOW + 5)  # handed over before
+    assert not await ledger.progress_since("branch", NOW, NOW - 600)
+    # goipd's own verdicts are not the server's engine at work; the server's error codes are.
+    await ledger.record([Outcome(waiting, State.FAILED, error_code="report_timeout")], NOW + 30)
+    assert not await ledger.progress_since("hq", NOW + 21, NOW - 600)
+    failed = await submitted(ledger, "3", NOW + 40)
+    await ledger.record([Outcome(failed, State.FAILED, error_code="500")], NOW + 50)
+    assert await ledger.progress_since("hq", NOW + 45, NOW - 600)
+
+
+async def test_abandoned_tasks_are_found_by_number_either_way(ledger: Ledger) -> None:
+    rid = await submitted(ledger, "41", NOW)
+    (recipient,) = await ledger.submitted_of(["hq"], NOW + 1, 10)
+    await ledger.abandon_tasks("hq", [recipient], NOW)
+    await ledger.abandon_tasks("hq", [recipient], NOW + 1)  # again: no error, one row
+    assert await ledger.abandoned_task("hq", "41", "886912345678") == rid
+    assert await ledger.abandoned_task("hq", "41", "+886912345678") == rid
+    assert await ledger.abandoned_task("hq", "42", "886912345678") is None
+    assert await ledger.abandoned_task("branch", "41", "886912345678") is None
+    # Kept two days, then forgotten with the next abandonment.
+    await ledger.abandon_tasks("hq", [], NOW + 2 * 86400 + 1)
+    assert await ledger.abandoned_task("hq", "41", "886912345678") is None
 
 
 async def test_nul_in_stored_text_becomes_u_fffd_and_the_batch_commits(ledger: Ledger) -> None:
