@@ -64,10 +64,24 @@ def transport_errors(what: str, timeout: float) -> Iterator[None]:
         raise UpstreamError(ErrorReason.CONNECT, f"{what}: {type(exc).__name__}") from None
 
 
+async def read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None once it grows past `limit` bytes (the rest is not read).
+    `StreamReader.read(n)` is no substitute: it returns what has arrived so far, and a body
+    that comes in several TCP segments would be cut short."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_limited(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
     """The reply body; more than `limit` bytes is an UpstreamError (PARSE)."""
-    body = await resp.content.read(limit + 1)
-    if len(body) > limit:
+    body = await read_capped(resp.content, limit)
+    if body is None:
         raise UpstreamError(ErrorReason.PARSE, f"{what}: reply larger than {_size(limit)}")
     return body
 
