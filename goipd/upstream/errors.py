@@ -20,6 +20,11 @@ class ErrorReason(StrEnum):
     SERVER_DATABASE = "server_database"
     """The GoIP SMS Server's database refused the request (`Bad query`, `Could not connect`):
     nothing was stored that will be sent."""
+    INBOX_LOGIN = "inbox_login"
+    """The SMS Server's web login refused goipd's credentials, or answered the login form again
+    right after a successful login."""
+    INBOX_LAYOUT = "inbox_layout"
+    """The SMS Server's web inbox page is not one goipd can read: its HTML changed."""
 
 
 REASON_CODES = frozenset(reason.value for reason in ErrorReason)
