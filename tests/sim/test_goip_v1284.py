@@ -519,9 +519,12 @@ async def test_control_api_checks_profile_settings(start: Start) -> None:
     assert state == {
         "engine": "slow",
         "engine_delay": 1.0,
+        "inbox_layout": "v1.28.4",
+        "inbox_ties": "shuffled",
         "keepalive_after": 0.0,
         "mbstring": True,
         "profile": "v1.28.4",
+        "session_time": 24,
     }
     with pytest.raises(ValueError, match="engine must be one of"):
         SimFleet.from_spec(spec(engine="off"))

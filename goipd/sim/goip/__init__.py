@@ -1,4 +1,5 @@
-"""A simulated GoIP SMS Server fleet: its servers, their two profiles, pushes and HTTP APIs."""
+"""A simulated GoIP SMS Server fleet: its servers, their two profiles, pushes, HTTP APIs and
+web inboxes."""
 
 from goipd.sim.common import SimError
 from goipd.sim.goip.fleet import SimFleet
@@ -9,6 +10,7 @@ from goipd.sim.goip.http import (
     is_loopback,
     start_simulator,
 )
+from goipd.sim.goip.inbox import Inbox, ReceiveRow
 from goipd.sim.goip.lines import SimLine, SubTask
 from goipd.sim.goip.php import PhpReply
 from goipd.sim.goip.server import SimServer
@@ -35,7 +37,9 @@ __all__ = [
     "PROFILE_DOCUMENT",
     "PROFILE_KEYS",
     "PROFILE_V1284",
+    "Inbox",
     "PhpReply",
+    "ReceiveRow",
     "RunningSimulator",
     "SimConflict",
     "SimError",

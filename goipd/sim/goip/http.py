@@ -1,7 +1,8 @@
 """The simulated fleet over HTTP: many servers on one port, told apart by a path prefix.
 
 Server `hq` answers the vendor API at `http://HOST:PORT/hq/goip/<api>/` in its profile
-(state.py). Tests, the demo and the benchmarks drive the fleet through its control API under
+(state.py), and its web inbox at `.../hq/goip/en/dologin.php` and `en/receive.php`
+(inbox.py). Tests, the demo and the benchmarks drive the fleet through its control API under
 `/_control/` (no auth: it only ever listens on loopback) or, in-process, through the same
 methods on `SimFleet`/`SimServer`. Also here: starting it on loopback (`start_simulator`).
 """
@@ -13,9 +14,11 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from goipd.sim.common import (
     SimError,
@@ -27,6 +30,7 @@ from goipd.sim.common import (
     serve,
 )
 from goipd.sim.goip.fleet import SimFleet
+from goipd.sim.goip.inbox import SESSION_COOKIE, WebReply
 from goipd.sim.goip.php import DB_DOWN_TEXT
 from goipd.sim.goip.server import SimServer
 from goipd.sim.goip.state import APIS, PROFILE_KEYS, PROFILE_V1284, UNSET
@@ -43,22 +47,34 @@ HTML_ERROR_PAGE: Final = (
 FLEET_KEY: Final = web.AppKey("goipd_sim_fleet", SimFleet)
 
 
+def _vendor_server(request: web.Request) -> SimServer:
+    server = request.app[FLEET_KEY].servers.get(request.match_info["server"])
+    if server is None:
+        raise web.HTTPNotFound()
+    return server
+
+
+async def _faulted(request: web.Request, server: SimServer) -> web.StreamResponse | None:
+    """The server's fault, as every vendor URL meets it; None: the page or API answers."""
+    early = await fault_response(request, server.fault, html_page=HTML_ERROR_PAGE)
+    if early is None and server.fault.mode == "db_down":
+        # inc/conn.inc.php dies in the database constructor, before auth and before the body.
+        return web.Response(text=DB_DOWN_TEXT, content_type="text/html", charset="utf-8")
+    return early
+
+
 async def goip_api(request: web.Request) -> web.StreamResponse:
-    fleet = request.app[FLEET_KEY]
-    server = fleet.servers.get(request.match_info["server"])
+    server = _vendor_server(request)
     api = request.match_info["api"]
-    if server is None or api not in APIS:
+    if api not in APIS:
         raise web.HTTPNotFound()
     server.counters[f"requests_{api}"] += 1
     if api == "querylines":
         server.polled_at.append(time.time())
     mode = server.fault.mode
-    early = await fault_response(request, server.fault, html_page=HTML_ERROR_PAGE)
+    early = await _faulted(request, server)
     if early is not None:
         return early
-    if mode == "db_down":
-        # inc/conn.inc.php dies in the database constructor, before auth and before the body.
-        return web.Response(text=DB_DOWN_TEXT, content_type="text/html", charset="utf-8")
     if server.profile == PROFILE_V1284:
         php = await server.php_request(
             api,
@@ -96,6 +112,56 @@ async def goip_api(request: web.Request) -> web.StreamResponse:
         # The request was handled (a sendsms really was accepted); only the reply is cut.
         text = text[: len(text) // 2]
     return web.Response(text=text, content_type=content_type, charset="utf-8")
+
+
+async def goip_dologin(request: web.Request) -> web.StreamResponse:
+    """en/dologin.php: the web login, a PHP session for the inbox."""
+    server = _vendor_server(request)
+    server.counters["requests_dologin"] += 1
+    early = await _faulted(request, server)
+    if early is not None:
+        return early
+    form = {key: value for key, value in (await request.post()).items() if isinstance(value, str)}
+    reply = server.inbox.login(
+        server,
+        form,
+        request.cookies.get(SESSION_COOKIE),
+        refuse=server.fault.mode == "wrong_auth",
+    )
+    return _page(reply, truncate=False)
+
+
+async def goip_receive(request: web.Request) -> web.StreamResponse:
+    """en/receive.php: the inbox list (or, without a session, the login form)."""
+    server = _vendor_server(request)
+    server.counters["requests_receive"] += 1
+    early = await _faulted(request, server)
+    if early is not None:
+        return early
+    params = dict(request.query)
+    if request.method == "POST":
+        # PHP's $_REQUEST: the form's fields win over the query's.
+        form = await request.post()
+        params.update((key, value) for key, value in form.items() if isinstance(value, str))
+    reply = server.inbox.page(
+        server,
+        params,
+        request.query.get("page"),
+        request.cookies.get(SESSION_COOKIE),
+        refuse=server.fault.mode == "wrong_auth",
+    )
+    return _page(reply, truncate=server.fault.mode == "truncated_json")
+
+
+def _page(reply: WebReply, *, truncate: bool) -> web.Response:
+    text = reply.text[: len(reply.text) // 2] if truncate else reply.text
+    return web.Response(
+        status=reply.status,
+        text=text,
+        content_type="text/html",
+        charset="utf-8",
+        headers=CIMultiDict(reply.headers),
+    )
 
 
 # --- HTTP: the control API ----------------------------------------------------------------------
@@ -173,12 +239,29 @@ async def control_inbound(request: web.Request) -> web.Response:
     if not all(isinstance(v, str) and v for v in (goip_line, from_number, content)):
         raise SimError("goip_line, from_number and content must be non-empty strings")
     recv_time = body.get("recv_time")
-    if recv_time is not None and not isinstance(recv_time, str):
+    if recv_time is not None and not _is_stamp(recv_time):
         raise SimError("recv_time must be a string 'YYYY-MM-DD hh:mm:ss'")
     outcome = await server.push_inbound(
-        str(goip_line), str(from_number), str(content), recv_time=recv_time
+        str(goip_line),
+        str(from_number),
+        str(content),
+        recv_time=recv_time,
+        push_after=seconds(body.get("push_after", 0), "push_after"),
     )
     return web.json_response(outcome)
+
+
+def _is_stamp(value: Any) -> bool:
+    """The `receive.time` column is a DATETIME: it holds nothing else."""
+    try:
+        datetime.strptime(value, "%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+async def control_inbox(request: web.Request) -> web.Response:
+    return web.json_response([row.control() for row in _server(request).inbox.rows])
 
 
 async def control_sent(request: web.Request) -> web.Response:
@@ -223,10 +306,14 @@ def build_app(fleet: SimFleet) -> web.Application:
     r.add_post("/_control/servers/{server}/inbound", control_inbound)
     r.add_get("/_control/servers/{server}/sent", control_sent)
     r.add_get("/_control/servers/{server}/polls", control_polls)
+    r.add_get("/_control/servers/{server}/inbox", control_inbox)
     r.add_put("/_control/churn", control_churn)
     # One dynamic route for every server: a dict lookup per request, however large the fleet.
     # The trailing slash is part of the vendor URL; without it the real server answers 404.
     r.add_post("/{server}/goip/{api}/", goip_api)
+    r.add_post("/{server}/goip/en/dologin.php", goip_dologin)
+    r.add_get("/{server}/goip/en/receive.php", goip_receive)
+    r.add_post("/{server}/goip/en/receive.php", goip_receive)
     return app
 
 

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import structlog
 
+from goipd.sim.goip.inbox import ReceiveRow
 from goipd.sim.goip.lines import SimLine, SubTask
 from goipd.sim.goip.sending import SendingServer
 from goipd.sim.goip.state import APIS
@@ -265,7 +266,25 @@ class PhpServer(SendingServer):
         )
 
     def _row_id(self, table: str, name: str) -> int:
-        return self._row_ids.setdefault(f"{table}:{name}", len(self._row_ids) + 1)
+        key = f"{table}:{name}"
+        if key not in self._row_ids:
+            self._last_row_id += 1
+            self._row_ids[key] = self._last_row_id
+        return self._row_ids[key]
+
+    def _inbound_body(self, row: ReceiveRow) -> dict[str, Any]:
+        """send_json.php's inbound push, from `receive LEFT JOIN goip on goip.id=goipid`: the
+        line's name as it is now, null once that row is gone (line deleted or renamed)."""
+        line = next(
+            (name for name in self.lines if self._row_ids.get(f"goip:{name}") == row.goipid),
+            None,
+        )
+        return {
+            "goip_line": line,
+            "from_number": row.srcnum,
+            "content": row.msg,
+            "recv_time": row.time,
+        }
 
 
 def _php_text(value: Any) -> str:

@@ -3,11 +3,11 @@ faults, push URLs, profile settings), and the vendor API as the vendor document 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, replace
-from datetime import datetime
 from typing import Any, Final
 
 import structlog
@@ -20,6 +20,7 @@ from goipd.sim.common import (
     opt_url,
     seconds,
 )
+from goipd.sim.goip.inbox import ReceiveRow
 from goipd.sim.goip.lines import SimLine, SubTask, line_value
 from goipd.sim.goip.php import PhpServer
 from goipd.sim.goip.state import (
@@ -52,6 +53,9 @@ SERVER_SPEC_KEYS: Final = frozenset(
         "engine",
         "engine_delay",
         "keepalive_after",
+        "session_time",
+        "inbox_ties",
+        "inbox_layout",
     }
 )
 
@@ -127,6 +131,8 @@ class SimServer(PhpServer):
         del self.lines[line_id]
         self._queue.remove(line_id)
         self._baseline.pop(line_id, None)
+        # Its `goip` row is gone: inbox rows keep its old id, which no longer joins.
+        self._row_ids.pop(f"goip:{line_id}", None)
         return line
 
     def set_fault(self, mode: str, delay: float | None = None) -> Fault:
@@ -138,7 +144,7 @@ class SimServer(PhpServer):
         return self.fault
 
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Changes any of `profile`, `mbstring`, `engine`, `engine_delay`, `keepalive_after`.
+        """Changes any of the PROFILE_KEYS settings (the engine's, PHP's, the web inbox's).
 
         Engine `dead` freezes what querylines shows and stops all sending; leaving `dead` is an
         engine restart: every line reads offline for `keepalive_after`, then whatever is still
@@ -192,22 +198,39 @@ class SimServer(PhpServer):
         return line
 
     async def push_inbound(
-        self, goip_line: str, from_number: str, content: str, recv_time: str | None = None
+        self,
+        goip_line: str,
+        from_number: str,
+        content: str,
+        recv_time: str | None = None,
+        push_after: float = 0.0,
     ) -> dict[str, Any]:
-        """A line "receives" an SMS: push it to inbound_push_url now (doc §5)."""
-        self.line(goip_line)
-        body = {
-            "goip_line": goip_line,
-            "from_number": from_number,
-            "content": content,
-            # The doc specifies the server's local time, without a zone.
-            "recv_time": recv_time or datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-        }
+        """A line "receives" an SMS: a `receive` row, then its push to inbound_push_url, now
+        or (`push_after` > 0) that many seconds later in the background.
+
+        `goip_line` may name a line the server does not have (one renamed or deleted since):
+        the row keeps the name with goipid 0, and the push carries a null goip_line.
+        """
+        line = self.lines.get(goip_line)
+        goipid = self._row_id("goip", goip_line) if line is not None else 0
+        row = self.inbox.store(from_number, content, recv_time, goipid, goip_line)
         self.counters["inbound"] += 1
+        if push_after > 0:
+            self._require_fleet().spawn(self._push_received(row, push_after))
+            return {"push": "scheduled", "report": self._inbound_body(row), "id": row.id}
+        outcome, body = await self._push_received(row)
+        return {"push": outcome, "report": body, "id": row.id}
+
+    async def _push_received(
+        self, row: ReceiveRow, after: float = 0.0
+    ) -> tuple[str, dict[str, Any]]:
+        if after > 0:
+            await asyncio.sleep(after)
+        body = self._inbound_body(row)  # send_json.php reads the row when it runs
         outcome = await self._require_fleet().push(
             self, self.inbound_push_url, body, "inbound", php=self.profile == PROFILE_V1284
         )
-        return {"push": outcome, "report": body}
+        return outcome, body
 
     # --- the vendor API, minus HTTP --------------------------------------------------------
 

@@ -12,6 +12,7 @@ A server answers in one of two profiles:
 
 `SimServer` (server.py) is built on `ServerState` in layers: sending.py adds the lines' sends
 and v1.28.4's engine, php.py v1.28.4's PHP, server.py the document's API and the control side.
+The web inbox (the `receive` table and its pages) is inbox.py's `Inbox`, one per server.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from goipd.sim.common import KEEP, Fault, SimError, seconds
+from goipd.sim.goip.inbox import LAYOUTS, TIES, Inbox
 from goipd.sim.goip.lines import SimLine, SubTask, live
 
 if TYPE_CHECKING:
@@ -62,7 +64,16 @@ UNSET: Final = KEEP
 
 
 PROFILE_KEYS: Final = frozenset(
-    {"profile", "mbstring", "engine", "engine_delay", "keepalive_after"}
+    {
+        "profile",
+        "mbstring",
+        "engine",
+        "engine_delay",
+        "keepalive_after",
+        "session_time",
+        "inbox_ties",
+        "inbox_layout",
+    }
 )
 """Server settings of the v1.28.4 model (in a spec, in PATCH /_control/servers/{server})."""
 
@@ -79,6 +90,15 @@ def profile_value(key: str, value: Any) -> Any:
             raise SimError("mbstring must be true or false")
     elif key in ("engine_delay", "keepalive_after"):
         return seconds(value, key)
+    elif key == "session_time":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SimError("session_time must be a whole number of minutes >= 1")
+    elif key == "inbox_ties":
+        if value not in TIES:
+            raise SimError(f"inbox_ties must be one of {list(TIES)}")
+    elif key == "inbox_layout":
+        if value not in LAYOUTS:
+            raise SimError(f"inbox_layout must be one of {list(LAYOUTS)}")
     else:
         raise SimError(f"unknown server field {key!r}")
     return value
@@ -116,6 +136,15 @@ class ServerState:
     """v1.28.4: how long sendsms waits for a slow or dead engine before it ACCEPTs."""
     keepalive_after: float = 2.0
     """v1.28.4: after an engine restart, lines read offline this long (until a keepalive)."""
+    session_time: int = 24
+    """Minutes a web login (en/dologin.php) lasts: `system.session_time`."""
+    inbox_ties: str = "shuffled"
+    """The web inbox's rows of the same second: `shuffled` anew per request (as MySQL may
+    return them) or `stable` (by id, for tests that need one order)."""
+    inbox_layout: str = "v1.28.4"
+    """The web inbox's HTML: `v1.28.4`, or `changed` (restructured, as by a vendor update)."""
+    inbox: Inbox = field(init=False, repr=False)
+    """The `receive` table and the web pages that list it (inbox.py)."""
     _queue: list[str] = field(default_factory=list, init=False, repr=False)
     """Round-robin order of line ids: the doc's "a line that sent goes to the back"."""
     _pending: Counter[str] = field(default_factory=Counter, init=False, repr=False)
@@ -135,6 +164,8 @@ class ServerState:
     _engine_wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _row_ids: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     """v1.28.4: the numeric ids (goip.id, prov.id) lines and providers have in its SQL."""
+    _last_row_id: int = field(default=0, init=False, repr=False)
+    """Row ids are never reused: a line deleted and added again is a new `goip` row."""
 
     def __post_init__(self) -> None:
         if not SERVER_NAME.match(self.name) or self.name.startswith("_"):
@@ -143,6 +174,7 @@ class ServerState:
             raise SimError(f"fault mode must be one of {list(FAULT_MODES)}")
         profile_value("profile", self.profile)
         profile_value("engine", self.engine)
+        self.inbox = Inbox(self.name)
         if self.engine == "dead":
             # Born with a dead engine: the database shows the lines as they were.
             self._frozen = {line.line_id: live(line) for line in self.lines.values()}
