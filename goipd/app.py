@@ -23,6 +23,7 @@ from goipd.fleet.poller import FleetPoller
 from goipd.fleet.quarantine import ManualQuarantines
 from goipd.fleet.registry import LineRegistry
 from goipd.inbound.forwarder import InboundForwarder, url_secrets
+from goipd.inbound.inbox import InboxReader
 from goipd.ledger.open import open_ledger
 from goipd.metrics.catalog import Metrics
 from goipd.model import LedgerError, State
@@ -112,7 +113,12 @@ class Daemon:
             owned=lambda: [name for name, s in self.registry.servers.items() if s.owned],
         )
         self.dispatcher.unconfirmed = self.reconciler.unconfirmed
-        self.dispatcher.held = self.reconciler.verifying.keys
+        self.inbox = InboxReader(
+            self.hooks,
+            lambda: self.poller.servers,
+            owned=self._polls,
+        )
+        self.dispatcher.held = self._held_servers
         self.quarantines = ManualQuarantines(self.ledger, self.registry, self.dispatcher.wake)
         self.forwarder = InboundForwarder(
             self.ledger,
@@ -155,6 +161,17 @@ class Daemon:
         self.queue_counts: dict[State, int] = {}
         self.notifier = Notifier.from_env(unset_environment=True)
 
+    def _polls(self, server: str) -> bool:
+        state = self.registry.servers.get(server)
+        return state is not None and state.owned and self.coordinator.may_poll(server)
+
+    def _held_servers(self) -> set[str]:
+        """Servers dispatch leaves alone now: sends being verified, or a stalled engine (on
+        any instance: the polling one's snapshot carries the stall)."""
+        held = set(self.reconciler.verifying)
+        held.update(n for n, s in self.registry.servers.items() if s.stalled_since is not None)
+        return held
+
     async def start(self) -> None:
         scrubber.set_secrets(_secrets(self.settings))
         for warning in (*self.settings.warnings, *_provider_warnings(self.settings)):
@@ -196,6 +213,7 @@ class Daemon:
             self._supervise("forward", self.forwarder.run),
             self._supervise("clouds", self.clouds.run),
             self._supervise("held_reports", self.held_reports.run),
+            self._supervise("inbox", self.inbox.run),
             self._supervise("maintenance", self._maintenance),
             self._coordinator_task,
             self._supervise("watchdog", lambda: watchdog_loop(self.notifier)),

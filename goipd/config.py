@@ -169,6 +169,17 @@ class ServerSettings(_Strict):
     hook_token_env: str | None = None
     hook_token_file: str | None = None
     hook_allow: tuple[str, ...] = ()
+    inbox_interval: Duration = 300.0
+    """How often the server's web inbox is read for inbound SMS whose push was lost (also at
+    start); 0 never reads it."""
+    inbox_lookback: Duration = 86400.0
+    """The first read of an inbox goipd never read takes SMS this much older than its newest."""
+    stall_after: Duration = 120.0
+    """Handed-over sends still `unsend` this long while none of the server's sends moved on:
+    its engine is stalled (docs/real-sms-server.md#a-stalled-engine)."""
+    on_stall: Literal["wait", "move"] = "wait"
+    """What becomes of sends a stalled server holds: `wait` for its engine (up to a day, as the
+    engine keeps them), or `move` them to other routes (sent twice if the engine returns)."""
     groups: dict[str, tuple[str, ...]] = {}
     """Carrier group (the SMS Server's "provider") → its line IDs. querylines does not say
     which group a line is in; with this map goipd picks the line itself, health-aware."""
@@ -190,10 +201,17 @@ class ServerSettings(_Strict):
             raise ValueError("credentials belong in username/password, not in the URL")
         return value.rstrip("/")
 
-    @field_validator("poll_interval", "timeout", "send_timeout")
+    @field_validator("poll_interval", "timeout", "send_timeout", "stall_after")
     @classmethod
     def _positive_duration(cls, value: float) -> float:
         return _positive(value)
+
+    @field_validator("inbox_interval")
+    @classmethod
+    def _inbox_interval(cls, value: float) -> float:
+        if value != 0 and value < 10:
+            raise ValueError(f"expected 0 (never) or at least 10s, got {format_duration(value)}")
+        return value
 
     @field_validator("hook_allow")
     @classmethod
@@ -573,6 +591,10 @@ class Server:
     send_timeout: float = 30.0
     max_sends_in_flight: int = 4
     escape_text: bool = True
+    inbox_interval: float = 300.0
+    inbox_lookback: float = 86400.0
+    stall_after: float = 120.0
+    on_stall: Literal["wait", "move"] = "wait"
 
     def push_urls(self, public_url: str) -> tuple[str, str] | None:
         """The send-result and inbound push URLs to paste into this SMS Server, for goipd
@@ -767,6 +789,10 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             send_timeout=server.send_timeout,
             max_sends_in_flight=server.max_sends_in_flight,
             escape_text=server.escape_text,
+            inbox_interval=server.inbox_interval,
+            inbox_lookback=server.inbox_lookback,
+            stall_after=server.stall_after,
+            on_stall=server.on_stall,
         )
         problems.extend(_push_url_problems(resolved, path, raw.http.public_url))
         servers.append(resolved)

@@ -38,6 +38,8 @@ def run_lines(args: argparse.Namespace) -> int:
         return 0
     for server in reply["servers"]:
         state = "up" if server["up"] else f"DOWN ({server['last_error_reason']})"
+        if server.get("stalled"):
+            state += f", STALLED ({server.get('stall_detail')}): not routed to"
         print(f"{server['server']}: {state}, {server['lines']} lines")
     rows = [("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "QUARANTINE")]
     for line in reply["lines"]:

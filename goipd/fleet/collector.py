@@ -41,6 +41,12 @@ class FleetCollector(TextCollector):
             "Last poll of this SMS Server succeeded (1) or failed (0).",
             labels=["server"],
         )
+        stalled = GaugeMetricFamily(
+            "goipd_server_stalled",
+            "1 while the SMS Server's engine is stalled: sends it accepted stay unsend and none "
+            "of its sends moves on, although its lines say LOGIN. Routing leaves it alone.",
+            labels=["server"],
+        )
         online = _gauge("goipd_line_online", "Line connected to its SMS Server (1/0).")
         registered = _gauge("goipd_line_registered", "SIM registered on the network (reg LOGIN).")
         remaining = _gauge(
@@ -76,6 +82,7 @@ class FleetCollector(TextCollector):
             if not server.owned:
                 continue  # exported by the instance that polls it (goipd/fleet/ha.py), not twice
             up.add_metric([server.name], 1.0 if server.up else 0.0)
+            stalled.add_metric([server.name], 1.0 if server.stalled_since is not None else 0.0)
             for line in server.lines.values():
                 if line.gone:
                     continue
@@ -98,6 +105,7 @@ class FleetCollector(TextCollector):
                     quarantined.add_metric([*labels, "manual"], 1.0)
         yield from (
             up,
+            stalled,
             online,
             registered,
             remaining,
@@ -139,6 +147,7 @@ class FleetCollector(TextCollector):
 @dataclass(frozen=True, slots=True)
 class _ServerText:
     up: bool
+    stalled: bool
     values: tuple[tuple[Any, ...], ...]
     lines: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]]
     """line id → (its values, its text per family)"""
@@ -155,7 +164,7 @@ def _fleet_headers() -> tuple[bytes, ...]:
         ).encode()
         for f in families
     )
-    if len(heads) != len(_GONE) + 1:
+    if len(heads) != len(_GONE) + 2:
         raise AssertionError("FleetCollector.collect() and _line_text() disagree on families")
     return heads
 
@@ -181,7 +190,8 @@ def _render_server(server: ServerState, old: _ServerText | None, now: float) -> 
             for line in server.lines.values()
         ]
     )
-    if old is not None and old.up == server.up and old.values == values:
+    stalled = server.stalled_since is not None
+    if old is not None and old.up == server.up and old.stalled == stalled and old.values == values:
         return old
     server_label = f'server="{escape_label(server.name)}"'
     previous = old.lines if old is not None else {}
@@ -195,11 +205,16 @@ def _render_server(server: ServerState, old: _ServerText | None, now: float) -> 
         lines[value[0]] = cached
         texts.append(cached[1])
     up = f"goipd_server_up{{{server_label}}} {'1.0' if server.up else '0.0'}\n"
+    stall = f"goipd_server_stalled{{{server_label}}} {'1.0' if stalled else '0.0'}\n"
     blocks = tuple(
         block.encode()
-        for block in (up, *("".join([text[i] for text in texts]) for i in range(len(_GONE))))
+        for block in (
+            up,
+            stall,
+            *("".join([text[i] for text in texts]) for i in range(len(_GONE))),
+        )
     )
-    return _ServerText(server.up, values, lines, blocks)
+    return _ServerText(server.up, stalled, values, lines, blocks)
 
 
 _GONE = ("",) * 9
@@ -208,7 +223,7 @@ _GONE = ("",) * 9
 def _line_text(
     server_label: str, value: tuple[Any, ...], healthy: bool, stamps: dict[float, str]
 ) -> tuple[str, ...]:
-    """One line's samples of each per-line family (after goipd_server_up), as generate_latest
+    """One line's samples of each per-line family (after the server families), as generate_latest
     writes them: labels sorted by name, values through floatToGoString."""
     (line_id, gone, online, registered, remain, day_remain, online_changes, reg_changes) = value[:8]
     last_change, auto_quarantined, manual_quarantine = value[8:]

@@ -111,6 +111,11 @@ class ServerState:
     """Setup problems its replies showed (a PHP warning before the JSON), by key
     (goipd/upstream/goip.py SETUP_FIXES), with the first warning seen."""
 
+    stalled_since: float | None = None
+    """When goipd found the server's engine stalled (goipd/reports/stalls.py): routing leaves
+    the server alone until its sends move on again. None while the engine works."""
+    stall_detail: str | None = None
+
     @property
     def mbstring_missing(self) -> bool:
         """The server lacks php-mbstring: it counts every text's parts by bytes."""
@@ -180,13 +185,18 @@ class LineRegistry:
         server.consecutive_failures = 0
         server.last_error = server.last_error_reason = None
         seen = set()
+        moved = False
         for status in statuses:
             seen.add(status.line_id)
             line = server.lines.get(status.line_id)
             if line is None or line.gone:
                 self._appear(server, status, line, now)
             else:
-                _update(line, status, now)
+                moved = _update(line, status, now) or moved
+        if moved and server.stalled_since is not None:
+            # Only the engine writes the lines' state: a change proves it runs again (a
+            # restarted engine marks every line offline until its next keepalive).
+            self.clear_stall(server_name, now, "line states changed")
         for line in server.lines.values():
             if line.line_id not in seen and not line.gone:
                 self.generation += 1
@@ -288,6 +298,29 @@ class LineRegistry:
         line.consecutive_line_errors = 0
         return True
 
+    def mark_stalled(self, server_name: str, now: float, detail: str) -> bool:
+        """The server's engine does not send: True if this is news."""
+        server = self.servers.get(server_name)
+        if server is None or server.stalled_since is not None:
+            return False
+        server.stalled_since, server.stall_detail = now, detail
+        log.warning("server_stalled", server=server_name, detail=detail)
+        return True
+
+    def clear_stall(self, server_name: str, now: float, why: str) -> bool:
+        """The server's engine works again: True if it was stalled."""
+        server = self.servers.get(server_name)
+        if server is None or server.stalled_since is None:
+            return False
+        log.info(
+            "server_unstalled",
+            server=server_name,
+            why=why,
+            stalled_for=round(now - server.stalled_since, 1),
+        )
+        server.stalled_since = server.stall_detail = None
+        return True
+
     def apply_failure(self, server_name: str, reason: ErrorReason, detail: str, now: float) -> None:
         server = self.servers.get(server_name)
         if server is None:
@@ -302,9 +335,11 @@ class LineRegistry:
         server.last_error_reason = reason
 
 
-def _update(line: Line, status: LineStatus, now: float) -> None:
+def _update(line: Line, status: LineStatus, now: float) -> bool:
+    """Adopt a poll's status of the line; True if its online or registered state changed."""
     line.last_seen = now
     ctx = {"server": line.server, "line": line.line_id}
+    moved = status.online != line.online or status.registered != line.registered
     if status.online != line.online:
         line.online = status.online
         line.online_changes += 1
@@ -333,6 +368,7 @@ def _update(line: Line, status: LineStatus, now: float) -> None:
     line.remain_sms = status.remain_sms
     line.day_remain_sms = status.day_remain_sms
     line.quota_at_poll = _quota(status)
+    return moved
 
 
 def _quota(status: LineStatus) -> int | None:

@@ -24,6 +24,8 @@ SERVER_FIELDS = (
     "last_error",
     "consecutive_failures",
 )
+OPTIONAL_SERVER_FIELDS = ("stalled_since", "stall_detail")
+"""Added after format 2 was released: a snapshot without them reads as "not stalled"."""
 LINE_FIELDS = (
     "online",
     "registered",
@@ -45,7 +47,9 @@ class SnapshotError(ValueError):
 
 
 def encode(server: ServerState) -> str:
-    doc: dict[str, Any] = {name: getattr(server, name) for name in SERVER_FIELDS}
+    doc: dict[str, Any] = {
+        name: getattr(server, name) for name in (*SERVER_FIELDS, *OPTIONAL_SERVER_FIELDS)
+    }
     doc["format"] = FORMAT
     reason = server.last_error_reason
     doc["last_error_reason"] = reason.value if reason is not None else None
@@ -67,6 +71,7 @@ def apply(registry: LineRegistry, name: str, body: str) -> None:
         if doc.get("format") != FORMAT:
             raise SnapshotError(f"snapshot format {doc.get('format')!r}, expected {FORMAT}")
         fields = {key: doc[key] for key in SERVER_FIELDS}
+        fields.update({key: doc.get(key) for key in OPTIONAL_SERVER_FIELDS})
         reason = doc["last_error_reason"]
         error_reason = ErrorReason(reason) if reason is not None else None
         rows = [(str(row[0]), dict(zip(LINE_FIELDS, row[1:], strict=True))) for row in doc["lines"]]

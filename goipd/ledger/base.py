@@ -200,13 +200,15 @@ class Reporting(Recording, Protocol):
         since `handed_after` (sent, or failed with the server's own error code): its engine
         works. `handed_after` bounds the recipients looked at."""
 
-    async def abandon_tasks(self, server: str, abandoned: Sequence[Recipient], now: float) -> None:
-        """Remember the tasks of `abandoned` (recipients about to be moved off `server` while
-        it still holds them): a later report on one is counted, not lost. Kept two days (the
-        engine sends nothing older than one)."""
+    async def abandon_tasks(
+        self, server: str, abandoned: Sequence[Recipient], kind: str, now: float
+    ) -> None:
+        """Remember the tasks of `abandoned`: recipients goipd fails (`kind` failed) or moves
+        to another route (moved) while `server` still holds their task, so a later report of
+        one sent is counted. Kept two days (the engine sends nothing older than one)."""
 
-    async def abandoned_task(self, server: str, task_id: str, number: str) -> int | None:
-        """The recipient id of an abandoned task of `server`, if any."""
+    async def late_send(self, server: str, task_id: str, number: str) -> tuple[int, str] | None:
+        """An abandoned task reported sent: its recipient id and kind, the first time only."""
 
     async def task_id_bounds(
         self, server: str, before: float, after: float

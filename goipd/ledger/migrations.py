@@ -129,8 +129,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 6: inbound SMS matched between pushes and inbox reads (goipd/inbound/inbox.py), how far
-    # each SMS Server's inbox was read, and tasks moved off a stalled server (a report on one
-    # later is counted, goipd/fleet/stall.py). Rows stored before came from pushes.
+    # each SMS Server's inbox was read, and tasks goipd gave up on while the server holds them
+    # (a report of one sent later is counted once, goipd/reports/stalls.py). Rows stored before
+    # came from pushes.
     """
     ALTER TABLE inbound ADD COLUMN inbox_id INTEGER;
     ALTER TABLE inbound ADD COLUMN pushed INTEGER NOT NULL DEFAULT 1;
@@ -146,7 +147,9 @@ MIGRATIONS: tuple[str, ...] = (
         task_id TEXT NOT NULL,
         number TEXT NOT NULL,
         recipient_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
         abandoned_at REAL NOT NULL,
+        counted INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (server, task_id, number)
     );
     """,

@@ -201,8 +201,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
     # 5: inbound SMS matched between pushes and inbox reads (goipd/inbound/inbox.py), how far
-    # each SMS Server's inbox was read, and tasks moved off a stalled server (a report on one
-    # later is counted, goipd/fleet/stall.py). Rows stored before came from pushes.
+    # each SMS Server's inbox was read, and tasks goipd gave up on while the server holds them
+    # (a report of one sent later is counted once, goipd/reports/stalls.py). Rows stored before
+    # came from pushes.
     """
     ALTER TABLE inbound ADD COLUMN inbox_id BIGINT;
     ALTER TABLE inbound ADD COLUMN pushed BOOLEAN NOT NULL DEFAULT TRUE;
@@ -218,7 +219,9 @@ MIGRATIONS: tuple[str, ...] = (
         task_id TEXT NOT NULL,
         number TEXT NOT NULL,
         recipient_id BIGINT NOT NULL,
+        kind TEXT NOT NULL,
         abandoned_at DOUBLE PRECISION NOT NULL,
+        counted BOOLEAN NOT NULL DEFAULT FALSE,
         PRIMARY KEY (server, task_id, number)
     );
     """,

@@ -1,7 +1,8 @@
 """What the PostgreSQL ledger keeps about GoIP SMS Servers beside their recipients: inbound SMS
 matched between pushes and inbox reads, how far each inbox was read, whether a server's engine
-moved anything on, and the tasks goipd moved off a stalled server (goipd/inbound/inbox.py,
-goipd/fleet/stall.py). The rules are described on the `Ledger` roles in base.py.
+moved anything on, and the tasks goipd gave up on while the server holds them
+(goipd/inbound/inbox.py, goipd/reports/stalls.py). The rules are described on the `Ledger`
+roles in base.py.
 """
 
 from __future__ import annotations
@@ -138,9 +139,11 @@ class PostgresServerRecords:
 
         return await self._read(op)
 
-    async def abandon_tasks(self, server: str, abandoned: Sequence[Recipient], now: float) -> None:
+    async def abandon_tasks(
+        self, server: str, abandoned: Sequence[Recipient], kind: str, now: float
+    ) -> None:
         rows = [
-            (server, storable(r.task_id), storable(r.number), r.id, now)
+            (server, storable(r.task_id), storable(r.number), r.id, kind, now)
             for r in abandoned
             if r.task_id is not None
         ]
@@ -148,8 +151,9 @@ class PostgresServerRecords:
         async def op(conn: asyncpg.Connection) -> None:
             if rows:
                 await conn.executemany(
-                    "INSERT INTO abandoned_tasks (server, task_id, number, recipient_id,"
-                    " abandoned_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    "INSERT INTO abandoned_tasks (server, task_id, number, recipient_id, kind,"
+                    " abandoned_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT"
+                    " (server, task_id, number) DO UPDATE SET kind = excluded.kind",
                     rows,
                 )
             await conn.execute(
@@ -158,17 +162,17 @@ class PostgresServerRecords:
 
         await self._write(op)
 
-    async def abandoned_task(self, server: str, task_id: str, number: str) -> int | None:
+    async def late_send(self, server: str, task_id: str, number: str) -> tuple[int, str] | None:
         server, task_id, number, plus = task_key(server, task_id, number)
 
-        async def op(conn: asyncpg.Connection) -> int | None:
-            found = await conn.fetchval(
-                "SELECT recipient_id FROM abandoned_tasks WHERE server = $1 AND task_id = $2"
-                " AND number = ANY($3::text[])",
+        async def op(conn: asyncpg.Connection) -> tuple[int, str] | None:
+            row = await conn.fetchrow(
+                "UPDATE abandoned_tasks SET counted = TRUE WHERE server = $1 AND task_id = $2"
+                " AND number = ANY($3::text[]) AND NOT counted RETURNING recipient_id, kind",
                 server,
                 task_id,
                 [number, plus, number.lstrip("+")],
             )
-            return None if found is None else int(found)
+            return None if row is None else (int(row[0]), str(row[1]))
 
-        return await self._read(op)
+        return await self._write(op)

@@ -1,7 +1,8 @@
 """What the SQLite ledger keeps about GoIP SMS Servers beside their recipients: inbound SMS
 matched between pushes and inbox reads, how far each inbox was read, whether a server's engine
-moved anything on, and the tasks goipd moved off a stalled server (goipd/inbound/inbox.py,
-goipd/fleet/stall.py). The rules are described on the `Ledger` roles in base.py.
+moved anything on, and the tasks goipd gave up on while the server holds them
+(goipd/inbound/inbox.py, goipd/reports/stalls.py). The rules are described on the `Ledger`
+roles in base.py.
 """
 
 from __future__ import annotations
@@ -121,17 +122,20 @@ class SqliteServerRecords:
 
         return await self._read(op)
 
-    async def abandon_tasks(self, server: str, abandoned: Sequence[Recipient], now: float) -> None:
+    async def abandon_tasks(
+        self, server: str, abandoned: Sequence[Recipient], kind: str, now: float
+    ) -> None:
         rows = [
-            (server, storable(r.task_id), storable(r.number), r.id, now)
+            (server, storable(r.task_id), storable(r.number), r.id, kind, now)
             for r in abandoned
             if r.task_id is not None
         ]
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO abandoned_tasks (server, task_id, number, recipient_id,"
-                " abandoned_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO abandoned_tasks (server, task_id, number, recipient_id, kind,"
+                " abandoned_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                " kind = excluded.kind",
                 rows,
             )
             conn.execute(
@@ -140,15 +144,15 @@ class SqliteServerRecords:
 
         await self._write(op)
 
-    async def abandoned_task(self, server: str, task_id: str, number: str) -> int | None:
+    async def late_send(self, server: str, task_id: str, number: str) -> tuple[int, str] | None:
         server, task_id, number, plus = task_key(server, task_id, number)
 
-        def op(conn: sqlite3.Connection) -> int | None:
+        def op(conn: sqlite3.Connection) -> tuple[int, str] | None:
             row = conn.execute(
-                "SELECT recipient_id FROM abandoned_tasks WHERE server = ? AND task_id = ?"
-                " AND number IN (?, ?, ?)",
+                "UPDATE abandoned_tasks SET counted = 1 WHERE server = ? AND task_id = ?"
+                " AND number IN (?, ?, ?) AND counted = 0 RETURNING recipient_id, kind",
                 (server, task_id, number, plus, number.lstrip("+")),
             ).fetchone()
-            return None if row is None else int(row[0])
+            return None if row is None else (int(row[0]), str(row[1]))
 
-        return await self._read(op)
+        return await self._write(op)

@@ -226,6 +226,28 @@ class Metrics:
             ["server", "problem"],
             registry=self.registry,
         )
+        self.late_sends = Counter(
+            "goipd_late_sends",
+            "Recipients an SMS Server reported sent after goipd had failed them (after=failed) "
+            "or moved them to another route (after=moved): each reached the phone although "
+            "goipd said otherwise, or twice.",
+            ["server", "after"],
+            registry=self.registry,
+        )
+        self.inbox_reads = Counter(
+            "goipd_inbox_reads",
+            "Reads of an SMS Server's web inbox, by result: ok, or why it failed (inbox_login: "
+            "login refused; inbox_layout: a page goipd cannot read; timeout, connect, ...).",
+            ["server", "result"],
+            registry=self.registry,
+        )
+        self.inbound_recovered = Counter(
+            "goipd_inbound_recovered",
+            "Inbound SMS found in an SMS Server's web inbox that no push had delivered: each "
+            "would otherwise have been lost.",
+            ["server"],
+            registry=self.registry,
+        )
         self.instance_leader = Gauge(
             "goipd_instance_leader",
             "1 on the goipd instance that holds the server's polling lease (it polls the server "
@@ -266,6 +288,9 @@ class Metrics:
             for reason in ErrorReason:
                 self.poll_errors.labels(name, reason.value)
             self.poll_skipped.labels(name)
+            self.inbound_recovered.labels(name)
+            for after in ("failed", "moved"):
+                self.late_sends.labels(name, after)
 
     def remove_server(self, name: str) -> None:
         for reason in ErrorReason:
@@ -275,6 +300,11 @@ class Metrics:
         _remove(self.instance_leader, name)
         for problem in SETUP_FIXES:
             _remove(self.server_setup_problem, name, problem)
+        for result in ("ok", *ErrorReason):
+            _remove(self.inbox_reads, name, str(result))
+        _remove(self.inbound_recovered, name)
+        for after in ("failed", "moved"):
+            _remove(self.late_sends, name, after)
 
     def add_provider(self, name: str) -> None:
         """A configured provider: enabled, its error counters at 0 so rate() works."""

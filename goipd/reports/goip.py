@@ -41,9 +41,16 @@ async def apply_goip_report(ctx: GoipContext, server: str, report: SendReport) -
         return effect.outcome, effect
 
     found = await ctx.ledger.apply_to_task(server, report.task_id, report.number, now, decide)
+    late = None
+    if report.send == "succeeded" and (found is None or found[0].state is State.FAILED):
+        # A task goipd gave up on (failed, or moved elsewhere) that the server sent after all.
+        late = await ctx.ledger.late_send(server, report.task_id, report.number)
+        if late is not None:
+            _late_send(ctx, server, report, *late)
     if found is None:
-        log.info("report_unmatched", server=server, task_id=report.sub_task_id)
-        return "unknown_task"
+        if late is None:
+            log.info("report_unmatched", server=server, task_id=report.sub_task_id)
+        return "unknown_task" if late is None else "ok"
     recipient, effect = found
     if effect.outcome is None:
         return "ok"
@@ -84,3 +91,18 @@ async def apply_goip_report(ctx: GoipContext, server: str, report: SendReport) -
         err_code=effect.cms_code,
     )
     return "ok"
+
+
+def _late_send(
+    ctx: GoipContext, server: str, report: SendReport, recipient_id: int, after: str
+) -> None:
+    """The server sent a recipient goipd had failed, or moved to another route when the
+    server stalled: counted once, never silent (the recipient's own record stays as it is)."""
+    ctx.metrics.late_sends.labels(server, after).inc()
+    log.warning(
+        "late_send_counted",
+        server=server,
+        task_id=report.sub_task_id,
+        recipient_id=recipient_id,
+        after=after,
+    )

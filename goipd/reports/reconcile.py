@@ -41,6 +41,7 @@ from goipd.config import ReconcileSettings
 from goipd.model import LedgerError, Outcome, Recipient, State, whole_server
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.reports.outcomes import retry_delay
+from goipd.reports.stalls import ENGINE_STALLED, StallWatch
 from goipd.upstream.errors import UpstreamError
 from goipd.upstream.goip import GoipClient, SendReport
 
@@ -53,6 +54,11 @@ CLOCK_SLACK = 5.0
 submit times come from different hosts): the task-id window is widened by this much."""
 MAX_TASK_SCAN = 2000
 """querysms calls per server and sweep at most; claims not found by then are re-queued."""
+DEADLINE_MEANINGS = {
+    "report_timeout": "no send result from the SMS Server within the deadline",
+    ENGINE_STALLED: "its SMS Server's engine stalled and did not send it within a day (the "
+    "engine drops what it has held that long)",
+}
 Search = Literal["proven", "no_anchor", "unanswered"]
 """How a search for interrupted sends' tasks ended: the rest provably absent; no task id of the
 server known to say where to look; the server did not answer querysms."""
@@ -80,6 +86,9 @@ class Reconciler:
         self.stale_claim_after = stale_claim_after
         self.owned = owned or (lambda: list(ctx.servers()))
         """The servers this instance polls, and so asks about submitted sends."""
+        self.stalls = StallWatch(
+            ctx.ledger, ctx.registry, ctx.metrics, ctx.servers, ctx.routing, ctx.wake_dispatch
+        )
         self._verifying: set[asyncio.Task[None]] = set()
         self.verifying: Counter[str] = Counter()
         """Servers with unconfirmed sends being looked for: dispatch leaves them alone
@@ -185,14 +194,39 @@ class Reconciler:
         this instance polls, so nothing is resent that may already be out."""
         now = self.ctx.clock()
         await self._requeue_claims(now + 1.0)
-        await self._query_submitted(now + 1.0, now)
+        overdue = await self._query_submitted(now + 1.0)
+        await self._review_stalls(now)
+        await self._fail_overdue(overdue, now)
         log.info("startup_reconciled")
 
     async def run_once(self) -> None:
         now = self.ctx.clock()
         await self._requeue_claims(now - self.stale_claim_after)
-        await self._query_submitted(now - self.settings().query_after, now)
+        overdue = await self._query_submitted(now - self.settings().query_after)
+        # A stall found now lets its sends wait for the engine rather than fail (on_stall).
+        await self._review_stalls(now)
+        await self._fail_overdue(overdue, now)
         await self._fail_unserved(now)
+
+    async def _review_stalls(self, now: float) -> None:
+        for server in self.owned():
+            engine_moved = False
+            evidence = self.stalls.evidence.get(server)
+            client = self.clients(server)
+            if evidence is not None and client is not None:
+                # The send that showed the stall, asked about again: with on_stall=move it is
+                # nobody's any more, and only this shows the engine sending again.
+                try:
+                    reports = await client.query_sms(evidence.task_id)
+                except UpstreamError as exc:
+                    self.ctx.metrics.reconcile_queries.labels(server, exc.reason.value).inc()
+                else:
+                    self.ctx.metrics.reconcile_queries.labels(server, "ok").inc()
+                    for report in reports:
+                        if _bare(report.number) == _bare(evidence.number):
+                            engine_moved = engine_moved or report.send != "unsend"
+                            await apply_goip_report(self.ctx, server, report)
+            await self.stalls.review(server, self.ctx.clock() if evidence else now, engine_moved)
 
     async def _fail_unserved(self, now: float) -> None:
         """Submitted sends of a server a reload removed: no instance polls or asks that server
@@ -334,17 +368,18 @@ class Reconciler:
             adopted = {rid: a for rid, a in adopted.items() if rid not in lost_race}
         return [r for r in recipients if r.id not in adopted], proven
 
-    async def _query_submitted(self, older_than: float, now: float) -> None:
-        deadline = self.settings().report_deadline
+    async def _query_submitted(self, older_than: float) -> list[Recipient]:
+        """Ask about submitted sends of the servers this instance polls and apply the answers;
+        returns those still `submitted` afterwards, for the deadline."""
         servers = self.owned()
         if not servers:
-            return
+            return []
         submitted = await self.ctx.ledger.submitted_of(servers, older_than, BATCH)
         tasks: dict[tuple[str, str], list[Recipient]] = {}
         for recipient in submitted:
             if recipient.server and recipient.task_id:
                 tasks.setdefault((recipient.server, recipient.task_id), []).append(recipient)
-        timed_out: list[Outcome] = []
+        waiting: list[Recipient] = []
         for (server, task_id), recipients in tasks.items():
             client = self.clients(server)
             if client is not None:
@@ -362,25 +397,39 @@ class Reconciler:
                 else:
                     self.ctx.metrics.reconcile_queries.labels(server, "ok").inc()
                     for report in reports:
+                        if report.send == "unsend":
+                            for r in recipients:
+                                if _bare(r.number) == _bare(report.number):
+                                    self.stalls.saw_unsend(server, r)
                         await apply_goip_report(self.ctx, server, report)
-            refreshed = [
-                await self.ctx.ledger.find_by_task(server, task_id, r.number) for r in recipients
-            ]
-            timed_out.extend(
-                Outcome(
-                    r.id,
-                    State.FAILED,
-                    error_code="report_timeout",
-                    error_meaning="no send result from the SMS Server within the deadline",
-                )
-                for r in refreshed
-                if r is not None
-                and r.state is State.SUBMITTED
-                and now - (r.submitted_at or r.updated_at) > deadline
+            for r in recipients:
+                found = await self.ctx.ledger.find_by_task(server, task_id, r.number)
+                if found is not None and found.state is State.SUBMITTED:
+                    waiting.append(found)
+        return waiting
+
+    async def _fail_overdue(self, waiting: list[Recipient], now: float) -> None:
+        """Sends with no result past their deadline fail; their tasks are remembered, so if
+        the server sends one after all it is counted (goipd_late_sends_total)."""
+        deadline = self.settings().report_deadline
+        by_server: dict[str, list[tuple[Recipient, str]]] = {}
+        for r in waiting:
+            assert r.server is not None
+            waited, code = self.stalls.deadline(r.server, deadline)
+            if now - (r.submitted_at or r.updated_at) > waited:
+                by_server.setdefault(r.server, []).append((r, code))
+        for server, overdue in by_server.items():
+            await self.ctx.ledger.abandon_tasks(server, [r for r, _ in overdue], "failed", now)
+            await self.ctx.ledger.record(
+                [
+                    Outcome(
+                        r.id, State.FAILED, error_code=code, error_meaning=DEADLINE_MEANINGS[code]
+                    )
+                    for r, code in overdue
+                ],
+                now,
             )
-        if timed_out:
-            await self.ctx.ledger.record(timed_out, now)
-            log.warning("reports_timed_out", recipients=len(timed_out))
+            log.warning("reports_timed_out", server=server, recipients=len(overdue))
 
 
 def _bare(number: str) -> str:

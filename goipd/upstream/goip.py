@@ -20,6 +20,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
+from goipd.upstream.http import read_capped
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 MAX_FIELD_CHARS = 64
@@ -74,7 +75,8 @@ class SendReport:
 
 @dataclass(frozen=True, slots=True)
 class InboundSms:
-    goip_line: str
+    goip_line: str | None
+    """None when the server sent null: the line was renamed or deleted since."""
     from_number: str
     content: str
     recv_time: datetime | None
@@ -413,13 +415,27 @@ def parse_querysms(body: bytes | str) -> list[SendReport]:
     return reports
 
 
+def _content(data: dict[str, Any]) -> str:
+    """An SMS text exactly as sent: its spaces and line breaks are the sender's (and the inbox
+    shows them, so a push and its inbox row must agree)."""
+    value = data.get("content")
+    if value is None:
+        raise ParseError("missing field 'content'")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ParseError(f"field 'content' must be a string, got {type(value).__name__}")
+    text = str(value)
+    if len(text) > MAX_CONTENT_CHARS:
+        raise ParseError(f"field 'content' is longer than {MAX_CONTENT_CHARS} characters")
+    return text
+
+
 def parse_inbound_push(body: bytes | str) -> InboundSms:
     data = loads_lenient(body)
     if not isinstance(data, dict):
         raise ParseError(f"inbound: expected a JSON object, got {type(data).__name__}")
-    goip_line = _required(data, "goip_line")
+    goip_line = _text(data, "goip_line", required=False) or None
     from_number = _required(data, "from_number")
-    content = _required(data, "content", limit=MAX_CONTENT_CHARS)
+    content = _content(data)
     recv_raw = _text(data, "recv_time", required=False) or ""
     try:
         recv_time: datetime | None = datetime.strptime(recv_raw, "%Y-%m-%d %H:%M:%S")
@@ -574,10 +590,10 @@ class GoipClient:
                     )
                 if resp.status >= 300:
                     raise UpstreamError(ErrorReason.HTTP_STATUS, f"{api}: HTTP {resp.status}")
-                body = await resp.content.read(MAX_REPLY_BYTES + 1)
-                if len(body) > MAX_REPLY_BYTES:
+                reply = await read_capped(resp.content, MAX_REPLY_BYTES)
+                if reply is None:
                     raise UpstreamError(ErrorReason.PARSE, f"{api}: reply larger than 16 MiB")
-                return body
+                return reply
         except UpstreamError:
             raise
         except TimeoutError:

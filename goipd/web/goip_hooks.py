@@ -14,10 +14,13 @@ import structlog
 from aiohttp import web
 
 from goipd.config import GOIP_INBOUND_HOOK, GOIP_STATUS_HOOK, Server
+from goipd.inbound.store import store_goip_inbound
+from goipd.model import GoipInbound
 from goipd.problem import Problem
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.upstream.errors import ParseError
 from goipd.upstream.goip import parse_inbound_push, parse_status_push
+from goipd.upstream.http import read_capped
 
 log = structlog.get_logger("goipd.web.goip_hooks")
 
@@ -58,8 +61,8 @@ async def _body(request: web.Request, ctx: GoipContext, server: str, kind: str) 
     if request.content_length is not None and request.content_length > MAX_HOOK_BODY:
         ctx.metrics.push_reports.labels(server, kind, "malformed").inc()
         raise Problem(413, f"push body larger than {MAX_HOOK_BODY} bytes")
-    body = await request.content.read(MAX_HOOK_BODY + 1)
-    if len(body) > MAX_HOOK_BODY:
+    body = await read_capped(request.content, MAX_HOOK_BODY)
+    if body is None:
         ctx.metrics.push_reports.labels(server, kind, "malformed").inc()
         raise Problem(413, f"push body larger than {MAX_HOOK_BODY} bytes")
     return body
@@ -88,23 +91,14 @@ async def goip_inbound(request: web.Request) -> web.Response:
     except ParseError as exc:
         ctx.metrics.push_reports.labels(server.name, "inbound", "malformed").inc()
         raise Problem(400, f"malformed inbound SMS: {exc}") from None
-    # Stored durably before the 200: the SMS Server does not push an SMS twice.
-    inbound_id = await ctx.ledger.add_inbound(
-        server.name,
-        sms.goip_line,
-        sms.from_number,
-        None,
-        sms.content,
-        sms.recv_time_raw,
-        ctx.clock(),
-        forward_to=ctx.forward_urls(),
+    # Stored durably before the 200: the SMS Server does not push an SMS twice. A line the
+    # server no longer knows (renamed, deleted) is null in the push: stored all the same.
+    inbound_id, new = await store_goip_inbound(
+        ctx,
+        GoipInbound(server.name, sms.goip_line, sms.from_number, sms.content, sms.recv_time_raw),
     )
     ctx.metrics.push_reports.labels(server.name, "inbound", "ok").inc()
-    line_known = ctx.registry.line(server.name, sms.goip_line) is not None
-    # Only known lines become label values: a hostile body must not grow the series count.
-    ctx.metrics.inbound_sms.labels(server.name, sms.goip_line if line_known else "unknown").inc()
-    log.info("inbound_received", server=server.name, line=sms.goip_line, inbound_id=inbound_id)
-    return web.json_response({"status": "ok", "id": inbound_id})
+    return web.json_response({"status": "ok" if new else "duplicate", "id": inbound_id})
 
 
 def add_routes(app: web.Application) -> None:

@@ -67,6 +67,9 @@ def server_json(server: ServerState) -> dict[str, Any]:
         "last_error": server.last_error,
         "last_error_reason": server.last_error_reason.value if server.last_error_reason else None,
         "consecutive_failures": server.consecutive_failures,
+        "stalled": server.stalled_since is not None,
+        "stalled_since": server.stalled_since,
+        "stall_detail": server.stall_detail,
         "lines": sum(1 for line in server.lines.values() if not line.gone),
         "setup_problems": [
             {"problem": key, "warning": warning, "fix": SETUP_FIXES[key]}

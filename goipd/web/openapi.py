@@ -448,6 +448,15 @@ DOCUMENT: dict[str, Any] = {
                                 "last_error": {"type": ["string", "null"]},
                                 "last_error_reason": {"type": ["string", "null"]},
                                 "consecutive_failures": {"type": "integer"},
+                                "stalled": {
+                                    "type": "boolean",
+                                    "description": (
+                                        "the server's engine does not send (sends stay "
+                                        "unsend): routing leaves it alone until they move on"
+                                    ),
+                                },
+                                "stalled_since": {"type": ["number", "null"]},
+                                "stall_detail": {"type": ["string", "null"]},
                                 "lines": {"type": "integer"},
                                 "setup_problems": {
                                     "type": "array",

@@ -36,3 +36,20 @@ def test_fleet_metrics_come_from_the_polling_instance_only() -> None:
 
 def _collected(metrics: Metrics) -> str:
     return generate_latest(metrics.registry).decode()
+
+
+def test_a_stall_is_exported_from_the_registry_as_it_changes() -> None:
+    registry = LineRegistry(["hq", "branch"])
+    for name in ("hq", "branch"):
+        registry.apply_poll(name, [status("G1")], NOW)
+    metrics = Metrics()
+    FleetCollector(registry, metrics)
+    assert sample(metrics.render().decode(), "goipd_server_stalled", server="hq") == 0.0
+    registry.mark_stalled("hq", NOW + 1, "task 1 unsend for 130s")
+    # Both expositions (the cached text and prometheus_client's) say the same at every step.
+    for text in (metrics.render().decode(), _collected(metrics)):
+        assert sample(text, "goipd_server_stalled", server="hq") == 1.0
+        assert sample(text, "goipd_server_stalled", server="branch") == 0.0
+    registry.apply_poll("hq", [status("G1", online=False)], NOW + 2)  # the engine is back
+    for text in (metrics.render().decode(), _collected(metrics)):
+        assert sample(text, "goipd_server_stalled", server="hq") == 0.0

@@ -942,18 +942,25 @@ async def test_progress_since_sees_reports_on_recent_sends_only(ledger: Ledger) 
     assert await ledger.progress_since("hq", NOW + 45, NOW - 600)
 
 
-async def test_abandoned_tasks_are_found_by_number_either_way(ledger: Ledger) -> None:
+async def test_a_late_send_of_an_abandoned_task_is_found_once(ledger: Ledger) -> None:
     rid = await submitted(ledger, "41", NOW)
-    (recipient,) = await ledger.submitted_of(["hq"], NOW + 1, 10)
-    await ledger.abandon_tasks("hq", [recipient], NOW)
-    await ledger.abandon_tasks("hq", [recipient], NOW + 1)  # again: no error, one row
-    assert await ledger.abandoned_task("hq", "41", "886912345678") == rid
-    assert await ledger.abandoned_task("hq", "41", "+886912345678") == rid
-    assert await ledger.abandoned_task("hq", "42", "886912345678") is None
-    assert await ledger.abandoned_task("branch", "41", "886912345678") is None
+    other = await submitted(ledger, "43", NOW, "+886912345679")
+    (recipient, moved) = await ledger.submitted_of(["hq"], NOW + 1, 10)
+    await ledger.abandon_tasks("hq", [recipient], "failed", NOW)
+    await ledger.abandon_tasks("hq", [moved], "moved", NOW)
+    await ledger.abandon_tasks("hq", [moved], "moved", NOW + 1)  # again: still one row
+    assert await ledger.late_send("hq", "42", "886912345678") is None
+    assert await ledger.late_send("branch", "41", "886912345678") is None
+    assert await ledger.late_send("hq", "41", "886912345678") == (rid, "failed")
+    # The receipt's report of the same send: counted already.
+    assert await ledger.late_send("hq", "41", "+886912345678") is None
+    assert await ledger.late_send("hq", "43", "+886912345679") == (other, "moved")
     # Kept two days, then forgotten with the next abandonment.
-    await ledger.abandon_tasks("hq", [], NOW + 2 * 86400 + 1)
-    assert await ledger.abandoned_task("hq", "41", "886912345678") is None
+    third = await submitted(ledger, "44", NOW, "+886912345670")
+    (last,) = [r for r in await ledger.submitted_of(["hq"], NOW + 1, 10) if r.id == third]
+    await ledger.abandon_tasks("hq", [last], "failed", NOW)
+    await ledger.abandon_tasks("hq", [], "failed", NOW + 2 * 86400 + 1)
+    assert await ledger.late_send("hq", "44", "886912345670") is None
 
 
 async def test_nul_in_stored_text_becomes_u_fffd_and_the_batch_commits(ledger: Ledger) -> None:
