@@ -436,6 +436,8 @@ def quota_or_unlimited(metric: str, sel: str, quota: str) -> str:
 
 
 UNLIMITED = value_mappings((-1, "unlimited", BLUE))
+ENGINE = value_mappings((0, "sending", GREEN), (1, "stalled", RED))
+"""goipd_server_stalled: the SMS Server's engine sends, or it is stalled."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +525,7 @@ def fleet_overview() -> Json:
     lay.row("SMS Servers and lines")
     server_cols = {
         "Value #A": "Up",
+        "Value #G": "Engine",
         "Value #B": "Lines",
         "Value #C": "Online",
         "Value #D": "Registered",
@@ -532,8 +535,8 @@ def fleet_overview() -> Json:
     lay.add(
         table(
             "SMS Servers",
-            "One row per SMS Server: reachable or not, its lines by state and its poll errors in "
-            "the last hour.",
+            "One row per SMS Server: reachable or not, its engine sending or stalled, its lines by "
+            "state and its poll errors in the last hour.",
             [
                 target(f"max by (server) (goipd_server_up{s})", ref="A", table=True),
                 target(f"count by (server) (goipd_line_online{s})", ref="B", table=True),
@@ -545,6 +548,7 @@ def fleet_overview() -> Json:
                     ref="F",
                     table=True,
                 ),
+                target(f"max by (server) (goipd_server_stalled{s})", ref="G", table=True),
             ],
             columns=server_cols,
             order=["server", *server_cols.values()],
@@ -554,6 +558,12 @@ def fleet_overview() -> Json:
                     "byName",
                     "Up",
                     mappings=value_mappings((1, "up", GREEN), (0, "down", RED)),
+                    **{"custom.cellOptions": {"type": "color-text"}},
+                ),
+                override(
+                    "byName",
+                    "Engine",
+                    mappings=ENGINE,
                     **{"custom.cellOptions": {"type": "color-text"}},
                 ),
             ],
@@ -786,6 +796,51 @@ def fleet_overview() -> Json:
             minimum=0,
         ),
         8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Stalled engines and late sends",
+            "SMS Servers whose engine is stalled (1 while their accepted sends stay unsend and "
+            "none moves on: routing leaves them alone; GoipdServerStalled fires), and recipients "
+            "a server reported sent after goipd had failed them or moved them to another route "
+            "(each got the SMS late, or twice; GoipdLateSends fires).",
+            targets(
+                (f"max by (server) (goipd_server_stalled{s}) > 0", "{{server}} stalled"),
+                (
+                    "sum by (server, after) (increase(goipd_late_sends_total"
+                    f"{s}[$__rate_interval])) > 0",
+                    "{{server}} late sends ({{after}})",
+                ),
+            ),
+            minimum=0,
+            overrides=[override("byFrameRefID", "B", **{"custom.drawStyle": "bars"})],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Inbox reads and recovered SMS",
+            "Reads of each SMS Server's web inbox by result (ok, or why they failed: "
+            "inbox_login, inbox_layout, timeout, ...; GoipdInboxUnreadable fires when all fail "
+            "for 30 minutes), and inbound SMS found there that no push had delivered.",
+            targets(
+                (
+                    "sum by (server, result) (increase(goipd_inbox_reads_total"
+                    f"{s}[$__rate_interval])) > 0",
+                    "{{server}} read {{result}}",
+                ),
+                (
+                    "sum by (server) (increase(goipd_inbound_recovered_total"
+                    f"{s}[$__rate_interval])) > 0",
+                    "{{server}} recovered",
+                ),
+            ),
+            bars=True,
+            minimum=0,
+        ),
+        12,
         8,
     )
 
@@ -1209,6 +1264,18 @@ def line_detail() -> Json:
         6,
     )
     lay.add(
+        stat(
+            "Engine",
+            "Whether the SMS Server's engine sends: stalled while sends it accepted stay unsend "
+            "and none moves on (the line may still read registered; routing leaves the server "
+            "alone).",
+            targets(('max(goipd_server_stalled{server="$server"})', "engine")),
+            mappings=ENGINE,
+        ),
+        6,
+        6,
+    )
+    lay.add(
         timeseries(
             "Poll duration p99 and errors",
             "querylines round trip to the SMS Server (p99) and its failed polls per second.",
@@ -1236,7 +1303,7 @@ def line_detail() -> Json:
                 )
             ],
         ),
-        18,
+        12,
         6,
     )
 
