@@ -168,9 +168,7 @@ class Daemon:
     def _held_servers(self) -> set[str]:
         """Servers dispatch leaves alone now: sends being verified, or a stalled engine (on
         any instance: the polling one's snapshot carries the stall)."""
-        held = set(self.reconciler.verifying)
-        held.update(n for n, s in self.registry.servers.items() if s.stalled_since is not None)
-        return held
+        return set(self.reconciler.verifying) | self.reconciler.stalls.stalled()
 
     async def start(self) -> None:
         scrubber.set_secrets(_secrets(self.settings))

@@ -415,8 +415,8 @@ class Reconciler:
         by_server: dict[str, list[tuple[Recipient, str]]] = {}
         for r in waiting:
             assert r.server is not None
-            waited, code = self.stalls.deadline(r.server, deadline)
-            if now - (r.submitted_at or r.updated_at) > waited:
+            due, code = self.stalls.deadline(r.server, r.submitted_at or r.updated_at, deadline)
+            if now > due:
                 by_server.setdefault(r.server, []).append((r, code))
         for server, overdue in by_server.items():
             await self.ctx.ledger.abandon_tasks(server, [r for r, _ in overdue], "failed", now)

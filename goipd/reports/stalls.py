@@ -72,8 +72,11 @@ class StallWatch:
         """Per server, the oldest send a sweep found still `unsend`."""
         self.evidence: dict[str, Stuck] = {}
         """Per stalled server, the stuck send that showed the stall: asked about again."""
+        self.ended: dict[str, float] = {}
+        """When each server's last stall ended: what it held gets its results from then on."""
 
     def stalled(self) -> set[str]:
+        """Stalled servers, found here or (on the other instances) copied from a snapshot."""
         return {n for n, s in self.registry.servers.items() if s.stalled_since is not None}
 
     def saw_unsend(self, server: str, recipient: Recipient) -> None:
@@ -82,18 +85,21 @@ class StallWatch:
         if recipient.task_id is not None and (oldest is None or handed_at < oldest.handed_at):
             self._oldest[server] = Stuck(recipient.task_id, recipient.number, handed_at)
 
-    def deadline(self, server: str, report_deadline: float) -> tuple[float, str]:
-        """How long a send of `server` may wait for its result, and the code it fails with."""
+    def deadline(self, server: str, handed_at: float, report_deadline: float) -> tuple[float, str]:
+        """By when a send handed to `server` at `handed_at` must have its result, and the code
+        it fails with after that. With on_stall=wait, what a stalled server holds waits for its
+        engine (a day at most, as the engine keeps it), and after the stall it gets the usual
+        deadline counted from the stall's end: a returning engine sends it a little later."""
         config = self.servers().get(server)
         state = self.registry.servers.get(server)
-        if (
-            config is not None
-            and config.on_stall == "wait"
-            and state is not None
-            and state.stalled_since is not None
-        ):
-            return max(report_deadline, ENGINE_KEEPS), ENGINE_STALLED
-        return report_deadline, "report_timeout"
+        if config is not None and config.on_stall == "wait" and state is not None:
+            if state.stalled_since is not None:
+                return handed_at + max(report_deadline, ENGINE_KEEPS), ENGINE_STALLED
+            ended = self.ended.get(server)
+            if ended is not None and handed_at < ended:
+                latest = handed_at + max(report_deadline, ENGINE_KEEPS)
+                return min(ended + report_deadline, latest), ENGINE_STALLED
+        return handed_at + report_deadline, "report_timeout"
 
     async def review(self, server: str, now: float, engine_moved: bool = False) -> None:
         """After a reconcile sweep: find a stall of `server`, or its end. `engine_moved`: the
@@ -130,6 +136,7 @@ class StallWatch:
                 await self._move(server, now)
         elif self.evidence.pop(server, None) is not None:
             # Ended here, or by the registry when the lines' state changed.
+            self.ended[server] = now
             self.wake_dispatch()
 
     async def _move(self, server: str, now: float) -> None:
@@ -164,6 +171,12 @@ class StallWatch:
             ],
             now,
         )
-        self.metrics.dispatch_ambiguous.inc(len(stuck))
-        log.warning("stalled_sends_moved", server=server, recipients=len(stuck))
+        # Only the moved ones may go out twice; the worn ones are never sent again.
+        self.metrics.dispatch_ambiguous.inc(len(stuck) - len(worn))
+        log.warning(
+            "stalled_sends_moved",
+            server=server,
+            recipients=len(stuck) - len(worn),
+            failed=len(worn),
+        )
         self.wake_dispatch()
