@@ -15,6 +15,9 @@ class Wakeup:
 
     async def sleep(self, seconds: float) -> None:
         """Return when rung (also if rung since the last sleep) or after `seconds`."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the event is set, and a stopping worker would then never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
         self._event.clear()

@@ -217,8 +217,11 @@ class SendingServer(ServerState):
         while self._unsent:
             self._engine_wake.clear()
             wait = self._engine_dispatch()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the event is set, and closing the simulator would wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._engine_wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._engine_wake.wait()
 
     def _engine_dispatch(self) -> float | None:
         """One pass over the queue; how long to sleep before the next (None: until woken)."""
