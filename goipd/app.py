@@ -116,7 +116,7 @@ class Daemon:
         self.inbox = InboxReader(
             self.hooks,
             lambda: self.poller.servers,
-            owned=self._polls,
+            ready=self._reads_inbox,
         )
         self.dispatcher.held = self._held_servers
         self.quarantines = ManualQuarantines(self.ledger, self.registry, self.dispatcher.wake)
@@ -161,9 +161,10 @@ class Daemon:
         self.queue_counts: dict[State, int] = {}
         self.notifier = Notifier.from_env(unset_environment=True)
 
-    def _polls(self, server: str) -> bool:
+    def _reads_inbox(self, server: str) -> bool:
+        """This instance polls the server, and its last poll reached it."""
         state = self.registry.servers.get(server)
-        return state is not None and state.owned and self.coordinator.may_poll(server)
+        return state is not None and state.owned and state.up and self.coordinator.may_poll(server)
 
     def _held_servers(self) -> set[str]:
         """Servers dispatch leaves alone now: sends being verified, or a stalled engine (on

@@ -4,7 +4,7 @@ is lost when its one push was (docs/real-sms-server.md#inbox-recovery).
 The SMS Server pushes each inbound SMS once and never again; goipd down, restarting or
 answering anything but 200 loses it there. Its web inbox (`en/receive.php`, behind a login)
 still lists it. Each server's inbox is read at start (which covers goipd's own downtime) and
-then every `inbox_interval`, by the instance that polls the server:
+then every `inbox_interval`, by the instance that polls the server, once its polls reach it:
 
 - pages newest first, down to a little before the newest time the previous complete read saw
   (the watermark, kept in the ledger), or `inbox_lookback` before the newest SMS on a first
@@ -48,13 +48,15 @@ class InboxReader:
         self,
         ctx: GoipSink,
         servers: Callable[[], Mapping[str, Server]],
-        owned: Callable[[str], bool],
+        ready: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ctx = ctx
         self.servers = servers
-        self.owned = owned
-        """Whether this instance polls the server (goipd/fleet/ha.py), and so reads its inbox."""
+        self.ready = ready
+        """Whether this instance polls the server (goipd/fleet/ha.py), and so reads its inbox,
+        and the server answered its last poll: a read of a server that is down waits for it
+        (the read at start included) rather than fail."""
         self.clock = clock
         self._clients: dict[str, tuple[Server, InboxClient]] = {}
         self._next_read: dict[str, float] = {}
@@ -68,7 +70,7 @@ class InboxReader:
                     server
                     for name, server in self.servers().items()
                     if server.inbox_interval > 0
-                    and self.owned(name)
+                    and self.ready(name)
                     and self._next_read.get(name, 0.0) <= now
                 ]
                 for server in due:
