@@ -301,11 +301,40 @@ class Coordination(Protocol):
         """The snapshots of the servers in `known` whose version differs from the one given."""
 
 
+class HeldStore(Protocol):
+    """Cloud delivery reports held until their send is recorded, and when failed hand-overs of
+    scheduled cloud sends may be tried again."""
+
+
+class ProviderDocuments(Protocol):
+    """Small per-provider documents that outlive the process (c123's reply recovery plan)."""
+
+
+class SharedRouting(Protocol):
+    """Quarantines after line errors and providers disabled after credential or credit
+    refusals, shared by every instance on the ledger."""
+
+
+class AlertPages(Protocol):
+    """Alertmanager notifications already paged, across restarts and instances."""
+
+
 class Receiving(Reporting, InboundStore, Protocol):
     """What comes back from upstreams: reports on sends, and inbound SMS."""
 
 
 class Ledger(
-    Store, Accepting, Reading, Dispatching, Reporting, InboundStore, Coordination, Protocol
+    Store,
+    Accepting,
+    Reading,
+    Dispatching,
+    Reporting,
+    InboundStore,
+    Coordination,
+    HeldStore,
+    ProviderDocuments,
+    SharedRouting,
+    AlertPages,
+    Protocol,
 ):
     """Every role: what a backend implements. Components are typed against the roles they use."""

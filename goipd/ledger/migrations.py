@@ -153,6 +153,61 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (server, task_id, number)
     );
     """,
+    # 7: state that decides what happens to messages, kept across restarts and shared by the
+    # instances on one ledger: cloud delivery reports held until their send is recorded,
+    # per-provider documents (c123's reply recovery plan), failed hand-overs' retry times,
+    # quarantines after line errors, providers disabled after credential or credit refusals,
+    # and the Alertmanager notifications already paged.
+    """
+    CREATE TABLE held_reports (
+        provider TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        state TEXT NOT NULL,
+        code TEXT NOT NULL,
+        meaning TEXT NOT NULL,
+        held_at REAL NOT NULL,
+        next_try REAL NOT NULL,
+        wait REAL NOT NULL,
+        PRIMARY KEY (provider, upstream_id, number)
+    );
+    CREATE INDEX held_reports_due ON held_reports (next_try);
+    CREATE TABLE provider_state (
+        provider TEXT NOT NULL,
+        name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (provider, name)
+    );
+    CREATE TABLE handover_retries (
+        recipient_id INTEGER PRIMARY KEY,
+        retry_at REAL NOT NULL
+    );
+    CREATE TABLE line_auto_quarantines (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        code TEXT,
+        since REAL NOT NULL,
+        until REAL NOT NULL,
+        PRIMARY KEY (server, line)
+    );
+    CREATE TABLE provider_disables (
+        provider TEXT PRIMARY KEY,
+        code TEXT NOT NULL,
+        since REAL NOT NULL,
+        probe_at REAL NOT NULL
+    );
+    CREATE TABLE alert_pages (
+        receiver TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        paged_at REAL NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (receiver, group_key, status)
+    );
+    CREATE INDEX alert_pages_age ON alert_pages (paged_at);
+    """,
 )
 LATEST = len(MIGRATIONS)
 

@@ -29,8 +29,11 @@ from goipd.ledger.accepts import (
     note_latest,
     plan_accepts,
 )
+from goipd.ledger.documents_postgres import PostgresProviderDocuments
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_postgres import PostgresCoordination
+from goipd.ledger.held_postgres import PostgresHeldStore
+from goipd.ledger.pages_postgres import PostgresAlertPages
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
@@ -51,6 +54,7 @@ from goipd.ledger.rules import (
     transition,
 )
 from goipd.ledger.servers_postgres import PostgresServerRecords, insert_inbound
+from goipd.ledger.shared_postgres import PostgresSharedRouting
 from goipd.model import (
     AcceptResult,
     Claim,
@@ -225,6 +229,61 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (server, task_id, number)
     );
     """,
+    # 6: state that decides what happens to messages, kept across restarts and shared by the
+    # instances on one ledger: cloud delivery reports held until their send is recorded,
+    # per-provider documents (c123's reply recovery plan), failed hand-overs' retry times,
+    # quarantines after line errors, providers disabled after credential or credit refusals,
+    # and the Alertmanager notifications already paged.
+    """
+    CREATE TABLE held_reports (
+        provider TEXT NOT NULL,
+        upstream_id TEXT NOT NULL,
+        number TEXT NOT NULL,
+        state TEXT NOT NULL,
+        code TEXT NOT NULL,
+        meaning TEXT NOT NULL,
+        held_at DOUBLE PRECISION NOT NULL,
+        next_try DOUBLE PRECISION NOT NULL,
+        wait DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (provider, upstream_id, number)
+    );
+    CREATE INDEX held_reports_due ON held_reports (next_try);
+    CREATE TABLE provider_state (
+        provider TEXT NOT NULL,
+        name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (provider, name)
+    );
+    CREATE TABLE handover_retries (
+        recipient_id BIGINT PRIMARY KEY,
+        retry_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE line_auto_quarantines (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        code TEXT,
+        since DOUBLE PRECISION NOT NULL,
+        until DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (server, line)
+    );
+    CREATE TABLE provider_disables (
+        provider TEXT PRIMARY KEY,
+        code TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        probe_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE alert_pages (
+        receiver TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        status TEXT NOT NULL,
+        paged_at DOUBLE PRECISION NOT NULL,
+        message_id TEXT NOT NULL,
+        PRIMARY KEY (receiver, group_key, status)
+    );
+    CREATE INDEX alert_pages_age ON alert_pages (paged_at);
+    """,
 )
 
 
@@ -237,7 +296,14 @@ def _short(exc: BaseException) -> str:
     return exc.__class__.__name__
 
 
-class PostgresLedger(PostgresCoordination, PostgresServerRecords):
+class PostgresLedger(
+    PostgresCoordination,
+    PostgresServerRecords,
+    PostgresHeldStore,
+    PostgresProviderDocuments,
+    PostgresSharedRouting,
+    PostgresAlertPages,
+):
     def __init__(
         self,
         url: str,

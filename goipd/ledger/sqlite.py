@@ -32,9 +32,12 @@ from goipd.ledger.accepts import (
     note_latest,
     plan_accepts,
 )
+from goipd.ledger.documents_sqlite import SqliteProviderDocuments
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_sqlite import SqliteCoordination
+from goipd.ledger.held_sqlite import SqliteHeldStore
 from goipd.ledger.migrations import migrate
+from goipd.ledger.pages_sqlite import SqliteAlertPages
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
@@ -51,6 +54,7 @@ from goipd.ledger.rows import (
 )
 from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
 from goipd.ledger.servers_sqlite import SqliteServerRecords, insert_inbound
+from goipd.ledger.shared_sqlite import SqliteSharedRouting
 from goipd.model import (
     AcceptResult,
     Claim,
@@ -158,7 +162,14 @@ def _id_floor(since: float) -> str:
     return crockford26(int(since * 1000) << 80)
 
 
-class SqliteLedger(SqliteCoordination, SqliteServerRecords):
+class SqliteLedger(
+    SqliteCoordination,
+    SqliteServerRecords,
+    SqliteHeldStore,
+    SqliteProviderDocuments,
+    SqliteSharedRouting,
+    SqliteAlertPages,
+):
     def __init__(self, path: Path, instance_id: str = "local") -> None:
         self.path = Path(path)
         self.instance_id = instance_id

@@ -1,11 +1,16 @@
-"""Ledger test data and switches: the PostgreSQL test server, a fixed clock, a new message, and a
-SQLite writer that refuses writes."""
+"""Ledger test data and switches: the PostgreSQL test server, either backend opened for a test,
+a fixed clock, a new message, and a SQLite writer that refuses writes."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.model import NewMessage
 
@@ -37,3 +42,28 @@ async def set_read_only(store: SqliteLedger, on: bool) -> None:
     assert writer is not None and pool is not None
     pragma = f"PRAGMA query_only={'ON' if on else 'OFF'}"
     await asyncio.get_running_loop().run_in_executor(pool, writer.execute, pragma)
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@asynccontextmanager
+async def open_backend(
+    kind: str, directory: Path, schema: str | None = None
+) -> AsyncIterator[SqliteLedger | PostgresLedger]:
+    """An open ledger of `kind` (one of BACKENDS): a SQLite file in `directory`, or a schema of
+    the test PostgreSQL (`schema`, or a fresh one dropped after). Two opened with the same
+    directory or schema are two instances on one ledger."""
+    if kind == "sqlite":
+        store: SqliteLedger | PostgresLedger = SqliteLedger(directory / "goipd.db")
+    else:
+        own = schema is None
+        store = PostgresLedger(PG_URL, schema=schema or f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+        if kind != "sqlite" and own:
+            assert isinstance(store, PostgresLedger)
+            await store.drop_schema()
