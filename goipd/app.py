@@ -15,12 +15,13 @@ from aiohttp import web
 from goipd.accept.alerts import AlertRelay
 from goipd.clouds.providers import CloudFleet
 from goipd.config import ConfigError, Settings, load_settings
+from goipd.dispatch.disables import ProviderDisables
 from goipd.dispatch.dispatcher import Dispatcher
 from goipd.dispatch.routing import Router
 from goipd.fleet.collector import FleetCollector
 from goipd.fleet.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
 from goipd.fleet.poller import FleetPoller
-from goipd.fleet.quarantine import ManualQuarantines
+from goipd.fleet.quarantine import AutoQuarantines, ManualQuarantines
 from goipd.fleet.registry import LineRegistry
 from goipd.inbound.forwarder import InboundForwarder, url_secrets
 from goipd.inbound.inbox import InboxReader
@@ -72,6 +73,8 @@ class Daemon:
             settings.routes,
             {s.name: s for s in settings.servers},
             [p.name for p in settings.providers],
+            # One instance probes a disabled provider for all (goipd/dispatch/disables.py).
+            probes=lambda name: self.coordinator.holds(f"{CLOUD_LEASE}{name}"),
         )
         self.cloud_ctx = CloudContext(
             self.ledger, self.metrics, lambda: self.settings.inbound.forward_urls
@@ -83,7 +86,7 @@ class Daemon:
             disabled_by=self.router.disabled_by,
             runs_jobs=lambda name: self.coordinator.holds(f"{CLOUD_LEASE}{name}"),
         )
-        self.held_reports = HeldReports(self.cloud_ctx)
+        self.held_reports = HeldReports(self.cloud_ctx, self.ledger)
         self.dispatcher = Dispatcher(
             self.ledger,
             self.router,
@@ -119,7 +122,13 @@ class Daemon:
             ready=self._reads_inbox,
         )
         self.dispatcher.held = self._held_servers
-        self.quarantines = ManualQuarantines(self.ledger, self.registry, self.dispatcher.wake)
+        self.hooks.quarantines = AutoQuarantines(self.ledger, self.registry, self.dispatcher.wake)
+        self.quarantines = ManualQuarantines(
+            self.ledger, self.registry, self.dispatcher.wake, self.hooks.quarantines
+        )
+        self.provider_disables = ProviderDisables(
+            self.ledger, self.router, self.metrics, self.dispatcher.wake
+        )
         self.forwarder = InboundForwarder(
             self.ledger,
             lambda: self.settings.inbound,
@@ -135,7 +144,7 @@ class Daemon:
             clock=time.time,
             cancel_handed_over=self.clouds.cancel_handed_over,
         )
-        self.alert_relay = AlertRelay(settings.alerting, self.metrics)
+        self.alert_relay = AlertRelay(settings.alerting, self.metrics, self.ledger)
         self.web_app = web_server.build_app(
             lambda: self.settings,
             lambda: self.stopping,
@@ -176,7 +185,7 @@ class Daemon:
         for warning in (*self.settings.warnings, *_provider_warnings(self.settings)):
             log.warning("config_warning", detail=warning)
         await self.ledger.open()
-        # Before the first poll, so no line is routed before its manual quarantine is known.
+        # Before the first poll, so no line is routed before its quarantines are known.
         await self.quarantines.sync()
         self.poller.configure({s.name: s for s in self.settings.servers})
         # Which servers this instance polls, and the others' snapshots, before the first poll.
@@ -192,6 +201,8 @@ class Daemon:
         # this one is settling).
         self._coordinator_task = self._supervise("ha", self.coordinator.run)
         self.clouds.configure(self.settings.providers, self.settings.http.public_url)
+        # Before dispatch, so no send goes to a provider this goipd or another disabled.
+        await self.provider_disables.sync()
         self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -257,8 +268,9 @@ class Daemon:
                 if settled:
                     log.info("handovers_settled", recipients=settled)
                 await self.update_queue_metrics()
-                # Quarantines set through another goipd sharing a PostgreSQL ledger.
+                # Quarantines and provider disables of another goipd sharing a PostgreSQL ledger.
                 await self.quarantines.sync()
+                await self.provider_disables.sync()
                 self.notifier.status(self.status_line())
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + self.settings.reconcile.interval
@@ -320,6 +332,7 @@ class Daemon:
         self.router.reconfigure(new.routing, new.routes, servers, providers)
         for name in providers:
             self.metrics.provider_disabled.labels(name).set(0)
+        await self.provider_disables.reloaded()
         self.dispatcher.settings = new.routing
         self.alert_relay.configure(new.alerting)
         # Sends in flight may still use a retired client: close it once they are surely done.
@@ -354,6 +367,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poller.stop()
         await self.coordinator.stop()
+        await self.provider_disables.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

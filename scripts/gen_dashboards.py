@@ -888,8 +888,10 @@ def fleet_overview() -> Json:
             "Early provider reports and kept replies",
             "Delivery reports that came before goipd had recorded their send: held, then "
             "matched (applied), expired (10 min) or dropped (overflow); c123 replies fetched "
-            "but not stored yet (the ledger refused them; stored first at the next poll); and "
-            "c123 replies recovered by fetching an hour again after a fetch whose answer was lost.",
+            "but refused by the ledger (their hours are fetched again once it takes writes); "
+            "c123 replies recovered by fetching an hour again after a fetch whose answer was lost "
+            "or whose replies were not stored; and hours of c123 replies given up after 3 failed "
+            "fetches (GoipdCloudRepliesLost: replies of that hour may be lost).",
             targets(
                 (
                     "sum by (provider, outcome) "
@@ -901,6 +903,11 @@ def fleet_overview() -> Json:
                     "sum by (provider) "
                     "(increase(goipd_cloud_replies_recovered_total[$__rate_interval])) > 0",
                     "{{provider}} recovered",
+                ),
+                (
+                    "sum by (provider) "
+                    "(increase(goipd_cloud_reply_hours_abandoned_total[$__rate_interval])) > 0",
+                    "{{provider}} hours given up",
                 ),
             ),
             minimum=0,

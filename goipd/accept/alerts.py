@@ -1,25 +1,36 @@
 """Alertmanager → SMS: parse a webhook notification, render it as one short SMS, and decide who
 gets it (de-duplication by groupKey + status, a rate limit per phone number).
 
-Parsing and rendering are pure. The de-duplication and rate-limit state lives in memory only: a
-restart forgets it, so the first notification of a group after a restart is always sent.
-The HTTP handler (api.py) hands the rendered text to the API's own accept path, so an alert SMS
-is a normal durable message with normal routing.
+Parsing and rendering are pure. The de-duplication lives in the ledger (`AlertPages`, table
+alert_pages): a restart, or another instance on the same ledger, does not page again within
+the window. Pages are forgotten once older than the window, and beyond the newest
+pages_sqlite.MAX_PAGES. The rate limit is kept in each instance's memory: a restart forgets it,
+and instances behind a load balancer each allow `max_messages` per number.
+The HTTP handler (web/alertmanager.py) hands the rendered text to the API's own accept path, so
+an alert SMS is a normal durable message with normal routing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import structlog
 
-from goipd.config import AlertingSettings, AlertReceiverSettings, RouteTarget
+from goipd.config import (
+    AlertingSettings,
+    AlertRateLimitSettings,
+    AlertReceiverSettings,
+    RouteTarget,
+)
+from goipd.ledger.base import AlertPages
+from goipd.ledger.pages_sqlite import UNRECORDED_PAGE_KEEP
 from goipd.metrics.catalog import Metrics
+from goipd.model import LedgerError
 from goipd.problem import json_kind
 from goipd.upstream import segments
 
@@ -40,8 +51,6 @@ BACKGROUND_LABELS: Final = frozenset(
 LABEL_VALUE_CHARS: Final = 32
 MIN_SUMMARY_CHARS: Final = 40
 """Labels are dropped (last first) rather than cut the summary shorter than this."""
-MAX_REMEMBERED: Final = 10_000
-"""Bound on remembered notifications, whatever the traffic."""
 _BLANKS = re.compile(r"[\s\x00-\x1f\x7f]+")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 
@@ -287,34 +296,21 @@ class Admission:
     duplicate_of: str | None = None
     """Set when the same groupKey and status was sent within the window (the message id, or ""
     while that message is still being stored)."""
+    claimed: bool = False
+    """The page is claimed in the ledger (stamped `at`) for this admission."""
 
 
-class AlertGate:
-    """De-duplication by (receiver, groupKey, status) and a sliding-window rate limit per
-    number. Pure state: the caller passes a monotonic `now`."""
+class RateLimit:
+    """A sliding-window limit per number, in this instance's memory (each instance behind a
+    load balancer keeps its own). Bounded by the configured numbers, `max_messages` each."""
 
     def __init__(self) -> None:
-        # Insertion order is time order: only new keys are inserted, with a non-decreasing now.
-        self._seen: OrderedDict[tuple[str, str, str], tuple[float, str]] = OrderedDict()
         self._sends: dict[str, deque[float]] = {}
 
-    def admit(
-        self,
-        key: tuple[str, str, str],
-        numbers: Sequence[str],
-        now: float,
-        settings: AlertingSettings,
-    ) -> Admission:
-        """Decides and reserves: a send admitted here must be `commit`ted or `release`d."""
-        window = settings.dedup_window
-        while self._seen:
-            oldest, (at, _) = next(iter(self._seen.items()))
-            if at > now - window and len(self._seen) <= MAX_REMEMBERED:
-                break
-            del self._seen[oldest]
-        if key in self._seen:
-            return Admission(key, now, (), (), duplicate_of=self._seen[key][1])
-        limit = settings.rate_limit
+    def take(
+        self, numbers: Sequence[str], now: float, limit: AlertRateLimitSettings
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(allowed, limited): the allowed numbers' sends are counted at `now`."""
         allowed: list[str] = []
         limited: list[str] = []
         for number in numbers:
@@ -324,21 +320,80 @@ class AlertGate:
             (allowed if len(sends) < limit.max_messages else limited).append(number)
         for number in allowed:
             self._sends[number].append(now)
-        if allowed and window > 0:
-            self._seen[key] = (now, "")
-        return Admission(key, now, tuple(allowed), tuple(limited))
+        return tuple(allowed), tuple(limited)
 
-    def commit(self, admission: Admission, message_id: str) -> None:
-        if admission.key in self._seen:
-            self._seen[admission.key] = (admission.at, message_id)
-
-    def release(self, admission: Admission) -> None:
-        """The message could not be stored: as if it had never been admitted."""
-        if self._seen.get(admission.key, (None, ""))[0] == admission.at:
-            del self._seen[admission.key]
-        for number in admission.allowed:
+    def give_back(self, numbers: Sequence[str], at: float) -> None:
+        for number in numbers:
             with contextlib.suppress(ValueError, KeyError):
-                self._sends[number].remove(admission.at)
+                self._sends[number].remove(at)
+
+
+class AlertGate:
+    """De-duplication by (receiver, groupKey, status) in the ledger, so neither a restart nor
+    another instance on the same ledger pages again within the window, and the rate limit per
+    number. The caller passes `now`, wall-clock seconds (the ledger compares it across
+    processes)."""
+
+    def __init__(self, pages: AlertPages) -> None:
+        self.pages = pages
+        self.rate_limit = RateLimit()
+
+    async def admit(
+        self,
+        key: tuple[str, str, str],
+        numbers: Sequence[str],
+        now: float,
+        settings: AlertingSettings,
+    ) -> Admission:
+        """Decides and reserves: an admission with numbers allowed must be `commit`ted or
+        `release`d. The duplicate check and the claim of the page are one step in the ledger:
+        of instances admitting the same notification at once, one sends."""
+        window = settings.dedup_window
+        claimed = False
+        if window > 0:
+            duplicate_of = await self.pages.claim_alert_page(*key, now, window)
+            if duplicate_of is not None:
+                return Admission(key, now, (), (), duplicate_of=duplicate_of)
+            claimed = True
+        allowed, limited = self.rate_limit.take(numbers, now, settings.rate_limit)
+        admission = Admission(key, now, allowed, limited, claimed=claimed)
+        if claimed and not allowed:
+            # Nothing goes out: the same notification later is not a duplicate of this one.
+            await self._unclaim(admission)
+        return admission
+
+    async def commit(self, admission: Admission, message_id: str) -> None:
+        if not admission.claimed:
+            return
+        try:
+            await self.pages.record_alert_page(*admission.key, admission.at, message_id)
+        except LedgerError as exc:
+            # The SMS is stored and goes out. Its claim stays without the id: repeats within
+            # UNRECORDED_PAGE_KEEP are deduplicated, later ones page again.
+            log.warning(
+                "alert_page_unrecorded",
+                receiver=admission.key[0],
+                message_id=message_id,
+                reason=str(exc),
+                holds_for=UNRECORDED_PAGE_KEEP,
+            )
+
+    async def release(self, admission: Admission) -> None:
+        """The message could not be stored: as if it had never been admitted."""
+        self.rate_limit.give_back(admission.allowed, admission.at)
+        if admission.claimed:
+            await self._unclaim(admission)
+
+    async def _unclaim(self, admission: Admission) -> None:
+        try:
+            await self.pages.release_alert_page(*admission.key, admission.at)
+        except LedgerError as exc:
+            log.warning(
+                "alert_page_unreleased",
+                receiver=admission.key[0],
+                reason=str(exc),
+                holds_for=UNRECORDED_PAGE_KEEP,
+            )
 
 
 # --- the relay ----------------------------------------------------------------------------------
@@ -354,10 +409,10 @@ def _masked(number: str) -> str:
 class AlertRelay:
     """The receiver's state: settings (swapped on reload), the gate, and its metrics."""
 
-    def __init__(self, settings: AlertingSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: AlertingSettings, metrics: Metrics, pages: AlertPages) -> None:
         self.settings = AlertingSettings()
         self.metrics = metrics
-        self.gate = AlertGate()
+        self.gate = AlertGate(pages)
         for outcome in REQUEST_OUTCOMES:
             metrics.alert_notifications.labels("", outcome)
         self.configure(settings)
@@ -402,10 +457,16 @@ class AlertRelay:
         submit: Submit,
     ) -> dict[str, Any]:
         """Sends `text` (the rendered notification) to the receiver's numbers that are neither
-        deduplicated nor over their rate limit; the reply is the JSON answer."""
+        deduplicated nor over their rate limit; the reply is the JSON answer. `now` is
+        wall-clock seconds."""
         name = notification.receiver
         key = (name, notification.group_key, notification.status)
-        admission = self.gate.admit(key, receiver.to, now, self.settings)
+        try:
+            admission = await self.gate.admit(key, receiver.to, now, self.settings)
+        except BaseException:
+            # The ledger could not say whether it was paged (503): Alertmanager retries.
+            self.count("failed", name)
+            raise
         reply: dict[str, Any] = {
             "receiver": name,
             "status": notification.status,
@@ -443,10 +504,10 @@ class AlertRelay:
         try:
             message_id = await submit(admission.allowed, text, receiver.route)
         except BaseException:
-            self.gate.release(admission)
             self.count("failed", name)
+            await self.gate.release(admission)
             raise
-        self.gate.commit(admission, message_id)
+        await self.gate.commit(admission, message_id)
         self.count("sent", name)
         log.info(
             "alert_relayed",

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 from urllib.parse import quote
 
 import structlog
 
-from goipd.clouds.reply_recovery import CLOCK_SLACK, ReplyRecovery, not_stored
+from goipd.clouds.reply_recovery import (
+    CLOCK_SLACK,
+    ReplyRecovery,
+    Superseded,
+    load,
+    not_stored,
+    save,
+)
 from goipd.config import CloudProviderConfig, ReconcileSettings
 from goipd.inbound.store import store_inbound
+from goipd.ledger.base import ProviderDocuments
 from goipd.model import LedgerError, Recipient
 from goipd.reports.cloud import CloudContext, apply_status
 from goipd.upstream.cloud import CloudInbound, CloudProvider, CountsSent, PullsInbound
@@ -31,10 +39,6 @@ STATUS_BATCH = 200
 
 
 TICK = 1.0
-
-
-UNSTORED_LIMIT = 10_000
-"""Fetched replies kept while the ledger refuses them (c123 hands each reply out once)."""
 
 
 def build_provider(config: CloudProviderConfig, public_url: str | None) -> CloudProvider:
@@ -85,8 +89,12 @@ class CloudFleet:
         disabled_by: Callable[[str], str | None] = lambda _name: None,
         runs_jobs: Callable[[str], bool] = lambda _name: True,
         status_batch: int = STATUS_BATCH,
+        documents: ProviderDocuments | None = None,
     ) -> None:
         self.ctx = ctx
+        self.documents = documents if documents is not None else cast(ProviderDocuments, ctx.ledger)
+        """Where reply polling keeps its plan (reply_recovery.py); by default the ledger of
+        `ctx`, which in goipd is the whole ledger."""
         self.status_batch = status_batch
         """Overdue sends asked about per status query job and provider."""
         self.reconcile = reconcile
@@ -99,11 +107,6 @@ class CloudFleet:
         self.providers: dict[str, CloudProvider] = {}
         self._configs: dict[str, tuple[CloudProviderConfig, str | None]] = {}
         self._jobs: dict[tuple[str, str], _Job] = {}
-        self._recovery: dict[str, ReplyRecovery] = {}
-        """Per pulling provider: hours to fetch again after a fetch whose answer was lost."""
-        self._unstored: dict[str, deque[CloudInbound]] = {}
-        """Replies fetched from a provider that removes them on fetch (c123) which the ledger
-        has not taken yet: stored first on the next poll. Memory only (lost on restart)."""
         self._status_cursor: dict[str, tuple[float, int]] = {}
         """(sent_at, id) of the last recipient asked about per provider; the next status
         query starts behind it, and from the oldest again after the last page."""
@@ -154,6 +157,8 @@ class CloudFleet:
         )
         if isinstance(provider, PullsInbound):
             puller = provider
+            # At 0 from the start, so increase() sees the first hour given up.
+            self.ctx.metrics.cloud_reply_hours_abandoned.labels(name)
             self._jobs[(name, "inbound")] = _Job(
                 "inbound",
                 lambda: puller.reply_poll_interval,
@@ -230,16 +235,37 @@ class CloudFleet:
             await apply_status(self.ctx, name, status)
 
     async def _pull_inbound(self, name: str, provider: PullsInbound) -> None:
-        unstored = self._unstored.setdefault(name, deque())
-        # Leftovers first, and nothing new while they cannot be stored: what is fetched is gone
-        # from the provider, so fetching more would only pile up replies goipd may lose.
-        if not await self._store_unstored(name, unstored):
-            return
-        recovery = self._recovery.setdefault(name, ReplyRecovery())
+        """One reply poll. Its plan is read from the ledger first and written there at each
+        change (goipd/clouds/reply_recovery.py): a restarted goipd, or the instance that took
+        the provider's lease over, goes on where the last poll stopped."""
+        try:
+            await self._poll_replies(name, provider)
+        except Superseded:
+            log.warning("inbound_state_superseded", provider=name)
+
+    async def _poll_replies(self, name: str, provider: PullsInbound) -> None:
+        now = self.ctx.clock()
+        recovery = await load(self.documents, name, datetime.fromtimestamp(now, UTC))
+        if recovery.fetching is not None:
+            # A fetch announced and never finished: the process died, or the ledger refused its
+            # replies. They are gone from the provider: its hours are fetched again.
+            started = recovery.fetching
+            hours = recovery.fetch_lost(started)
+            await save(self.documents, name, recovery, now)
+            log.warning(
+                "inbound_recovery_planned",
+                provider=name,
+                reason="unfinished",
+                started=started.isoformat(),
+                hours=[hour.isoformat() for hour in hours],
+            )
         if recovery.hours:
-            await self._fetch_hour_again(name, provider, recovery, unstored)
+            await self._fetch_hour_again(name, provider, recovery)
             return
         started = datetime.fromtimestamp(self.ctx.clock(), UTC)
+        recovery.fetch_started(started)
+        # Announced before the fetch, or not made: what c123 hands out is gone from it.
+        await save(self.documents, name, recovery, self.ctx.clock())
         try:
             replies = await provider.fetch_inbound()
         except UpstreamError as exc:
@@ -252,23 +278,27 @@ class CloudFleet:
                     reason=exc.reason.value,
                     hours=[hour.isoformat() for hour in hours],
                 )
+            else:
+                recovery.fetch_failed()
+            # Not written (the ledger refuses): the announcement stays, and the next poll plans
+            # these hours anyway.
+            await save(self.documents, name, recovery, self.ctx.clock())
             return
-        recovery.fetched_whole(started)
-        since, recovery.check_next_fetch_since = recovery.check_next_fetch_since, None
-        if since is not None and replies:
-            try:
+        since = recovery.check_next_fetch_since
+        try:
+            if since is not None and replies:
                 replies = await not_stored(self.ctx.ledger, name, replies, since)
-            except LedgerError as exc:
-                # These are gone from the provider: better stored twice than not at all.
-                log.warning("inbound_duplicates_unchecked", provider=name, reason=str(exc))
-        await self._keep(name, unstored, replies)
+        except LedgerError as exc:
+            # Nothing stored unchecked: the announcement stays, and the fetch's hours are
+            # fetched again and checked once the ledger answers.
+            self._store_refused(name, len(replies), exc)
+            return
+        if await self._store(name, replies):
+            recovery.fetched_whole(started)
+            await save(self.documents, name, recovery, self.ctx.clock())
 
     async def _fetch_hour_again(
-        self,
-        name: str,
-        provider: PullsInbound,
-        recovery: ReplyRecovery,
-        unstored: deque[CloudInbound],
+        self, name: str, provider: PullsInbound, recovery: ReplyRecovery
     ) -> None:
         hour = recovery.hours[0]
         try:
@@ -276,12 +306,16 @@ class CloudFleet:
         except UpstreamError as exc:
             self._count_error(name, "inbound", exc)
             dropped = recovery.hour_failed()
+            # Counted once written: a poll that cannot write tries the same hour again.
+            await save(self.documents, name, recovery, self.ctx.clock())
             if dropped is not None:
+                self.ctx.metrics.cloud_reply_hours_abandoned.labels(name).inc()
                 log.error("inbound_recovery_abandoned", provider=name, hour=dropped.isoformat())
             return
-        # A ledger that cannot be read leaves the hour planned: it can be fetched again.
+        # A ledger that cannot be read or written leaves the hour planned: it is fetched again.
         fresh = await not_stored(self.ctx.ledger, name, replies, hour - CLOCK_SLACK)
-        recovery.hour_fetched()
+        if not await self._store(name, fresh):
+            return
         self.ctx.metrics.cloud_replies_recovered.labels(name).inc(len(fresh))
         log.info(
             "inbound_recovered",
@@ -290,31 +324,24 @@ class CloudFleet:
             fetched=len(replies),
             new=len(fresh),
         )
-        await self._keep(name, unstored, fresh)
+        recovery.hour_fetched()
+        await save(self.documents, name, recovery, self.ctx.clock())
 
-    async def _keep(
-        self, name: str, unstored: deque[CloudInbound], replies: Sequence[CloudInbound]
-    ) -> None:
-        unstored.extend(replies)
-        dropped = len(unstored) - UNSTORED_LIMIT
-        for _ in range(max(dropped, 0)):
-            unstored.popleft()
-        if dropped > 0:
-            log.error("inbound_dropped", provider=name, replies=dropped, reason="too many unstored")
-        await self._store_unstored(name, unstored)
-
-    async def _store_unstored(self, name: str, unstored: deque[CloudInbound]) -> bool:
-        """Store the kept replies in order; False (the rest kept) if the ledger refuses one."""
-        try:
-            while unstored:
-                await store_inbound(self.ctx, name, unstored[0])
-                unstored.popleft()
-        except LedgerError as exc:
-            log.error("inbound_store_failed", provider=name, kept=len(unstored), reason=str(exc))
-            return False
-        finally:
-            self.ctx.metrics.cloud_replies_pending.labels(name).set(len(unstored))
+    async def _store(self, name: str, replies: Sequence[CloudInbound]) -> bool:
+        """Store the replies in order; False if the ledger refuses one. The rest are not kept:
+        the plan in the ledger has their hours fetched again."""
+        for index, reply in enumerate(replies):
+            try:
+                await store_inbound(self.ctx, name, reply)
+            except LedgerError as exc:
+                self._store_refused(name, len(replies) - index, exc)
+                return False
+        self.ctx.metrics.cloud_replies_pending.labels(name).set(0)
         return True
+
+    def _store_refused(self, name: str, left: int, exc: LedgerError) -> None:
+        self.ctx.metrics.cloud_replies_pending.labels(name).set(left)
+        log.error("inbound_store_failed", provider=name, left=left, reason=str(exc))
 
     async def cancel_handed_over(self, recipients: Sequence[Recipient]) -> list[int]:
         """Ask each provider holding one of these scheduled sends to cancel it; returns the

@@ -11,8 +11,9 @@ import asyncio
 import json
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -20,7 +21,7 @@ from goipd.config import RouteTarget, RoutingSettings
 from goipd.dispatch import shared_rate
 from goipd.dispatch.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import Dispatching
+from goipd.ledger.base import Dispatching, HeldStore
 from goipd.metrics.catalog import Metrics
 from goipd.model import Claim, LedgerError, Outcome, Recipient, State
 from goipd.reports.outcomes import retry_delay
@@ -37,7 +38,12 @@ milliseconds; a v1.28.4 server waiting for its engine takes up to 15 s)."""
 BODY_CACHE = 10_000
 """Messages whose text and route are kept for later passes (big messages span many)."""
 HANDOVER_RETRIES = 10_000
-"""Failed hand-overs whose retry time is remembered (others wait in goipd until due)."""
+"""Failed hand-overs whose retry time is kept (table `handover_retries`, for all instances
+together; beyond, those with the earliest retry times go, and wait in goipd until due), and
+entries of each dispatcher's cache of them."""
+HANDOVER_RETRY_KEEP = 86400.0
+"""Seconds a passed retry time is kept at most: by then the hand-over was tried again, or the
+recipient went another way (its row is void once it is claimed again)."""
 AMBIGUOUS_CODES = frozenset(reason.value for reason in AMBIGUOUS_REASONS)
 
 
@@ -55,6 +61,10 @@ class Body:
         return cls(text, _targets(route), TextParts(text), goip_refusal(text))
 
 
+class DispatchLedger(Dispatching, HeldStore, Protocol):
+    """What dispatch uses: due recipients and claims, and the retry times of failed hand-overs."""
+
+
 UnconfirmedSends = Callable[[str, Sequence[Recipient], float, UpstreamError], None]
 """Told of a GoIP send whose fate is unknown (server, recipients, when the call started, the
 error): it finds out whether the server created the task before anything is sent again."""
@@ -63,7 +73,7 @@ error): it finds out whether the server created the task before anything is sent
 class Dispatcher:
     def __init__(
         self,
-        ledger: Dispatching,
+        ledger: DispatchLedger,
         router: Router,
         registry: LineRegistry,
         clients: Callable[[str], GoipClient | None],
@@ -99,10 +109,14 @@ class Dispatcher:
         self._stopping = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._bodies: OrderedDict[str, Body] = OrderedDict()
-        self._handover_retry: OrderedDict[int, float] = OrderedDict()
-        """Recipient id → when its failed hand-over may be tried again. A failed hand-over
+        self._handover_retry: OrderedDict[tuple[int, int], float | None] = OrderedDict()
+        """(recipient id, attempts) → when its failed hand-over may be tried again, None if
+        it has no such time: a cache of the ledger's `handover_retries`. A failed hand-over
         waits queued at its send_at (so no other pass sends it early); only this tells the
-        hand-over pass it is a scheduled recipient and not one waiting for a retry."""
+        hand-over pass it is a scheduled recipient and not one waiting for a retry. What the
+        ledger said of a (recipient, attempts) stays true: a retry time is written before its
+        recipient is queued again, and holds only while its attempts do not change (every claim
+        adds one). So each is read once, in one read per pass for those not known yet."""
         self._outcomes = _OutcomeWriter(ledger, clock)
         self._open_sends: dict[str, list[float]] = {}
         """When each open sendsms call of a server started (monotonic): a slow engine must not
@@ -305,12 +319,10 @@ class Dispatcher:
         if horizon <= 0:
             return 0
         now = self.clock()
-        early = [
-            r
-            for r in await self.ledger.due(now + horizon, self.batch)
-            if r.next_attempt_at > now
-            and (r.attempts == 0 or self._handover_retry.get(r.id, float("inf")) <= now)
-        ]
+        due = await self.ledger.due(now + horizon, self.batch)
+        waiting = [r for r in due if r.next_attempt_at > now]
+        await self._load_handover_retries(waiting)
+        early = [r for r in waiting if r.attempts == 0 or self._handover_due(r, now)]
         if not early:
             return 0
         bodies = await self._load_bodies({r.message_id for r in early})
@@ -332,8 +344,6 @@ class Dispatcher:
                 [Claim(r.id, key[1], None, None) for key, rs in groups.items() for r in rs], now
             )
         )
-        for rid in claimed:
-            self._handover_retry.pop(rid, None)
         started = 0
         for (message_id, name, send_at), recipients in groups.items():
             batch = [r for r in recipients if r.id in claimed]
@@ -348,6 +358,33 @@ class Dispatcher:
             task.add_done_callback(self._in_flight.discard)
             started += 1
         return started
+
+    async def _load_handover_retries(self, waiting: Sequence[Recipient]) -> None:
+        """Fill the cache with the retry times of the recipients of `waiting` that were tried
+        before (attempts > 0) and not looked up at these attempts yet: one read. They are kept
+        in the ledger, so a restart or another instance dispatching the recipient keeps them."""
+        unknown = {
+            r.id: r.attempts
+            for r in waiting
+            if r.attempts > 0 and (r.id, r.attempts) not in self._handover_retry
+        }
+        if not unknown:
+            return
+        found = await self.ledger.handover_retries(unknown)
+        for rid, attempts in unknown.items():
+            stored = found.get(rid)
+            retry_at = stored[1] if stored is not None and stored[0] == attempts else None
+            self._remember_handover((rid, attempts), retry_at)
+
+    def _handover_due(self, recipient: Recipient, now: float) -> bool:
+        retry_at = self._handover_retry.get((recipient.id, recipient.attempts))
+        return retry_at is not None and retry_at <= now
+
+    def _remember_handover(self, key: tuple[int, int], retry_at: float | None) -> None:
+        self._handover_retry[key] = retry_at
+        self._handover_retry.move_to_end(key)
+        while len(self._handover_retry) > HANDOVER_RETRIES:
+            self._handover_retry.popitem(last=False)
 
     async def _restamp_if_late(
         self, choice: Choice, batch: Sequence[Recipient], claimed_at: float
@@ -575,6 +612,8 @@ class Dispatcher:
         retry.extend(by_number.values())
         if outcomes:
             await self.ledger.record(outcomes, now)
+            if send_at is not None:
+                await self._forget_handover_retries(batch, outcomes)
         log.info(
             "cloud_send_done",
             provider=choice.provider,
@@ -613,6 +652,7 @@ class Dispatcher:
         scheduling or not. The hand-over itself is tried again after the retry delay."""
         now = self.clock()
         outcomes = []
+        retries: dict[int, tuple[int, float]] = {}
         held = hold_until is not None and hold_until > now
         for r in recipients:
             attempts = r.attempts + 1
@@ -632,9 +672,9 @@ class Dispatcher:
                 # Not failed before its time: the pass at send_at still has its own try.
                 retry_at = max(hold_until, retry_at)
                 if attempts + 1 < self.settings.max_attempts:
-                    self._handover_retry[r.id] = now + max(delay, self.settings.retry_delay)
-                    while len(self._handover_retry) > HANDOVER_RETRIES:
-                        self._handover_retry.popitem(last=False)
+                    # `attempts` is the recipient's count since its claim: the time holds
+                    # until the next claim.
+                    retries[r.id] = (attempts, now + max(delay, self.settings.retry_delay))
             outcomes.append(
                 Outcome(
                     r.id,
@@ -645,8 +685,40 @@ class Dispatcher:
                     exclude_line=choice.key,
                 )
             )
+        if retries:
+            await self._store_handover_retries(retries, now)
         await self._outcomes.record(outcomes)
         self.wake()
+
+    async def _store_handover_retries(
+        self, retries: Mapping[int, tuple[int, float]], now: float
+    ) -> None:
+        """Keep the retry times of failed hand-overs in the ledger, before their recipients are
+        queued again: a pass (of any instance) that finds one queued then finds its time."""
+        for rid, (attempts, retry_at) in retries.items():
+            self._remember_handover((rid, attempts), retry_at)
+        try:
+            await self.ledger.set_handover_retries(
+                retries, now, HANDOVER_RETRY_KEEP, HANDOVER_RETRIES
+            )
+        except LedgerError as exc:
+            # This instance still tries them again on time; a restart or another instance
+            # would leave them waiting in goipd until their send_at.
+            log.warning("handover_retry_store_failed", reason=str(exc), recipients=len(retries))
+
+    async def _forget_handover_retries(
+        self, batch: Sequence[Recipient], outcomes: Sequence[Outcome]
+    ) -> None:
+        """Delete the retry times of hand-overs tried again that are done: handed over, or
+        failed for good. (The claim already made them void.)"""
+        tried = {r.id for r in batch if r.attempts > 0}
+        done = [o.recipient_id for o in outcomes if o.recipient_id in tried]
+        if not done:
+            return
+        try:
+            await self.ledger.clear_handover_retries(done)
+        except LedgerError as exc:
+            log.warning("handover_retry_clear_failed", reason=str(exc), recipients=len(done))
 
     async def _load_bodies(self, message_ids: set[str]) -> dict[str, Body]:
         found = {}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict, deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import phonenumbers
 
 from goipd.config import RouteRule, RouteTarget, RoutingSettings, Server
 from goipd.fleet.registry import Line, LineRegistry, LineState
+from goipd.ledger.shared import ProviderDisable
 from goipd.model import whole_server
 from goipd.upstream.goip import TextParts
 
@@ -85,17 +86,28 @@ class Router:
         rules: Sequence[RouteRule],
         servers: Mapping[str, Server],
         clouds: Collection[str] = (),
+        probes: Callable[[str], bool] = lambda _name: True,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.rules = tuple(rules)
         self.servers = dict(servers)
         self.clouds = frozenset(clouds)
+        self.probes = probes
+        """Whether this instance makes the probe sends of a disabled provider: the one holding
+        its `cloud:<provider>` lease does, so instances sharing the disable (through the
+        ledger, goipd/dispatch/disables.py) do not all probe at once."""
+        self.on_cloud_change: Callable[[str], None] = lambda _name: None
+        """Called when this router disables a provider (again, after a refused probe) or
+        enables it, so that the change is stored for every instance; not when it adopts a
+        stored change, nor when a probe send moves the probe time on (kept here only)."""
         self.cloud_enabled: dict[str, bool] = dict.fromkeys(self.clouds, True)
         self._cloud_probe_at: dict[str, float] = {}
         """When a disabled provider is next given one send to find out whether it is fixed."""
         self._cloud_disabled_by: dict[str, str] = {}
         """The provider's refusal code that disabled it."""
+        self._cloud_disabled_since: dict[str, float] = {}
+        """When the provider was disabled (a refused probe does not move it)."""
         self._cloud_paused_until: dict[str, float] = {}
         """Providers that asked for a pause in sending (rate limits), until when."""
         # LRU order: least recently used first. One order across the fleet for "any server"
@@ -123,6 +135,7 @@ class Router:
         self.cloud_enabled = dict.fromkeys(self.clouds, True)
         self._cloud_probe_at = {}
         self._cloud_disabled_by = {}
+        self._cloud_disabled_since = {}
         self._cloud_paused_until = {}
         self._synced_generation = -1
 
@@ -138,7 +151,46 @@ class Router:
         self.cloud_enabled[name] = False
         self._cloud_probe_at[name] = now + self.settings.provider_probe_interval
         self._cloud_disabled_by[name] = code
+        self._cloud_disabled_since.setdefault(name, now)
+        self.on_cloud_change(name)
         return was_enabled
+
+    def cloud_disable(self, name: str) -> ProviderDisable | None:
+        """The provider's disable as this router has it, None while it is in routing."""
+        if self.cloud_enabled.get(name, True):
+            return None
+        return ProviderDisable(
+            name,
+            self._cloud_disabled_by.get(name, ""),
+            self._cloud_disabled_since.get(name, 0.0),
+            self._cloud_probe_at.get(name, 0.0),
+        )
+
+    def adopt_cloud_disable(self, disable: ProviderDisable) -> bool:
+        """Take a provider out of routing as another instance (or a previous process) did;
+        True if it was in. A probe time moved on here (a probe made) is kept."""
+        name = disable.provider
+        if name not in self.clouds:
+            return False
+        was_enabled = self.cloud_enabled.get(name, False)
+        probe_at = disable.probe_at
+        if not was_enabled:
+            probe_at = max(probe_at, self._cloud_probe_at.get(name, probe_at))
+        self.cloud_enabled[name] = False
+        self._cloud_probe_at[name] = probe_at
+        self._cloud_disabled_by[name] = disable.code
+        self._cloud_disabled_since[name] = disable.since
+        return was_enabled
+
+    def adopt_cloud_enable(self, name: str) -> bool:
+        """Back into routing as another instance decided; False if it already was."""
+        if name not in self.clouds or self.cloud_enabled.get(name, False):
+            return False
+        self.cloud_enabled[name] = True
+        self._cloud_probe_at.pop(name, None)
+        self._cloud_disabled_by.pop(name, None)
+        self._cloud_disabled_since.pop(name, None)
+        return True
 
     def disabled_by(self, name: str) -> str | None:
         """The refusal code that took the provider out of routing; None while it is in."""
@@ -148,11 +200,9 @@ class Router:
 
     def enable_cloud(self, name: str) -> bool:
         """Back into routing; False if it already was."""
-        if name not in self.clouds or self.cloud_enabled.get(name, False):
+        if not self.adopt_cloud_enable(name):
             return False
-        self.cloud_enabled[name] = True
-        self._cloud_probe_at.pop(name, None)
-        self._cloud_disabled_by.pop(name, None)
+        self.on_cloud_change(name)
         return True
 
     def _cloud_usable(self, name: str, now: float) -> bool:
@@ -166,6 +216,8 @@ class Router:
             return True
         probe_at = self._cloud_probe_at.get(name)
         if probe_at is None or self.settings.provider_probe_interval <= 0 or now < probe_at:
+            return False
+        if not self.probes(name):
             return False
         # One probe per interval: a refused probe costs one failover, not a stream of them.
         self._cloud_probe_at[name] = now + self.settings.provider_probe_interval

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 import structlog
 
+from goipd.ledger.shared import AutoQuarantine
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import MBSTRING_MISSING, LineStatus, setup_problem
 
@@ -54,9 +55,11 @@ class Line:
     online_changes: int = 0
     reg_changes: int = 0
     quarantined_until: float = 0.0
-    """Set by dispatch after repeated line-class CMS errors; 0 when not quarantined."""
+    """End of the quarantine after repeated line-class CMS errors (LineRegistry.auto, shared
+    through the ledger); 0 when there is none."""
     quarantine_reason: str | None = None
     consecutive_line_errors: int = 0
+    """Line errors in a row among the reports this instance applied (not shared)."""
     manual_quarantine: ManualQuarantine | None = None
     """Set by an operator; only an operator releases it (no expiry)."""
     last_error_code: str | None = None
@@ -130,6 +133,10 @@ class LineRegistry:
         self.manual: dict[tuple[str, str], ManualQuarantine] = {}
         """Operator quarantines by (server, line), including lines not reported right now: a
         line that (re)appears gets its override back."""
+        self.auto: dict[tuple[str, str], AutoQuarantine] = {}
+        """Quarantines after line errors by (server, line), this instance's and those the
+        ledger holds (goipd/fleet/quarantine.py), kept like `manual` for a line that
+        reappears. Run-out ones leave at the next adoption of the ledger's set."""
         self.set_servers(server_names)
 
     def set_servers(self, names: Iterable[str]) -> None:
@@ -222,7 +229,7 @@ class LineRegistry:
         )
         if old is not None:
             line.online_changes, line.reg_changes = old.online_changes, old.reg_changes
-        line.manual_quarantine = self.manual.get((server.name, status.line_id))
+        self.adopt_quarantines(line)
         server.lines[status.line_id] = line
         self.generation += 1
         log.info(
@@ -246,7 +253,8 @@ class LineRegistry:
         cooldown: float,
         now: float,
     ) -> bool:
-        """Count line-class errors; quarantine after `threshold` in a row. True if it just did."""
+        """Count line-class errors; quarantine after `threshold` in a row. True if it just did:
+        the quarantine is then `auto[(server, line_id)]`, for the caller to store."""
         line = self.line(server, line_id)
         if line is None:
             return False
@@ -257,17 +265,24 @@ class LineRegistry:
         line.last_error_code, line.last_error_at = code, now
         if line.consecutive_line_errors < threshold or line.quarantined(now):
             return False
-        line.quarantined_until = now + cooldown
-        line.quarantine_reason = f"{line.consecutive_line_errors} line errors in a row (CMS {code})"
+        reason = f"{line.consecutive_line_errors} line errors in a row (CMS {code})"
+        self.set_auto(
+            server, line_id, AutoQuarantine(server, line_id, reason, code, now, now + cooldown)
+        )
         line.consecutive_line_errors = 0
         log.warning(
-            "line_quarantined",
-            server=server,
-            line=line_id,
-            reason=line.quarantine_reason,
-            seconds=cooldown,
+            "line_quarantined", server=server, line=line_id, reason=reason, seconds=cooldown
         )
         return True
+
+    def adopt_quarantines(self, line: Line) -> None:
+        """Give a line new to the registry (appeared, or copied from a snapshot) the
+        quarantines kept for its (server, line)."""
+        key = (line.server, line.line_id)
+        line.manual_quarantine = self.manual.get(key)
+        auto = self.auto.get(key)
+        if auto is not None:
+            line.quarantined_until, line.quarantine_reason = auto.until, auto.reason
 
     def set_manual(self, server: str, line_id: str, quarantine: ManualQuarantine | None) -> None:
         """Put an operator's quarantine on a line (None lifts it); kept for absent lines too."""
@@ -288,15 +303,41 @@ class LineRegistry:
             if self.manual.get((server, line_id)) != quarantine:
                 self.set_manual(server, line_id, quarantine)
 
+    def set_auto(self, server: str, line_id: str, quarantine: AutoQuarantine | None) -> None:
+        """Put a quarantine after line errors on a line (None lifts it); kept for absent lines."""
+        key = (server, line_id)
+        if quarantine is None:
+            self.auto.pop(key, None)
+        else:
+            self.auto[key] = quarantine
+        line = self.line(server, line_id)
+        if line is not None:
+            line.quarantined_until = quarantine.until if quarantine else 0.0
+            line.quarantine_reason = quarantine.reason if quarantine else None
+
+    def replace_auto(self, quarantines: dict[tuple[str, str], AutoQuarantine], now: float) -> bool:
+        """Adopt the complete set of quarantines after line errors (as stored in the ledger);
+        True if one that was still running here ended."""
+        ended = False
+        for server, line_id in set(self.auto) - set(quarantines):
+            ended = ended or self.auto[(server, line_id)].until > now
+            self.set_auto(server, line_id, None)
+        for (server, line_id), quarantine in quarantines.items():
+            if self.auto.get((server, line_id)) != quarantine:
+                self.set_auto(server, line_id, quarantine)
+        return ended
+
     def release_auto(self, server: str, line_id: str, now: float) -> bool:
         """End a quarantine after line errors early (an operator's call); True if there was one."""
+        running = self.auto.get((server, line_id))
         line = self.line(server, line_id)
-        if line is None or not line.auto_quarantined(now):
-            return False
-        line.quarantined_until = 0.0
-        line.quarantine_reason = None
-        line.consecutive_line_errors = 0
-        return True
+        if line is not None:
+            line.consecutive_line_errors = 0
+        ended = (running is not None and running.until > now) or (
+            line is not None and line.auto_quarantined(now)
+        )
+        self.set_auto(server, line_id, None)
+        return ended
 
     def mark_stalled(self, server_name: str, now: float, detail: str) -> bool:
         """The server's engine does not send: True if this is news."""

@@ -3,8 +3,10 @@
 The instance that polls an SMS Server writes its snapshot to the ledger after each poll; the
 other instances copy it into their registries, so every instance routes and answers the API
 with the same view of the fleet. Copying is silent: transitions are logged, and fleet metrics
-exported, by the polling instance alone. What each instance learns by itself is kept: a
-quarantine after line errors (from the push reports it received) and the line's last error.
+exported, by the polling instance alone. What each instance learns by itself is kept: the
+line's last error and its line errors in a row (from the push reports it applied). Quarantines
+are not in the snapshot: both kinds travel through the ledger (goipd/fleet/quarantine.py), and a
+line new to this registry gets them from the registry's own copy.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def apply(registry: LineRegistry, name: str, body: str) -> None:
         line = server.lines.get(line_id)
         if line is None:
             line = Line(server=name, line_id=line_id, **values)
-            line.manual_quarantine = registry.manual.get((name, line_id))
+            registry.adopt_quarantines(line)
             reshaped = True
         else:
             reshaped = reshaped or line.gone != values["gone"]

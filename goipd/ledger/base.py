@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from goipd.ledger.held import HeldKey, HeldReport
 from goipd.ledger.line_rate import LineReservation
+from goipd.ledger.shared import AutoQuarantine, ProviderDisable
 from goipd.model import (
     AcceptResult,
     Claim,
@@ -303,20 +305,132 @@ class Coordination(Protocol):
 
 class HeldStore(Protocol):
     """Cloud delivery reports held until their send is recorded, and when failed hand-overs of
-    scheduled cloud sends may be tried again."""
+    scheduled cloud sends may be tried again (goipd/ledger/held.py; bounds there). Every
+    instance on the ledger retries held reports: each try of one is taken by one instance."""
+
+    async def hold_report(self, report: HeldReport, limit: int) -> tuple[bool, list[HeldReport]]:
+        """Store `report`, durable before returning. One already held with the same key keeps
+        its row, age and retry times; only its status (state, code, meaning) becomes the new
+        one. Beyond `limit` rows the oldest (held_at) give way, each deleted by one caller.
+        Returns whether `report` is new, and the reports deleted for it."""
+
+    async def held_reports_summary(self) -> tuple[int, float | None, float | None]:
+        """(reports held, the earliest next_try, the earliest held_at): one read, so a retry
+        round with nothing due writes nothing."""
+
+    async def take_held_reports(
+        self, now: float, keep_for: float, take_for: float, limit: int
+    ) -> tuple[list[HeldReport], list[HeldReport]]:
+        """(taken, expired). Deletes and returns every report held since before
+        `now - keep_for`; of the others whose next_try has come, takes up to `limit`, earliest
+        first: their next_try becomes `now + take_for` (as returned), so no other instance
+        tries them meanwhile, and of two instances taking at once each gets other reports."""
+
+    async def settle_held_reports(
+        self, matched: Collection[HeldKey], again: Sequence[tuple[HeldKey, float, float]]
+    ) -> None:
+        """After a try: delete the `matched` reports; the others get (key, next_try, wait)."""
+
+    async def handover_retries(
+        self, recipient_ids: Collection[int]
+    ) -> dict[int, tuple[int, float]]:
+        """recipient id → (attempts, retry time) of those of `recipient_ids` whose hand-over
+        failed: the hand-over may be tried again from that time, while the recipient's
+        attempts are still these (any claim since makes the row void)."""
+
+    async def set_handover_retries(
+        self, retries: Mapping[int, tuple[int, float]], now: float, keep_for: float, limit: int
+    ) -> None:
+        """Store recipient id → (attempts, retry time), replacing an earlier one. The same
+        write deletes the rows of no more use: retry times over `keep_for` past, passed ones
+        void (the recipient's attempts moved on, or it is no longer queued or dispatching),
+        and beyond `limit` rows those with the earliest retry times."""
+
+    async def clear_handover_retries(self, recipient_ids: Collection[int]) -> None:
+        """Delete the rows of these recipients (their hand-over was taken or failed for good)."""
 
 
 class ProviderDocuments(Protocol):
-    """Small per-provider documents that outlive the process (c123's reply recovery plan)."""
+    """Small per-provider documents that outlive the process (c123's reply recovery plan):
+    one text (JSON) per provider and name, versioned, so that an instance whose job ran on
+    after another took the provider's lease over cannot overwrite what that one wrote since.
+    At most MAX_DOCUMENT_CHARS each (goipd/ledger/documents_sqlite.py); there is one row per
+    provider and name the code uses, so the table cannot grow beyond that."""
+
+    async def provider_document(self, provider: str, name: str) -> tuple[str, int] | None:
+        """The body of `provider`'s document `name` and its version (1 after the first write,
+        one more after each), None when there is none."""
+
+    async def put_provider_document(
+        self, provider: str, name: str, body: str, version: int, now: float
+    ) -> int | None:
+        """Replace the document if it is still at `version` (0: there is none yet), durably,
+        in one statement; returns its new version, or None when another writer changed it
+        since (nothing written: read it again). Of two writers from one version, one wins.
+        A body longer than MAX_DOCUMENT_CHARS raises ValueError (nothing written)."""
 
 
 class SharedRouting(Protocol):
     """Quarantines after line errors and providers disabled after credential or credit
-    refusals, shared by every instance on the ledger."""
+    refusals, shared by every instance on the ledger: each instance writes what it decides and
+    reads the whole of both every few seconds (goipd/fleet/quarantine.py,
+    goipd/dispatch/disables.py). Bounds: goipd/ledger/shared.py."""
+
+    async def put_auto_quarantine(self, quarantine: AutoQuarantine, now: float) -> None:
+        """Store a line's quarantine after line errors. A quarantine stored for the line with
+        a later `until` is kept instead (of two instances quarantining a line at once, the
+        later end holds); one whose `until` has passed is replaced. Deletes the quarantines
+        whose `until` is `now` or earlier."""
+
+    async def release_auto_quarantine(self, server: str, line: str, now: float) -> bool:
+        """Delete the line's quarantine after line errors (an operator ended it early); True
+        if one was stored and still running at `now`."""
+
+    async def auto_quarantines(self, now: float) -> list[AutoQuarantine]:
+        """The quarantines after line errors still running at `now`, by server and line."""
+
+    async def disable_provider(self, disable: ProviderDisable) -> ProviderDisable:
+        """Store that a provider is out of routing. A provider already stored keeps its
+        `since` and takes the new code and probe time (a refused probe, or a refusal another
+        instance saw too); returns what is stored."""
+
+    async def enable_providers(self, providers: Collection[str] | None = None) -> list[str]:
+        """Delete the disables of `providers` (None: of every provider, as a reload does);
+        returns the providers that were disabled, sorted."""
+
+    async def provider_disables(self) -> list[ProviderDisable]:
+        """Every stored provider disable, by provider."""
 
 
 class AlertPages(Protocol):
-    """Alertmanager notifications already paged, across restarts and instances."""
+    """Alertmanager notifications already paged, across restarts and instances
+    (goipd/accept/alerts.py). A page is keyed by (receiver, groupKey, status) and stamped with
+    the claiming instance's clock: instances' clocks should agree to well within the window
+    (NTP); a skew only moves the window's end by as much."""
+
+    async def claim_alert_page(
+        self, receiver: str, group_key: str, status: str, now: float, window: float
+    ) -> str | None:
+        """Admits and records a page in one atomic step, so of instances claiming the same
+        notification at once exactly one gets it. None: claimed, stamped `now` with no message
+        id yet (`record_alert_page` or `release_alert_page` must follow). Otherwise the key was
+        paged within `window` seconds of `now`: that page's message id, "" while its message is
+        being stored. A claim left without a message id (its process died before storing the
+        SMS) stops counting after pages_sqlite.UNRECORDED_PAGE_KEEP seconds, and one stamped a
+        window or more after `now` (a clock stepped back) does not count. Also forgets pages
+        older than `window` and all but the newest pages_sqlite.MAX_PAGES."""
+
+    async def record_alert_page(
+        self, receiver: str, group_key: str, status: str, paged_at: float, message_id: str
+    ) -> None:
+        """The claim stamped `paged_at` stored its SMS as `message_id`; nothing if that claim is
+        gone (released, forgotten, or taken over after UNRECORDED_PAGE_KEEP)."""
+
+    async def release_alert_page(
+        self, receiver: str, group_key: str, status: str, paged_at: float
+    ) -> None:
+        """Undo the claim stamped `paged_at`, still without a message id: its SMS was not
+        stored, and the same notification may page again at once."""
 
 
 class Receiving(Reporting, InboundStore, Protocol):

@@ -172,17 +172,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (provider, upstream_id, number)
     );
     CREATE INDEX held_reports_due ON held_reports (next_try);
+    CREATE INDEX held_reports_age ON held_reports (held_at);
     CREATE TABLE provider_state (
         provider TEXT NOT NULL,
         name TEXT NOT NULL,
         body TEXT NOT NULL,
+        version INTEGER NOT NULL,
         updated_at REAL NOT NULL,
         PRIMARY KEY (provider, name)
     );
     CREATE TABLE handover_retries (
         recipient_id INTEGER PRIMARY KEY,
+        attempts INTEGER NOT NULL,
         retry_at REAL NOT NULL
     );
+    CREATE INDEX handover_retries_at ON handover_retries (retry_at);
     CREATE TABLE line_auto_quarantines (
         server TEXT NOT NULL,
         line TEXT NOT NULL,

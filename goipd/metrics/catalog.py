@@ -176,7 +176,7 @@ class Metrics:
         self.cloud_reports_held = Counter(
             "goipd_cloud_reports_held",
             "Provider delivery reports that came before goipd had recorded the send's message id, "
-            "by what became of them: held (kept in memory to be matched again), matched (applied "
+            "by what became of them: held (stored in the ledger, matched again), matched (applied "
             "later), expired (never matched within the hold time), overflow (dropped: too many "
             "held).",
             ["provider", "outcome"],
@@ -191,16 +191,23 @@ class Metrics:
         )
         self.cloud_replies_pending = Gauge(
             "goipd_cloud_replies_pending",
-            "Replies fetched from a provider (c123 removes them on fetch) that could not be "
-            "stored yet and are kept in memory to be stored first on the next poll.",
+            "Replies of a provider's last poll (c123 removes them on fetch) that the ledger "
+            "refused: their hours are fetched again (c123 time=) once it takes writes.",
             ["provider"],
             registry=self.registry,
         )
         self.cloud_replies_recovered = Counter(
             "goipd_cloud_replies_recovered",
             "Replies the ledger did not hold yet, found by fetching an hour of a provider's "
-            "replies again (c123 time=) after a fetch whose answer was lost: each would "
-            "otherwise have been lost.",
+            "replies again (c123 time=) after a fetch whose answer was lost or whose replies "
+            "were not stored: each would otherwise have been lost.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.cloud_reply_hours_abandoned = Counter(
+            "goipd_cloud_reply_hours_abandoned",
+            "Hours of a provider's replies (c123) planned to be fetched again and given up after "
+            "3 failed fetches: the replies of that hour that goipd had not stored are lost.",
             ["provider"],
             registry=self.registry,
         )
@@ -319,6 +326,7 @@ class Metrics:
         _remove(self.provider_sent_messages, name)
         _remove(self.cloud_replies_pending, name)
         _remove(self.cloud_replies_recovered, name)
+        _remove(self.cloud_reply_hours_abandoned, name)
         for operation in PROVIDER_OPERATIONS:
             for reason in ErrorReason:
                 _remove(self.provider_errors, name, operation, reason.value)

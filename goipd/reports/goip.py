@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from goipd.config import RoutingSettings, Server
+from goipd.fleet.quarantine import AutoQuarantines
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Receiving
 from goipd.metrics.catalog import LabelCache, Metrics
@@ -29,6 +30,9 @@ class GoipContext:
     wake_dispatch: Callable[[], None]
     clock: Callable[[], float]
     children: LabelCache = field(default_factory=lambda: LabelCache())
+    quarantines: AutoQuarantines | None = None
+    """Where a quarantine after line errors is stored for every instance; None: the registry
+    alone has it (tests of report application)."""
 
 
 async def apply_goip_report(ctx: GoipContext, server: str, report: SendReport) -> str:
@@ -68,8 +72,10 @@ async def apply_goip_report(ctx: GoipContext, server: str, report: SendReport) -
         ctx.children.get(ctx.metrics.sms_delivered, "goip", server, line).inc()
     if effect.cms_code is not None:
         ctx.metrics.cms_errors.labels(server, line, effect.cms_code or "none").inc()
-    if effect.line_effect is not LineEffect.NONE and line:
-        ctx.registry.note_send_result(
+    if (
+        effect.line_effect is not LineEffect.NONE
+        and line
+        and ctx.registry.note_send_result(
             server,
             line,
             line_error=effect.line_effect is LineEffect.LINE_ERROR,
@@ -78,6 +84,10 @@ async def apply_goip_report(ctx: GoipContext, server: str, report: SendReport) -
             cooldown=settings.quarantine_for,
             now=now,
         )
+        and ctx.quarantines is not None
+    ):
+        # Counted here, among this instance's reports; the quarantine is for every instance.
+        await ctx.quarantines.store(server, line, now)
     if effect.outcome.state is State.QUEUED:
         ctx.wake_dispatch()
     # Per report, so at debug: at info it was 6% of the CPU of a busy push endpoint.

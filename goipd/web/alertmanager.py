@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +48,5 @@ async def post_alertmanager(request: web.Request) -> web.Response:
         new = validate_message(body, ctx, now, client=client)
         return (await accept_message(ctx, new, now)).message.id
 
-    return web.json_response(
-        await relay.deliver(notification, receiver, text, time.monotonic(), submit)
-    )
+    # Wall-clock time: the ledger compares pages stamped by other processes and instances.
+    return web.json_response(await relay.deliver(notification, receiver, text, ctx.clock(), submit))

@@ -1,18 +1,30 @@
-"""Alertmanager → SMS as pure functions: rendering, parsing, de-duplication and the rate
-limit."""
+"""Alertmanager → SMS: rendering and parsing as pure functions; de-duplication (in a real ledger,
+both backends) and the rate limit."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goipd.accept.alerts import AlertGate, NotificationError, parse_notification, render
-from goipd.config import AlertingSettings
+from goipd.accept.alerts import (
+    AlertGate,
+    AlertRelay,
+    NotificationError,
+    parse_notification,
+    render,
+)
+from goipd.config import AlertingSettings, AlertReceiverSettings, RouteTarget
+from goipd.ledger.base import AlertPages
+from goipd.metrics.catalog import Metrics
+from goipd.model import LedgerError
 from goipd.upstream import segments
 from tests.helpers.alerts import SIM_DEAD, alert, payload
+from tests.helpers.ledgers import BACKENDS, open_backend
 
 # --- rendering ----------------------------------------------------------------------------------
 
@@ -222,6 +234,8 @@ def test_unknown_fields_are_ignored_for_newer_alertmanagers() -> None:
 
 
 # --- de-duplication and rate limit --------------------------------------------------------------
+# The gate keeps its pages in a real ledger, on both backends; "a restart" or "another instance"
+# is a second gate on the same ledger.
 
 A, B = "+886912345678", "+886912345679"
 
@@ -237,45 +251,109 @@ def gate_settings(
     )
 
 
-def test_same_group_and_status_within_the_window_is_sent_once() -> None:
-    gate, conf = AlertGate(), gate_settings(window=300.0, max_messages=100)
-    first = gate.admit(("oncall", "g", "firing"), [A, B], 1000.0, conf)
+@pytest.fixture(params=BACKENDS)
+async def pages(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AlertPages]:
+    async with open_backend(request.param, tmp_path) as store:
+        yield store
+
+
+async def test_same_group_and_status_within_the_window_is_sent_once(pages: AlertPages) -> None:
+    gate, conf = AlertGate(pages), gate_settings(window=300.0, max_messages=100)
+    first = await gate.admit(("oncall", "g", "firing"), [A, B], 1000.0, conf)
     assert first.allowed == (A, B) and first.duplicate_of is None
-    gate.commit(first, "MSG1")
-    repeat = gate.admit(("oncall", "g", "firing"), [A, B], 1299.0, conf)
+    await gate.commit(first, "MSG1")
+    repeat = await gate.admit(("oncall", "g", "firing"), [A, B], 1299.0, conf)
     assert repeat.duplicate_of == "MSG1" and repeat.allowed == ()
     # Another status, group or receiver is another notification.
-    assert gate.admit(("oncall", "g", "resolved"), [A], 1299.0, conf).duplicate_of is None
-    assert gate.admit(("oncall", "h", "firing"), [A], 1299.0, conf).duplicate_of is None
-    assert gate.admit(("other", "g", "firing"), [A], 1299.0, conf).duplicate_of is None
+    assert (await gate.admit(("oncall", "g", "resolved"), [A], 1299.0, conf)).duplicate_of is None
+    assert (await gate.admit(("oncall", "h", "firing"), [A], 1299.0, conf)).duplicate_of is None
+    assert (await gate.admit(("other", "g", "firing"), [A], 1299.0, conf)).duplicate_of is None
     # Once the window has passed, the same notification goes out again.
-    again = gate.admit(("oncall", "g", "firing"), [A], 1300.0, conf)
+    again = await gate.admit(("oncall", "g", "firing"), [A], 1300.0, conf)
     assert again.duplicate_of is None and again.allowed == (A,)
 
 
-def test_zero_window_turns_deduplication_off() -> None:
-    gate, conf = AlertGate(), gate_settings(window=0.0, max_messages=100)
+async def test_a_restarted_or_other_instance_does_not_send_again(pages: AlertPages) -> None:
+    conf = gate_settings(window=300.0, max_messages=100)
+    first = await AlertGate(pages).admit(("oncall", "g", "firing"), [A], 1000.0, conf)
+    # Admitted, its message not stored yet: a duplicate all the same.
+    other = AlertGate(pages)
+    pending = await other.admit(("oncall", "g", "firing"), [A], 1001.0, conf)
+    assert pending.duplicate_of == "" and pending.allowed == ()
+    await AlertGate(pages).commit(first, "MSG1")
+    repeat = await AlertGate(pages).admit(("oncall", "g", "firing"), [A], 1200.0, conf)
+    assert repeat.duplicate_of == "MSG1" and repeat.allowed == ()
+
+
+async def test_zero_window_turns_deduplication_off(pages: AlertPages) -> None:
+    gate, conf = AlertGate(pages), gate_settings(window=0.0, max_messages=100)
     for now in (1.0, 1.0, 2.0):
-        assert gate.admit(("oncall", "g", "firing"), [A], now, conf).allowed == (A,)
+        admission = await gate.admit(("oncall", "g", "firing"), [A], now, conf)
+        assert admission.allowed == (A,)
+        await gate.commit(admission, "MSG")
 
 
-def test_rate_limit_per_number_over_a_sliding_window() -> None:
-    gate, conf = AlertGate(), gate_settings(max_messages=2, per=60.0)
-    assert gate.admit(("r", "g1", "firing"), [A], 0.0, conf).allowed == (A,)
-    assert gate.admit(("r", "g2", "firing"), [A, B], 10.0, conf).allowed == (A, B)
-    third = gate.admit(("r", "g3", "firing"), [A, B], 20.0, conf)
+async def test_rate_limit_per_number_over_a_sliding_window(pages: AlertPages) -> None:
+    gate, conf = AlertGate(pages), gate_settings(max_messages=2, per=60.0)
+    assert (await gate.admit(("r", "g1", "firing"), [A], 0.0, conf)).allowed == (A,)
+    assert (await gate.admit(("r", "g2", "firing"), [A, B], 10.0, conf)).allowed == (A, B)
+    third = await gate.admit(("r", "g3", "firing"), [A, B], 20.0, conf)
     assert (third.allowed, third.limited) == ((B,), (A,))
-    fourth = gate.admit(("r", "g4", "firing"), [A, B], 30.0, conf)
+    fourth = await gate.admit(("r", "g4", "firing"), [A, B], 30.0, conf)
     assert (fourth.allowed, fourth.limited) == ((), (A, B))
-    # Nothing went out: the same notification is not treated as a duplicate later.
-    assert gate.admit(("r", "g4", "firing"), [A, B], 30.0, conf).duplicate_of is None
+    # Nothing went out: the same notification is not treated as a duplicate later, here or on
+    # another instance.
+    assert (await gate.admit(("r", "g4", "firing"), [A, B], 30.0, conf)).duplicate_of is None
+    other = await AlertGate(pages).admit(("r", "g4", "firing"), [A, B], 30.0, conf)
+    assert other.duplicate_of is None and other.allowed == (A, B)
     # The first send of A leaves the window at 60s.
-    assert gate.admit(("r", "g5", "firing"), [A], 60.0, conf).allowed == (A,)
+    assert (await gate.admit(("r", "g5", "firing"), [A], 60.0, conf)).allowed == (A,)
 
 
-def test_release_undoes_an_admission_whose_message_was_not_stored() -> None:
-    gate, conf = AlertGate(), gate_settings(max_messages=1)
-    admitted = gate.admit(("r", "g", "firing"), [A], 5.0, conf)
-    gate.release(admitted)
-    retried = gate.admit(("r", "g", "firing"), [A], 6.0, conf)
+async def test_release_undoes_an_admission_whose_message_was_not_stored(
+    pages: AlertPages,
+) -> None:
+    gate, conf = AlertGate(pages), gate_settings(max_messages=1)
+    admitted = await gate.admit(("r", "g", "firing"), [A], 5.0, conf)
+    await gate.release(admitted)
+    retried = await gate.admit(("r", "g", "firing"), [A], 6.0, conf)
     assert retried.duplicate_of is None and retried.allowed == (A,)
+    # Released by another instance's gate too (the claim is in the ledger, its send budget
+    # is this gate's own).
+    await AlertGate(pages).release(retried)
+    assert (await AlertGate(pages).admit(("r", "g", "firing"), [A], 7.0, conf)).allowed == (A,)
+
+
+async def test_a_page_whose_message_was_not_stored_is_paged_on_the_retry(
+    pages: AlertPages,
+) -> None:
+    # The relay as the receiver runs it: the accept path fails (a ledger that cannot write,
+    # answered 503), Alertmanager retries, and the retry pages; a repeat after that does not.
+    metrics = Metrics()
+    settings = gate_settings(max_messages=1).model_copy(
+        update={"receivers": {"oncall": AlertReceiverSettings(to=(A,))}}
+    )
+    relay = AlertRelay(settings, metrics, pages)
+    receiver = relay.receiver("oncall")
+    assert receiver is not None
+    notification = parse_notification(payload())
+
+    async def refused(numbers: Sequence[str], text: str, route: RouteTarget | None) -> str:
+        raise LedgerError("disk full")
+
+    async def stored(numbers: Sequence[str], text: str, route: RouteTarget | None) -> str:
+        return "MSG1"
+
+    with pytest.raises(LedgerError):
+        await relay.deliver(notification, receiver, "text", 1000.0, refused)
+    reply = await relay.deliver(notification, receiver, "text", 1001.0, stored)
+    assert (reply["outcome"], reply["message_id"]) == ("sent", "MSG1")
+    repeat = await relay.deliver(notification, receiver, "text", 1002.0, stored)
+    assert (repeat["outcome"], repeat["duplicate_of"]) == ("deduplicated", "MSG1")
+    counted = [
+        metrics.registry.get_sample_value(
+            "goipd_alertmanager_notifications_total", {"receiver": "oncall", "outcome": outcome}
+        )
+        for outcome in ("failed", "sent", "deduplicated")
+    ]
+    assert counted == [1, 1, 1]

@@ -1,25 +1,29 @@
 """Cloud providers' periodic work, with a real SQLite ledger and the simulators over loopback:
 overdue sends are asked about page by page (sends whose report stays pending at the provider
-for hours must not keep every later send from being asked about), and c123 replies fetched while
-the ledger refuses writes (a real SQLite writer switched to query-only) are kept and stored
-first on the next poll, with no new fetch while they cannot be stored."""
+for hours must not keep every later send from being asked about), and c123 replies: none is
+fetched while the ledger refuses writes (a real SQLite writer switched to query-only), and those
+a fetch got as it began to refuse are fetched again by the hour once it takes them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import SecretStr
 
 from goipd.clouds.providers import CloudContext, CloudFleet
+from goipd.clouds.reply_recovery import load
 from goipd.config import C123Settings, CloudProviderConfig, ReconcileSettings, SmsgoSettings
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
-from goipd.model import Claim, NewMessage, Outcome, State
+from goipd.model import Claim, LedgerError, NewMessage, Outcome, State
 from goipd.sim.c123 import RunningC123Sim, start_c123_sim
 from goipd.sim.smsgo import RunningSmsgoSim, start_smsgo_sim
 from goipd.upstream.cloud import PullsInbound
+from tests.helpers.checks import eventually
 from tests.helpers.ledgers import set_read_only
 
 PASSWORD = "smsgo-secret"
@@ -89,40 +93,79 @@ async def c123() -> AsyncIterator[RunningC123Sim]:
     await sim.close()
 
 
-async def test_replies_fetched_while_the_ledger_refuses_are_stored_next_poll(
+async def test_no_reply_is_fetched_while_the_ledger_cannot_take_the_fetchs_announcement(
     c123: RunningC123Sim, ledger: SqliteLedger
 ) -> None:
-    metrics = Metrics()
-    fleet = CloudFleet(CloudContext(ledger, metrics, lambda: ()), lambda: ReconcileSettings())
-    settings = C123Settings(
-        uid="9999", password=SecretStr(C123_PASSWORD), url=c123.url, timeout="1s"
-    )
-    fleet.configure([CloudProviderConfig("c123", settings, SecretStr(C123_PASSWORD), None)], None)
-    provider = fleet.get("c123")
-    assert isinstance(provider, PullsInbound)
+    fleet, provider = _c123_fleet(c123, ledger)
+    try:
+        c123.sim.add_reply("13800138000", "收到")
+        await set_read_only(ledger, True)
+        # The job fails (logged as cloud_job_failed) before any fetch: c123 keeps the reply for
+        # a poll that can keep it.
+        with pytest.raises(LedgerError):
+            await fleet._pull_inbound("c123", provider)
+        assert c123.sim.handed_out == [] and c123.sim.counters["rx_requests"] == 0
+        await set_read_only(ledger, False)
+        await fleet._pull_inbound("c123", provider)
+        assert [i.content for i in await ledger.list_inbound(10, None)] == ["收到"]
+        plan = await load(ledger, "c123", datetime.now(UTC))
+        assert plan.fetching is None and plan.last_whole_fetch is not None
+    finally:
+        await fleet.stop()
+
+
+async def test_replies_the_ledger_refused_are_fetched_again_by_the_hour_once_it_takes_them(
+    c123: RunningC123Sim, ledger: SqliteLedger
+) -> None:
+    fleet, provider = _c123_fleet(c123, ledger)
 
     def pending() -> float | None:
-        return metrics.registry.get_sample_value(
+        return fleet.ctx.metrics.registry.get_sample_value(
             "goipd_cloud_replies_pending", {"provider": "c123"}
         )
 
     try:
         c123.sim.add_reply("13800138000", "收到")
         c123.sim.add_reply("13900139000", "明天见")
+        c123.sim.set_fault("slow", delay=0.5)
+        poll = asyncio.create_task(fleet._pull_inbound("c123", provider))
+
+        async def announced() -> bool:
+            return (await load(ledger, "c123", datetime.now(UTC))).fetching is not None
+
+        await eventually(announced, 5, "the fetch announced")
+        # The ledger refuses writes while the fetch is on its way: its replies cannot be stored.
         await set_read_only(ledger, True)
-        await fleet._pull_inbound("c123", provider)
+        await poll
         assert len(c123.sim.handed_out) == 2  # gone from c123 now
         assert pending() == 2
-        # Still refused: the kept replies are not stored, and nothing more is fetched.
+        # Still refused: nothing more is fetched.
+        c123.sim.set_fault("none")
         c123.sim.add_reply("13700137000", "later")
-        await fleet._pull_inbound("c123", provider)
-        assert len(c123.sim.handed_out) == 2 and pending() == 2
+        with pytest.raises(LedgerError):
+            await fleet._pull_inbound("c123", provider)
+        assert len(c123.sim.handed_out) == 2 and c123.sim.counters["rx_requests"] == 1
         await set_read_only(ledger, False)
-        await fleet._pull_inbound("c123", provider)
-        stored = await ledger.list_inbound(10, None)
-        # The kept ones first, then the newly fetched one.
-        assert [i.content for i in reversed(stored)] == ["收到", "明天见", "later"]
-        assert [i.from_number for i in reversed(stored)][:2] == ["+8613800138000", "+8613900139000"]
-        assert pending() == 0 and len(c123.sim.handed_out) == 3
+        # The unfinished fetch's hours, one per poll, then the plain fetch of what waits.
+        while (await load(ledger, "c123", datetime.now(UTC))).hours or c123.sim.pending:
+            await fleet._pull_inbound("c123", provider)
+        stored = sorted((i.from_number, i.content) for i in await ledger.list_inbound(10, None))
+        assert stored == [
+            ("+8613700137000", "later"),
+            ("+8613800138000", "收到"),
+            ("+8613900139000", "明天见"),
+        ]
+        assert pending() == 0
     finally:
         await fleet.stop()
+
+
+def _c123_fleet(c123: RunningC123Sim, ledger: SqliteLedger) -> tuple[CloudFleet, PullsInbound]:
+    fleet = CloudFleet(CloudContext(ledger, Metrics(), lambda: ()), lambda: ReconcileSettings())
+    settings = C123Settings(
+        uid="9999", password=SecretStr(C123_PASSWORD), url=c123.url, timeout="2s"
+    )
+    fleet.configure([CloudProviderConfig("c123", settings, SecretStr(C123_PASSWORD), None)], None)
+    provider = fleet.get("c123")
+    assert isinstance(provider, PullsInbound)
+    return fleet, provider

@@ -7,6 +7,7 @@ from pydantic import SecretStr
 from goipd.config import RouteRule, RouteTarget, RoutingSettings, Server, parse_settings
 from goipd.dispatch.routing import CloudChoice, LineChoice, Router, match_rule
 from goipd.fleet.registry import LineRegistry, ManualQuarantine
+from goipd.ledger.shared import ProviderDisable
 from goipd.model import whole_server
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import LineStatus, TextParts
@@ -188,6 +189,40 @@ def test_a_disabled_provider_gets_one_probe_per_interval() -> None:
     assert router.disabled_by("paasoo") is None
     assert router.choose(targets, NOW + 1202) == CloudChoice("paasoo", 1)
     assert router.choose(targets, NOW + 1203) == CloudChoice("paasoo", 1)
+
+
+def test_changes_are_reported_adoptions_are_not_and_only_a_prober_probes() -> None:
+    probing = {"paasoo": False}
+    router = Router(
+        LineRegistry({}),
+        RoutingSettings(provider_probe_interval="10m"),
+        (),
+        {},
+        ("smsgo", "paasoo"),
+        probes=lambda name: probing[name],
+    )
+    changed: list[str] = []
+    router.on_cloud_change = changed.append
+    targets = router.targets_for("+886912345678")
+    assert router.disable_cloud("paasoo", NOW, "404") is True
+    assert router.disable_cloud("paasoo", NOW + 5, "401") is False
+    assert router.cloud_disable("paasoo") == ProviderDisable("paasoo", "401", NOW, NOW + 605)
+    assert changed == ["paasoo", "paasoo"]
+    # Not this instance's to probe: the provider stays out past its probe time.
+    assert router.choose(targets, NOW + 605) == CloudChoice("smsgo", 1)
+    probing["paasoo"] = True
+    assert router.choose(targets, NOW + 606) == CloudChoice("paasoo", 1)
+    # An adopted disable keeps the probe time this router moved on; adopting changes nothing
+    # to store.
+    stored = ProviderDisable("paasoo", "401", NOW, NOW + 605)
+    assert router.adopt_cloud_disable(stored) is False
+    assert router.cloud_disable("paasoo") == ProviderDisable("paasoo", "401", NOW, NOW + 1206)
+    assert router.adopt_cloud_enable("paasoo") is True and router.adopt_cloud_enable("x") is False
+    assert router.adopt_cloud_disable(stored) is True
+    assert router.cloud_disable("paasoo") == stored
+    assert router.adopt_cloud_disable(ProviderDisable("unknown", "1", NOW, NOW)) is False
+    assert changed == ["paasoo", "paasoo"]
+    assert router.enable_cloud("paasoo") is True and changed[-1] == "paasoo"
 
 
 def test_a_paused_provider_is_left_out_until_the_pause_ends() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import structlog
 
+from goipd.fleet import snapshot
 from goipd.fleet.registry import LineRegistry, LineState, ManualQuarantine
+from goipd.ledger.shared import AutoQuarantine
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import LineStatus
 
@@ -118,3 +120,25 @@ def test_release_ends_an_automatic_quarantine_early() -> None:
     assert registry.release_auto("hq", "G1", NOW + 1) is True
     assert not line.quarantined(NOW + 1)
     assert registry.release_auto("hq", "G1", NOW + 1) is False
+
+
+def test_quarantines_after_errors_are_adopted_whole_and_kept_for_absent_lines() -> None:
+    registry = LineRegistry(["hq"])
+    registry.apply_poll("hq", [status("G1")], NOW)
+    g1 = AutoQuarantine("hq", "G1", "3 line errors in a row (CMS 331)", "331", NOW, NOW + 600)
+    g9 = AutoQuarantine("hq", "G9", "3 line errors in a row (CMS 332)", "332", NOW, NOW + 60)
+    assert registry.replace_auto({("hq", "G1"): g1, ("hq", "G9"): g9}, NOW) is False
+    line = registry.line("hq", "G1")
+    assert line is not None and line.auto_quarantined(NOW + 1)
+    assert line.quarantine_reason == g1.reason
+    # G9 appears, from a poll or from another instance's snapshot: quarantined at once.
+    owner = LineRegistry(["hq"])
+    owner.apply_poll("hq", [status("G1"), status("G9")], NOW + 1)
+    snapshot.apply(registry, "hq", snapshot.encode(owner.servers["hq"]))
+    g9_line = registry.line("hq", "G9")
+    assert g9_line is not None and g9_line.auto_quarantined(NOW + 2)
+    # The ledger no longer has G1 (released elsewhere): a running one ended. G9 ran out.
+    assert registry.replace_auto({("hq", "G9"): g9}, NOW + 2) is True
+    assert not line.quarantined(NOW + 2) and line.quarantine_reason is None
+    assert registry.replace_auto({}, NOW + 60) is False
+    assert registry.auto == {}

@@ -1,0 +1,42 @@
+"""Cloud delivery reports held until their send is recorded (the `HeldStore` role of base.py):
+what both backends store and return.
+
+Bounds are the callers': `held_reports` holds at most `limit` rows (goipd/reports/cloud.py
+HELD_LIMIT; the oldest give way) and none older than `keep_for` (HELD_FOR) once a retry round
+has run (every instance runs one a second). `handover_retries` holds at most `limit` rows
+(goipd/dispatch/dispatcher.py HANDOVER_RETRIES), rows are written only by failed hand-overs,
+and each write deletes those of no more use: retry times over `keep_for` past
+(HANDOVER_RETRY_KEEP), and passed ones whose recipient was claimed again or left the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from goipd.model import State
+
+HeldKey = tuple[str, str, str | None]
+"""(provider, provider message id, number as the report gave it or None): one held report. A
+repeat of the same report has the same key and keeps one row."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldReport:
+    """A delivery report nobody matched yet, and when it is to be matched again."""
+
+    provider: str
+    upstream_id: str
+    number: str | None
+    state: State
+    """DELIVERED or FAILED: a pending status is never held."""
+    code: str
+    meaning: str
+    held_at: float
+    """When it first came: its age (keep_for, and which ones give way to the size cap)."""
+    next_try: float
+    wait: float
+    """Seconds between the tries (doubling after a while)."""
+
+    @property
+    def key(self) -> HeldKey:
+        return (self.provider, self.upstream_id, self.number)
