@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from goipd.accept.alerts import AlertRelay
+from goipd.callbacks.sender import StatusCallbackSender
 from goipd.clouds.providers import CloudFleet
 from goipd.config import ConfigError, Settings, load_settings
 from goipd.dispatch.disables import ProviderDisables
@@ -134,6 +135,8 @@ class Daemon:
             lambda: self.settings.inbound,
             runs=lambda: self.coordinator.holds(FORWARD_LEASE),
         )
+        # Every instance delivers status callbacks: events are claimed in the ledger.
+        self.callbacks = StatusCallbackSender(self.ledger, lambda: self.settings, self.metrics)
         self.api = ApiContext(
             ledger=self.ledger,
             settings=lambda: self.settings.api,
@@ -143,6 +146,8 @@ class Daemon:
             wake_dispatch=self.dispatcher.wake,
             clock=time.time,
             cancel_handed_over=self.clouds.cancel_handed_over,
+            caller_defaults=lambda client: self.settings.api_clients.get(client),
+            private_callbacks=lambda: self.settings.callbacks.allow_private,
         )
         self.alert_relay = AlertRelay(settings.alerting, self.metrics, self.ledger)
         self.web_app = web_server.build_app(
@@ -221,6 +226,7 @@ class Daemon:
         self._tasks = [
             self._supervise("dispatch", self.dispatcher.run),
             self._supervise("forward", self.forwarder.run),
+            self._supervise("callbacks", self.callbacks.run),
             self._supervise("clouds", self.clouds.run),
             self._supervise("held_reports", self.held_reports.run),
             self._supervise("inbox", self.inbox.run),
@@ -362,6 +368,7 @@ class Daemon:
         await self.reconciler.stop()
         await self.clouds.stop()
         await self.forwarder.stop()
+        await self.callbacks.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -397,6 +404,12 @@ def _secrets(settings: Settings) -> list[str]:
             values.append(provider.hook_token.get_secret_value())
     for url in settings.inbound.forward_urls:
         values.extend(url_secrets(url))
+    for client in settings.api_clients.values():
+        values.append(client.signing_secret.get_secret_value())
+        if client.status_url is not None:
+            values.extend(url_secrets(client.status_url))
+    if settings.callback_secret is not None:
+        values.append(settings.callback_secret.get_secret_value())
     return values
 
 

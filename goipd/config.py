@@ -7,12 +7,13 @@ message ever echoes the value of a secret.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -23,8 +24,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -88,9 +91,60 @@ def _check_listen(value: str) -> str:
     return value
 
 
+class ApiTokenSettings(_Strict):
+    """One API client: its token, and what its messages get when they do not say."""
+
+    token: SecretStr | None = None
+    token_env: str | None = None
+    token_file: str | None = None
+    status_url: str | None = None
+    """Where its messages' state changes are POSTed unless a message names another URL."""
+    status_events: tuple[str, ...] | None = None
+    signing_secret: SecretStr | None = None
+    """Signs its status callbacks (Goipd-Signature); default: the token itself."""
+    signing_secret_env: str | None = None
+    signing_secret_file: str | None = None
+    valid_for: Duration | None = None
+    """Default validity of its messages (not handed to an upstream by then: expired)."""
+
+    @field_validator("status_events")
+    @classmethod
+    def _events(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        unknown = [v for v in value if v not in STATUS_EVENT_STATES]
+        if unknown:
+            raise ValueError(
+                f"unknown state {_show(unknown[0])}; expected some of "
+                + ", ".join(STATUS_EVENT_STATES)
+            )
+        if not value:
+            raise ValueError("give at least one state, or leave status_events out")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("valid_for")
+    @classmethod
+    def _valid_for(cls, value: float | None) -> float | None:
+        return None if value is None else _positive(value)
+
+
+_TOKEN_TAGS = ("plain token", "token mapping")
+
+
+def _token_kind(value: object) -> str:
+    return _TOKEN_TAGS[1] if isinstance(value, dict | ApiTokenSettings) else _TOKEN_TAGS[0]
+
+
+TokenEntry = Annotated[
+    Annotated[SecretStr, Tag(_TOKEN_TAGS[0])] | Annotated[ApiTokenSettings, Tag(_TOKEN_TAGS[1])],
+    Discriminator(_token_kind),
+]
+
+
 class HttpSettings(_Strict):
     listen: Annotated[str, BeforeValidator(lambda v: _check_listen(v) if isinstance(v, str) else v)]
-    api_tokens: tuple[SecretStr, ...] = ()
+    api_tokens: tuple[TokenEntry, ...] = ()
+    """A plain token, or a mapping with the token and its client's defaults."""
     api_tokens_file: str | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     public_url: (
@@ -351,6 +405,127 @@ class InboundSettings(_Strict):
         return value
 
 
+STATUS_URL_MAX = 2048
+STATUS_EVENT_STATES: tuple[str, ...] = (
+    "submitted",
+    "sent",
+    "delivered",
+    "failed",
+    "cancelled",
+    "expired",
+)
+"""The states a caller may ask to be told about (the internal `dispatching` never is)."""
+DEFAULT_STATUS_EVENTS: tuple[str, ...] = ("sent", "delivered", "failed", "cancelled", "expired")
+"""Reported when a caller gives a status_url but no status_events."""
+
+
+class CallbackSettings(_Strict):
+    """Status callbacks: recipient state changes POSTed to the callers' status_url
+    (docs/status-callbacks.md)."""
+
+    allow_private: bool = False
+    """Allow status URLs whose host is (or resolves to) a loopback, private, link-local or
+    otherwise non-public address. Off, goipd cannot be used to reach into its own network."""
+    timeout: Duration = 10.0
+    give_up_after: Duration = 86400.0
+    """An event not delivered this long after its state change is dropped (counted given_up)."""
+    max_pending_per_receiver: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Beyond this many stored events for one receiver (scheme://host:port) its oldest are
+    dropped (counted dropped_over_cap): a receiver gone for good cannot fill the ledger."""
+    max_in_flight: int = Field(default=16, ge=1, le=1024)
+    max_in_flight_per_receiver: int = Field(default=4, ge=1, le=1024)
+    """Concurrent POSTs to one receiver: one that hangs holds at most this many of
+    max_in_flight, so the others keep being served."""
+    retry_min: Duration = 5.0
+    """Back-off after a receiver's first failure; doubled per failure in a row (with jitter)."""
+    retry_max: Duration = 600.0
+    poll_interval: Duration = 1.0
+    """How often stored events are looked for (besides at once after a delivery)."""
+    signing_secret: SecretStr | None = None
+    """Signs the events of messages accepted without a token (an API open on loopback);
+    without it they cannot be signed and are dropped (counted unsigned)."""
+    signing_secret_env: str | None = None
+    signing_secret_file: str | None = None
+
+    @field_validator("timeout", "retry_min", "retry_max", "poll_interval", "give_up_after")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        return _positive(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CallbackSettings:
+        if self.retry_max < self.retry_min:
+            raise ValueError(
+                f"retry_max ({format_duration(self.retry_max)}) must not be shorter than "
+                f"retry_min ({format_duration(self.retry_min)})"
+            )
+        if self.max_in_flight_per_receiver > self.max_in_flight:
+            raise ValueError(
+                f"max_in_flight_per_receiver ({self.max_in_flight_per_receiver}) must not be "
+                f"more than max_in_flight ({self.max_in_flight})"
+            )
+        return self
+
+
+def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a status callback may not go to this address unless callbacks.allow_private (SSRF:
+    goipd must not become a way into its own network); None if it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for kind, hit in (
+        ("unspecified", address.is_unspecified),
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("shared (carrier-grade NAT)", address in ipaddress.ip_network("100.64.0.0/10")),
+    ):
+        if hit:
+            return f"{address} is a {kind} address"
+    return None
+
+
+def check_status_url(url: str, allow_private: bool) -> str | None:
+    """The problem with a status callback URL, for a 422 or a config error; None if it is
+    acceptable. Only literal addresses are judged here: host names are resolved and checked
+    at every delivery (goipd/callbacks/targets.py), where DNS cannot be changed under us."""
+    if not isinstance(url, str) or not url:
+        return "expected an http:// or https:// URL"
+    if len(url) > STATUS_URL_MAX:
+        return f"must be at most {STATUS_URL_MAX} characters, got {len(url)}"
+    if any(ord(c) <= 32 or ord(c) >= 127 for c in url):
+        # ASCII only (punycode hosts, percent-encoded paths): the ledger derives each URL's
+        # receiver in SQL, whose lower() folds ASCII alone.
+        return "must be ASCII without spaces or control characters (percent-encode the rest)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a valid URL (bad host or port)"
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http:// or https:// URL, got scheme {_show(parts.scheme)}"
+    host = parts.hostname
+    if not host:
+        return "has no host"
+    if parts.username is not None or parts.password is not None:
+        # Basic-auth credentials in the URL would be stored with every event and end up in
+        # logs of proxies; the signature authenticates goipd to the receiver instead.
+        return "must not carry user:password@ credentials; verify the Goipd-Signature header"
+    if port == 0:
+        return "port 0 is not a valid port"
+    if allow_private:
+        return None
+    if host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost"):
+        return f"{host} is a loopback host (set callbacks.allow_private to allow it)"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    problem = refused_address(address)
+    return None if problem is None else f"{problem} (set callbacks.allow_private to allow it)"
+
+
 class HaSettings(_Strict):
     """Several goipd instances on one PostgreSQL ledger (docs/high-availability.md)."""
 
@@ -563,6 +738,7 @@ class RawSettings(_Strict):
     providers: ProvidersSettings = ProvidersSettings()
     alerting: AlertingSettings = AlertingSettings()
     ha: HaSettings = HaSettings()
+    callbacks: CallbackSettings = CallbackSettings()
 
 
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
@@ -610,6 +786,22 @@ class Server:
 
 
 @dataclass(frozen=True)
+class ApiClient:
+    """What an API token's messages get by default, and how their status callbacks are
+    signed. Keyed by the token's fingerprint (goipd/web/auth.py)."""
+
+    status_url: str | None
+    status_events: tuple[str, ...] | None
+    signing_secret: SecretStr
+    valid_for: float | None
+
+
+def token_fingerprint(token: str) -> str:
+    """The same as goipd/web/auth.py's: sha256 hex, first 12; '' for no token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else ""
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path | None
     http: HttpSettings
@@ -627,6 +819,11 @@ class Settings:
     alerting: AlertingSettings = AlertingSettings()  # noqa: RUF009 - frozen, safe to share
     """Receivers' numbers in E.164."""
     ha: HaSettings = HaSettings()  # noqa: RUF009 - frozen, safe to share
+    callbacks: CallbackSettings = CallbackSettings()  # noqa: RUF009 - frozen, safe to share
+    api_clients: Mapping[str, ApiClient] = field(default_factory=dict)
+    """Token fingerprint → its client's defaults and signing secret; every token has one."""
+    callback_secret: SecretStr | None = None
+    """callbacks.signing_secret resolved: signs events of messages accepted without a token."""
     warnings: tuple[str, ...] = ()
     inline_secrets: bool = False
     """Some secret is written in the config file itself (not via _env/_file)."""
@@ -738,7 +935,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith("function-") or part in ("str", "float"):
+        elif part.startswith("function-") or part in ("str", "float", *_TOKEN_TAGS):
             # pydantic adds validator/type names into the location of Annotated types
             continue
         else:
@@ -796,17 +993,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         )
         problems.extend(_push_url_problems(resolved, path, raw.http.public_url))
         servers.append(resolved)
-    tokens = list(raw.http.api_tokens)
-    if raw.http.api_tokens_file is not None:
-        file_tokens = _read_secret_file(
-            raw.http.api_tokens_file, "http.api_tokens_file", base, env, problems
-        )
-        if file_tokens is not None:
-            tokens.extend(
-                SecretStr(line.strip())
-                for line in file_tokens.splitlines()
-                if line.strip() and not line.lstrip().startswith("#")
-            )
+    tokens, clients = _resolve_tokens(raw, base, env, problems)
     if not tokens and raw.http.api_tokens_file is None and not _is_loopback(raw.http.host):
         problems.append(
             (
@@ -815,11 +1002,9 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
                 "(without tokens the API is open to anyone who can connect)",
             )
         )
-    for index, token in enumerate(tokens):
-        if len(token.get_secret_value()) < 16:
-            problems.append(
-                (f"http.api_tokens[{index}]", "tokens must be at least 16 characters long")
-            )
+    callback_secret = _secret(
+        raw.callbacks, "signing_secret", "callbacks", base, env, problems, required=False
+    )
     providers = _resolve_providers(raw.providers, base, env, problems)
     problems.extend(_route_problems(raw, seen))
     alerting, alerting_problems = _alerting_problems(raw, seen)
@@ -842,8 +1027,17 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         providers=providers,
         alerting=alerting,
         ha=raw.ha,
+        callbacks=raw.callbacks,
+        api_clients=clients,
+        callback_secret=callback_secret,
         warnings=tuple(warnings),
-        inline_secrets=bool(raw.http.api_tokens)
+        inline_secrets=any(
+            not isinstance(t, ApiTokenSettings)
+            or t.token is not None
+            or t.signing_secret is not None
+            for t in raw.http.api_tokens
+        )
+        or raw.callbacks.signing_secret is not None
         or any(s.password is not None or s.hook_token is not None for s in raw.servers)
         or any(
             p.settings.model_dump().get(k) is not None
@@ -851,6 +1045,64 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             for k in ("password", "secret", "hook_token")
         ),
     )
+
+
+def _resolve_tokens(
+    raw: RawSettings, base: Path, env: Mapping[str, str], problems: list[tuple[str, str]]
+) -> tuple[list[SecretStr], dict[str, ApiClient]]:
+    """Every API token (config entries, then api_tokens_file lines) and its client entry."""
+    tokens: list[SecretStr] = []
+    clients: dict[str, ApiClient] = {}
+    first_seen: dict[str, tuple[str, bool]] = {}
+
+    def add(token: SecretStr, client: ApiClient, path: str, plain: bool) -> None:
+        if len(token.get_secret_value()) < 16:
+            problems.append((path, "tokens must be at least 16 characters long"))
+            return
+        key = token_fingerprint(token.get_secret_value())
+        if key in first_seen:
+            earlier, earlier_plain = first_seen[key]
+            if not (plain and earlier_plain):
+                # Which entry's defaults held would depend on the order of the list.
+                problems.append((path, f"the same token as {earlier}"))
+            return
+        first_seen[key] = (path, plain)
+        tokens.append(token)
+        clients[key] = client
+
+    for index, entry in enumerate(raw.http.api_tokens):
+        path = f"http.api_tokens[{index}]"
+        if not isinstance(entry, ApiTokenSettings):
+            add(entry, ApiClient(None, None, entry, None), path, plain=True)
+            continue
+        token = _secret(entry, "token", path, base, env, problems, required=True)
+        secret = _secret(entry, "signing_secret", path, base, env, problems, required=False)
+        if entry.status_url is not None:
+            problem = check_status_url(entry.status_url, raw.callbacks.allow_private)
+            if problem is not None:
+                problems.append((f"{path}.status_url", problem))
+        if entry.status_events is not None and entry.status_url is None:
+            problems.append((f"{path}.status_events", "has no effect without status_url; set both"))
+        if token is None:
+            continue
+        client = ApiClient(entry.status_url, entry.status_events, secret or token, entry.valid_for)
+        add(token, client, path if entry.token is None else f"{path}.token", plain=False)
+    if raw.http.api_tokens_file is not None:
+        file_tokens = _read_secret_file(
+            raw.http.api_tokens_file, "http.api_tokens_file", base, env, problems
+        )
+        lines = [
+            line.strip()
+            for line in (file_tokens or "").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        for number, line in enumerate(lines, start=1):
+            token = SecretStr(line)
+            if token_fingerprint(line) in first_seen:
+                continue  # listed in the config too: the config's entry (and defaults) hold
+            client = ApiClient(None, None, token, None)
+            add(token, client, f"http.api_tokens_file (token {number})", plain=True)
+    return tokens, clients
 
 
 def _push_url_problems(server: Server, path: str, public_url: str | None) -> list[tuple[str, str]]:

@@ -7,11 +7,14 @@ A recipient moves through these states, and ends in exactly one final state:
        └──retry (line)────┴──────────────────────┘                      │
     queued/scheduled ──DELETE──► cancelled         any non-final ──► failed (recipient/content
                                                                      error, attempts exhausted,
-                                                                     expired, report_timeout,
+                                                                     report_timeout,
                                                                      server_removed)
+    queued/dispatching ──validity ended (expires_at, routing.max_queue_age)──► expired
 
 `dispatching` is internal (shown as `submitted` by the API): the row says which server and line
 were asked *before* the upstream call, so a crash inside that call is detectable afterwards.
+`expired` is reached only before an upstream was asked: a recipient handed over is never
+expired, whatever becomes of it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ class State(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
-FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED})
+FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED, State.EXPIRED})
 # `sent` is final for dispatch (no more sending) but a receipt may still move it to delivered.
 RANK = {
     State.QUEUED: 0,
@@ -41,7 +45,13 @@ RANK = {
     State.DELIVERED: 4,
     State.FAILED: 4,
     State.CANCELLED: 4,
+    State.EXPIRED: 4,
 }
+PRIORITIES = range(4)
+"""Message priorities, lowest first: 0 bulk, 1 normal (the default), 2 high, 3 urgent."""
+NORMAL_PRIORITY = 1
+EXPIRED_CODE = "validity"
+EXPIRED_MEANING = "not handed to an upstream before the message's validity ended"
 
 
 class LedgerError(Exception):
@@ -65,6 +75,13 @@ class NewMessage:
     duplicate_since: float | None = None
     """The flood guard: refuse the message if one of its numbers got the same text (and that
     recipient is not cancelled or failed) at or after this time. None: no check."""
+    priority: int = NORMAL_PRIORITY
+    expires_at: float | None = None
+    """Unix time after which a recipient not yet handed to an upstream expires unsent."""
+    status_url: str | None = None
+    """Where the recipients' state changes are POSTed (goipd/callbacks/)."""
+    status_events: str | None = None
+    """The states to report there, comma-separated (e.g. "sent,delivered,failed")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +108,10 @@ class Recipient:
     submitted_at: float | None
     sent_at: float | None
     delivered_at: float | None
+    expires_at: float | None = None
+    """Its message's validity end: not handed to an upstream by then, it expires."""
+    priority: int = NORMAL_PRIORITY
+    """Its message's priority."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +126,10 @@ class Message:
     created_at: float
     client: str
     recipients: tuple[Recipient, ...] = field(default=())
+    priority: int = NORMAL_PRIORITY
+    expires_at: float | None = None
+    status_url: str | None = None
+    status_events: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -976,6 +976,60 @@ def fleet_overview() -> Json:
         8,
     )
 
+    lay.row("Status callbacks and validity")
+    lay.add(
+        timeseries(
+            "Status callbacks pending per receiver",
+            "Status events stored and not yet delivered, per receiver (scheme://host:port of the "
+            "callers' status_url); the same on every instance sharing a ledger, hence max. "
+            "Growing: the receiver is down or slower than its events "
+            "(GoipdStatusCallbacksFailing).",
+            targets(("max by (receiver) (goipd_status_callbacks_pending)", "{{receiver}}")),
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Status callbacks per second by result",
+            "Status callback deliveries per receiver and result: delivered, retried (timeout, "
+            "connection error or non-2xx answer; backed off), dropped_gone (410), given_up "
+            "(callbacks.give_up_after), dropped_over_cap, unsigned (the caller's API token is "
+            "gone), refused (a loopback or private address).",
+            targets(
+                (
+                    "sum by (receiver, result) (rate(goipd_status_callbacks_total"
+                    "[$__rate_interval])) > 0",
+                    "{{receiver}} {{result}}",
+                )
+            ),
+            unit="reqps",
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Recipients expired unsent",
+            "Recipients per second that expired before an upstream took them: validity (the "
+            "message's expires_at or valid_for ended while it waited for a line) or "
+            "max_queue_age (routing.max_queue_age). Steadily above zero: the fleet is too "
+            "slow for what callers expect of it.",
+            targets(
+                (
+                    "sum by (cause) (rate(goipd_recipients_expired_total[$__rate_interval])) > 0",
+                    "{{cause}}",
+                )
+            ),
+            unit="reqps",
+            minimum=0,
+        ),
+        8,
+        8,
+    )
+
     return dashboard(
         FLEET_UID,
         "goipd fleet overview",

@@ -478,3 +478,162 @@ def test_check_config_shows_push_url_lengths_and_push_urls_prints_them(tmp_path:
     assert "branch_2: no hook_token" in printed.stdout
     other = goipd("push-urls", str(path), "--base", "http://10.0.0.5:8080/")
     assert "http://10.0.0.5:8080/hooks/goip/hq/status?token=" in other.stdout
+
+
+# --- API clients and status callbacks -----------------------------------------------------------
+
+TOKEN_A = "plain-token-0123456789"
+TOKEN_B = "crm-token-0123456789ab"
+
+
+def _fingerprint(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def test_api_tokens_may_be_mappings_with_their_clients_defaults(tmp_path: Path) -> None:
+    (tmp_path / "crm-secret").write_text("crm-signing-secret-01\n")
+    (tmp_path / "tokens").write_text("# more\nfile-token-0123456789\n")
+    text = f"""
+http:
+  listen: "0.0.0.0:8080"
+  api_tokens:
+    - {TOKEN_A}
+    - token_env: CRM_TOKEN
+      status_url: "https://crm.example.com/sms/status?ref=goipd"
+      status_events: [sent, delivered, failed, sent]
+      signing_secret_file: crm-secret
+      valid_for: 1h
+  api_tokens_file: tokens
+callbacks:
+  timeout: 5s
+  max_in_flight: 8
+"""
+    settings = parse_settings(text, source=tmp_path / "goipd.yaml", environ={"CRM_TOKEN": TOKEN_B})
+    assert [t.get_secret_value() for t in settings.api_tokens] == [
+        TOKEN_A,
+        TOKEN_B,
+        "file-token-0123456789",
+    ]
+    plain = settings.api_clients[_fingerprint(TOKEN_A)]
+    assert (plain.status_url, plain.status_events, plain.valid_for) == (None, None, None)
+    assert plain.signing_secret.get_secret_value() == TOKEN_A
+    crm = settings.api_clients[_fingerprint(TOKEN_B)]
+    assert crm.status_url == "https://crm.example.com/sms/status?ref=goipd"
+    assert crm.status_events == ("sent", "delivered", "failed")
+    assert crm.signing_secret.get_secret_value() == "crm-signing-secret-01"
+    assert crm.valid_for == 3600.0
+    from_file = settings.api_clients[_fingerprint("file-token-0123456789")]
+    assert from_file.signing_secret.get_secret_value() == "file-token-0123456789"
+    assert (settings.callbacks.timeout, settings.callbacks.max_in_flight) == (5.0, 8)
+    assert settings.callbacks.allow_private is False
+    assert settings.callbacks.give_up_after == 86400.0
+    assert settings.callbacks.max_pending_per_receiver == 10_000
+    assert settings.inline_secrets  # the plain token is written in the file
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (
+            "{status_url: 'https://crm.example/s'}",
+            "http.api_tokens[0].token: required: set one of token / token_env / token_file",
+        ),
+        (
+            f"{{token: {TOKEN_B}, token_env: X}}",
+            "http.api_tokens[0].token_env: give only one of token / token_env / token_file",
+        ),
+        (
+            "{token: short}",
+            "http.api_tokens[0].token: tokens must be at least 16 characters long",
+        ),
+        (
+            f"{{token: {TOKEN_B}, status_url: 'http://127.0.0.1:9000/s'}}",
+            "http.api_tokens[0].status_url: 127.0.0.1 is a loopback address",
+        ),
+        (
+            f"{{token: {TOKEN_B}, status_url: 'https://u:pw@crm.example/s'}}",
+            "http.api_tokens[0].status_url: must not carry user:password@ credentials",
+        ),
+        (
+            f"{{token: {TOKEN_B}, status_url: 'https://crm.example/s', status_events: [sent, read]}}",
+            'http.api_tokens[0].status_events: unknown state "read"',
+        ),
+        (
+            f"{{token: {TOKEN_B}, status_events: [sent]}}",
+            "http.api_tokens[0].status_events: has no effect without status_url",
+        ),
+        (
+            f"{{token: {TOKEN_B}, valid_for: soon}}",
+            'http.api_tokens[0].valid_for: expected a duration like 15s, got "soon"',
+        ),
+        (f"{{token: {TOKEN_B}, colour: red}}", "http.api_tokens[0].colour: unknown key"),
+    ],
+)
+def test_api_token_mapping_problems_name_their_key(entry: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(f"http:\n  listen: '127.0.0.1:1'\n  api_tokens: [{entry}]", environ={})
+    lines = info.value.lines()
+    assert any(line.startswith(f"<config>: {expected}") for line in lines), lines
+    # No problem ever echoes a token.
+    assert TOKEN_B not in "\n".join(info.value.lines())
+
+
+def test_the_same_token_twice_is_refused_when_either_has_defaults() -> None:
+    text = f"""
+http:
+  listen: "127.0.0.1:1"
+  api_tokens:
+    - {TOKEN_B}
+    - {{token: {TOKEN_B}, status_url: "https://crm.example/s"}}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, environ={})
+    assert info.value.lines() == [
+        "<config>: http.api_tokens[1].token: the same token as http.api_tokens[0]"
+    ]
+    both_plain = parse_settings(
+        f"http:\n  listen: '127.0.0.1:1'\n  api_tokens: [{TOKEN_B}, {TOKEN_B}]", environ={}
+    )
+    assert len(both_plain.api_clients) == 1
+
+
+def test_loopback_status_urls_pass_with_allow_private() -> None:
+    text = f"""
+http:
+  listen: "127.0.0.1:1"
+  api_tokens: [{{token: {TOKEN_B}, status_url: "http://127.0.0.1:9000/s"}}]
+callbacks:
+  allow_private: true
+"""
+    settings = parse_settings(text, environ={})
+    assert settings.api_clients[_fingerprint(TOKEN_B)].status_url == "http://127.0.0.1:9000/s"
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "expected"),
+    [
+        ("{timeout: 0s}", "callbacks.timeout: must be greater than 0s"),
+        ("{retry_min: 1m, retry_max: 10s}", "callbacks: retry_max (10s) must not be shorter"),
+        ("{max_in_flight: 2, max_in_flight_per_receiver: 4}", "callbacks: max_in_flight_per_r"),
+        ("{max_pending_per_receiver: 0}", "callbacks.max_pending_per_receiver: input should be"),
+        ("{signing_secret_env: NOPE}", "callbacks.signing_secret_env: environment variable NOPE"),
+        ("{allow_privat: true}", "callbacks.allow_privat: unknown key"),
+    ],
+)
+def test_callback_settings_problems_name_their_key(callbacks: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(f"callbacks: {callbacks}", environ={})
+    assert any(line.startswith(f"<config>: {expected}") for line in info.value.lines()), (
+        info.value.lines()
+    )
+
+
+def test_the_callback_signing_secret_resolves_from_the_environment() -> None:
+    settings = parse_settings(
+        "callbacks: {signing_secret_env: CB}", environ={"CB": "callback-secret-0123"}
+    )
+    assert settings.callback_secret is not None
+    assert settings.callback_secret.get_secret_value() == "callback-secret-0123"
+    assert settings.api_clients == {}

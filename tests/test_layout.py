@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"runtime", "upstream"},
     {"ledger", "metrics"},
     {"fleet"},
-    {"reports", "inbound"},
+    {"reports", "inbound", "callbacks"},
     {"dispatch", "clouds", "accept"},
     {"web"},
     {"app"},

@@ -38,6 +38,8 @@ def check_replay(stored: Message, new: NewMessage, now: float) -> None:
         stored.text == new.text
         and sorted(r.number for r in stored.recipients) == sorted(new.recipients)
         and stored.route == new.route
+        and stored.priority == new.priority
+        and stored.status_url == new.status_url
         # A retry after the scheduled time has passed reads send_at as "now" (None).
         and (
             stored.send_at == new.send_at
@@ -48,7 +50,7 @@ def check_replay(stored: Message, new: NewMessage, now: float) -> None:
         raise Problem(
             422,
             f"idempotency_key: already used for message {stored.id} with a different to, text, "
-            "route or send_at; use a new key for a new message",
+            "route, send_at, priority or status_url; use a new key for a new message",
             title="Idempotency key reused",
             original=stored.id,
         )

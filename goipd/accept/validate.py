@@ -4,21 +4,37 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 import phonenumbers
 from pydantic import ValidationError
 
-from goipd.config import ApiSettings, RouteTarget
-from goipd.model import NewMessage
+from goipd.callbacks.events import DEFAULT_EVENTS, EVENT_STATES
+from goipd.callbacks.targets import check_status_url
+from goipd.config import ApiSettings, RouteTarget, parse_duration
+from goipd.model import NORMAL_PRIORITY, PRIORITIES, NewMessage
 from goipd.problem import Problem, json_kind
 from goipd.upstream import segments
 
 
+class CallerDefaults(Protocol):
+    """What an API token's configuration says of its messages when they do not."""
+
+    @property
+    def status_url(self) -> str | None: ...
+
+    @property
+    def status_events(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def valid_for(self) -> float | None: ...
+
+
 class Limits(Protocol):
-    """What checking a message needs to know: the API settings and the configured routes."""
+    """What checking a message needs to know: the API settings, the configured routes, and
+    the defaults and callback targets allowed for the caller."""
 
     @property
     def settings(self) -> Callable[[], ApiSettings]: ...
@@ -29,10 +45,32 @@ class Limits(Protocol):
     @property
     def cloud_names(self) -> Callable[[], Collection[str]]: ...
 
+    @property
+    def caller_defaults(self) -> Callable[[str], CallerDefaults | None]: ...
 
-_MESSAGE_FIELDS = frozenset({"to", "text", "route", "idempotency_key", "send_at"})
+    @property
+    def private_callbacks(self) -> Callable[[], bool]: ...
+
+
+_MESSAGE_FIELDS = frozenset(
+    {
+        "to",
+        "text",
+        "route",
+        "idempotency_key",
+        "send_at",
+        "priority",
+        "expires_at",
+        "valid_for",
+        "status_url",
+        "status_events",
+    }
+)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_SCHEDULE_AHEAD = 30 * 86400.0
+MIN_VALIDITY = 10.0
+"""Shorter than a dispatch pass and a send: nothing could be sent in time."""
+MAX_VALIDITY = 30 * 86400.0
 
 
 def normalise_number(raw: object, region: str, where: str) -> str:
@@ -95,6 +133,92 @@ def _parse_send_at(value: object, now: float) -> float | None:
     return at if at > now else None
 
 
+def _parse_priority(value: object) -> int:
+    if value is None:
+        return NORMAL_PRIORITY
+    # bool is an int to Python, never a priority to a caller.
+    if not isinstance(value, int) or isinstance(value, bool) or value not in PRIORITIES:
+        raise Problem(
+            422,
+            f"priority: expected an integer from {PRIORITIES[0]} (bulk) to {PRIORITIES[-1]} "
+            f"(urgent), {NORMAL_PRIORITY} being normal; got {_shown(value)}",
+        )
+    return value
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:40] if isinstance(value, int | float | str) else json_kind(value)
+
+
+def _parse_validity(
+    body: dict[str, Any], start: float, now: float, default: float | None
+) -> float | None:
+    """The validity end the body asks for (`expires_at`, or `valid_for` counted from `start`,
+    when the message is due), else `default` counted from `start`; None: no end."""
+    expires_raw, valid_raw = body.get("expires_at"), body.get("valid_for")
+    if expires_raw is not None and valid_raw is not None:
+        raise Problem(422, "expires_at, valid_for: give one of them, not both")
+    if expires_raw is not None:
+        expires_at = _parse_time(expires_raw, "expires_at")
+        if expires_at <= now:
+            raise Problem(422, "expires_at: already past")
+        if expires_at <= start:
+            raise Problem(422, "expires_at: must be after send_at")
+        return expires_at
+    if valid_raw is not None:
+        if not isinstance(valid_raw, str):
+            raise Problem(
+                422,
+                f'valid_for: expected a duration like "5m" or "90s", got {json_kind(valid_raw)}',
+            )
+        try:
+            seconds = parse_duration(valid_raw)
+        except ValueError:
+            raise Problem(422, 'valid_for: expected a duration like "5m" or "90s"') from None
+        if not MIN_VALIDITY <= seconds <= MAX_VALIDITY:
+            raise Problem(422, "valid_for: from 10s to 30d")
+        return start + seconds
+    return None if default is None else start + default
+
+
+def _parse_status(
+    body: dict[str, Any], ctx: Limits, defaults: CallerDefaults | None
+) -> tuple[str | None, str | None]:
+    """(status_url, status_events as stored) the body or the caller's defaults ask for."""
+    url = body.get("status_url")
+    events = body.get("status_events")
+    if url is None:
+        if events is not None and (defaults is None or defaults.status_url is None):
+            raise Problem(422, "status_events: needs a status_url to send them to")
+        url = defaults.status_url if defaults is not None else None
+    elif not isinstance(url, str):
+        raise Problem(422, f"status_url: expected a URL string, got {json_kind(url)}")
+    else:
+        problem = check_status_url(url, ctx.private_callbacks())
+        if problem is not None:
+            raise Problem(422, f"status_url: {problem}")
+    if url is None:
+        return None, None
+    if events is None:
+        chosen: Sequence[str] = (
+            defaults.status_events
+            if defaults is not None and defaults.status_events is not None
+            else DEFAULT_EVENTS
+        )
+    elif not isinstance(events, list) or not events:
+        raise Problem(422, "status_events: expected a non-empty array of states")
+    else:
+        for index, event in enumerate(events):
+            if event not in EVENT_STATES:
+                raise Problem(
+                    422,
+                    f"status_events[{index}]: expected one of {', '.join(EVENT_STATES)}, "
+                    f"got {_shown(event)}",
+                )
+        chosen = events
+    return url, ",".join(state for state in EVENT_STATES if state in chosen)
+
+
 def validate_message(
     body: Any,
     ctx: Limits,
@@ -145,6 +269,9 @@ def validate_message(
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
         raise Problem(422, "idempotency_key: expected a string of 1 to 128 characters")
     info = segments.analyse(text)
+    send_at = _parse_send_at(body.get("send_at"), now)
+    defaults = ctx.caller_defaults(client)
+    status_url, status_events = _parse_status(body, ctx, defaults)
     return NewMessage(
         text=text,
         recipients=numbers,
@@ -152,7 +279,16 @@ def validate_message(
         encoding=info.encoding,
         route=_parse_route(body.get("route"), ctx),
         idempotency_key=key,
-        send_at=_parse_send_at(body.get("send_at"), now),
+        send_at=send_at,
         client=client,
         duplicate_since=duplicate_since,
+        priority=_parse_priority(body.get("priority")),
+        expires_at=_parse_validity(
+            body,
+            send_at if send_at is not None else now,
+            now,
+            defaults.valid_for if defaults is not None else None,
+        ),
+        status_url=status_url,
+        status_events=status_events,
     )

@@ -30,6 +30,13 @@ def run_show(args: argparse.Namespace) -> int:
         f"{reply['encoding']}"
     )
     print(f"  text: {reply['text']}")
+    asked = [
+        f"priority {reply['priority']}" if reply.get("priority", 1) != 1 else "",
+        f"expires {reply['expires_at']}" if reply.get("expires_at") else "",
+        f"status to {reply['status_url']}" if reply.get("status_url") else "",
+    ]
+    if any(asked):
+        print("  " + ", ".join(part for part in asked if part))
     for r in reply["recipients"]:
         where = f"{r['server']}/{r['line']}" if r["server"] else (r["route"] or "-")
         error = f"  error {r['error']['code']}: {r['error']['meaning']}" if r["error"] else ""

@@ -1,4 +1,5 @@
-"""`goipd send`: one SMS through goipd's API, with an optional route and schedule."""
+"""`goipd send`: one SMS through goipd's API, with an optional route, schedule, priority,
+validity and status callback."""
 
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", help="... or this carrier group (needs --server)")
     parser.add_argument("--idempotency-key")
     parser.add_argument("--send-at", help="RFC 3339 time for a scheduled send")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        choices=range(4),
+        help="0 bulk, 1 normal (default), 2 high, 3 urgent",
+    )
+    validity = parser.add_mutually_exclusive_group()
+    validity.add_argument("--valid-for", help='unsent after this long, it expires (e.g. "5m")')
+    validity.add_argument("--expires-at", help="RFC 3339 time after which it expires unsent")
+    parser.add_argument("--status-url", help="POST recipient state changes there")
+    parser.add_argument(
+        "--status-events", help="comma-separated states to report (e.g. sent,delivered,failed)"
+    )
     add_connection_arguments(parser)
 
 
@@ -36,6 +50,13 @@ def run_send(args: argparse.Namespace) -> int:
         body["idempotency_key"] = args.idempotency_key
     if args.send_at:
         body["send_at"] = args.send_at
+    if args.priority is not None:
+        body["priority"] = args.priority
+    for option in ("valid_for", "expires_at", "status_url"):
+        if getattr(args, option):
+            body[option] = getattr(args, option)
+    if args.status_events:
+        body["status_events"] = [state.strip() for state in args.status_events.split(",")]
     status, reply = call(args, "POST", "/api/v1/messages", body)
     if args.json:
         print(json.dumps(reply, ensure_ascii=False, indent=2))

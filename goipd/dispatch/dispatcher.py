@@ -23,7 +23,16 @@ from goipd.dispatch.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Dispatching, HeldStore
 from goipd.metrics.catalog import Metrics
-from goipd.model import Claim, LedgerError, Outcome, Recipient, State
+from goipd.model import (
+    EXPIRED_CODE,
+    EXPIRED_MEANING,
+    NORMAL_PRIORITY,
+    Claim,
+    LedgerError,
+    Outcome,
+    Recipient,
+    State,
+)
 from goipd.reports.outcomes import retry_delay
 from goipd.runtime.wakeup import Wakeup
 from goipd.upstream.cloud import CloudProvider, Verdict
@@ -45,6 +54,13 @@ HANDOVER_RETRY_KEEP = 86400.0
 """Seconds a passed retry time is kept at most: by then the hand-over was tried again, or the
 recipient went another way (its row is void once it is claimed again)."""
 AMBIGUOUS_CODES = frozenset(reason.value for reason in AMBIGUOUS_REASONS)
+EXPIRY_SWEEP = 1.0
+"""Seconds between two looks for recipients whose validity ended while not due."""
+
+
+RouteKey = tuple[tuple[RouteTarget, ...], tuple[str, ...], bool]
+"""What recipients routed alike share: route targets, lines excluded, whether lines can carry
+the text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +139,10 @@ class Dispatcher:
         take every send slot."""
         self._send_seconds: dict[str, float] = {}
         """How long each server's last sendsms call took."""
+        self._next_sweep = 0.0
+        self._reserved: dict[RouteKey, tuple[int, float]] = {}
+        """Route keys whose next capacity is kept for a priority that found none: (priority,
+        until when). A hint of this process only: at worst, a lower priority takes one send."""
 
     def wake(self) -> None:
         self._wake.ring()
@@ -130,6 +150,7 @@ class Dispatcher:
     async def run(self) -> None:
         while not self._stopping:
             try:
+                await self.expire_waiting()
                 started = await self.dispatch_once()
                 started += await self.hand_over_scheduled()
             except LedgerError as exc:
@@ -156,6 +177,8 @@ class Dispatcher:
         due = await self.ledger.due(now, self.batch)
         if not due:
             return 0
+        for key in [key for key, (_, until) in self._reserved.items() if until <= now]:
+            del self._reserved[key]
         bodies = await self._load_bodies({r.message_id for r in due})
         groups: dict[tuple[str, tuple[str, ...]], list[Recipient]] = {}
         for recipient in due:
@@ -170,22 +193,16 @@ class Dispatcher:
         # Routes only busy servers could take this pass: busy only grows within a pass, so
         # their later recipients are left queued without routing them again (a scan of every
         # line each, otherwise: 10x fewer single-recipient sends per second).
-        waiting: set[tuple[tuple[RouteTarget, ...], tuple[str, ...], bool]] = set()
+        waiting: set[RouteKey] = set()
         for (message_id, excluded), recipients in groups.items():
             body = bodies.get(message_id)
             if body is None:
                 continue
             pending: list[Recipient] = []
             for r in recipients:
-                if now - r.created_at > self.settings.max_queue_age:
-                    deferred.append(
-                        Outcome(
-                            r.id,
-                            State.FAILED,
-                            error_code="expired",
-                            error_meaning="not sent within routing.max_queue_age",
-                        )
-                    )
+                expired = self._expired(r, now)
+                if expired is not None:
+                    deferred.append(expired)
                 else:
                     pending.append(r)
             # Recipients of one message that share a route list, in order of first appearance;
@@ -198,7 +215,12 @@ class Dispatcher:
                     by_targets.setdefault(self.router.targets_for(r.number), []).append(r)
             for targets, same_route in by_targets.items():
                 lines = body.goip_refusal is None
-                if (targets, excluded, lines) in waiting:
+                key = (targets, excluded, lines)
+                if (
+                    not same_route
+                    or key in waiting
+                    or self._held_for_higher(key, same_route[0].priority, now)
+                ):
                     continue
                 while same_route:
                     choice = self.router.choose(
@@ -232,8 +254,9 @@ class Dispatcher:
                             # stay queued for the pass after one of those sends ends.
                             waiting.add((targets, excluded, lines))
                         else:
-                            deferred.extend(self._no_route(r, now) for r in same_route)
+                            deferred.extend(self._no_route(r, now, key) for r in same_route)
                         break
+                    self._reserved.pop(key, None)
                     take = same_route[: choice.capacity]
                     same_route = same_route[choice.capacity :]
                     self.router.record_use(choice, len(take), now)
@@ -276,6 +299,14 @@ class Dispatcher:
             if not batch:
                 continue
             await self._slots.acquire()
+            try:
+                batch = await self._drop_expired(batch)
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
             await self._restamp_if_late(choice, batch, now)
             opened = time.monotonic()
             if isinstance(choice, LineChoice):
@@ -285,6 +316,53 @@ class Dispatcher:
             task.add_done_callback(self._in_flight.discard)
             started += 1
         return started
+
+    def _expired(self, recipient: Recipient, now: float) -> Outcome | None:
+        """The outcome that expires `recipient` unsent, if its time is up: its message's
+        validity, or routing.max_queue_age since it was accepted."""
+        if recipient.expires_at is not None and recipient.expires_at <= now:
+            self.metrics.recipients_expired.labels("validity").inc()
+            return Outcome(
+                recipient.id, State.EXPIRED, error_code=EXPIRED_CODE, error_meaning=EXPIRED_MEANING
+            )
+        if now - recipient.created_at > self.settings.max_queue_age:
+            self.metrics.recipients_expired.labels("max_queue_age").inc()
+            return Outcome(
+                recipient.id,
+                State.EXPIRED,
+                error_code="max_queue_age",
+                error_meaning="not handed to an upstream within routing.max_queue_age",
+            )
+        return None
+
+    async def _drop_expired(self, batch: list[Recipient]) -> list[Recipient]:
+        """`batch`, claimed earlier, without the recipients whose validity ended while they
+        waited for a send slot: those expire instead of going out late."""
+        now = self.clock()
+        expired = [r.id for r in batch if r.expires_at is not None and r.expires_at <= now]
+        if not expired:
+            return batch
+        await self._outcomes.record(
+            [
+                Outcome(rid, State.EXPIRED, error_code=EXPIRED_CODE, error_meaning=EXPIRED_MEANING)
+                for rid in expired
+            ]
+        )
+        self.metrics.recipients_expired.labels("validity").inc(len(expired))
+        return [r for r in batch if r.id not in set(expired)]
+
+    async def expire_waiting(self) -> int:
+        """Recipients that expire while waiting for a retry or a provider (not due, so no pass
+        sees them) expire here, at most one second late."""
+        now = self.clock()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + EXPIRY_SWEEP
+        expired = await self.ledger.expire(now, self.batch)
+        if expired:
+            self.metrics.recipients_expired.labels("validity").inc(expired)
+            log.info("recipients_expired", recipients=expired)
+        return expired
 
     def _full(self, server: str, sends: int) -> bool:
         """Whether `server` may take no more sendsms calls now: it has max_sends_in_flight of
@@ -299,15 +377,37 @@ class Dispatcher:
         starts = self._open_sends.get(server)
         return starts is not None and time.monotonic() - starts[0] > SLOW_SEND
 
-    def _no_route(self, recipient: Recipient, now: float) -> Outcome:
+    def _no_route(self, recipient: Recipient, now: float, key: RouteKey) -> Outcome:
         # No usable route is not an attempt: the recipient waits (up to max_queue_age).
+        retry_at = now + self.settings.retry_delay
+        if recipient.priority > NORMAL_PRIORITY:
+            # The capacity these targets get back (a line's rate or quota, a line logging in)
+            # goes to this high or urgent recipient before any of a lower priority: those are
+            # held until it is tried again, which is soon, so that the capacity does not sit
+            # unused. (Normal traffic keeps retry_delay: retried every second, a long queue
+            # would be rewritten five times as often.)
+            retry_at = now + min(self.settings.retry_delay, IDLE_WAIT)
+            held = self._reserved.get(key)
+            if held is None or held[0] <= recipient.priority:
+                self._reserved[key] = (recipient.priority, retry_at + IDLE_WAIT)
         return Outcome(
             recipient.id,
             State.QUEUED,
             error_code="no_route",
             error_meaning="no usable line or provider for this destination right now",
-            retry_at=now + self.settings.retry_delay,
+            retry_at=retry_at,
         )
+
+    def _held_for_higher(self, key: RouteKey, priority: int, now: float) -> bool:
+        """Whether recipients of `priority` must leave `key`'s capacity to a higher priority
+        that found none and is due again shortly (left queued, nothing written)."""
+        held = self._reserved.get(key)
+        if held is None:
+            return False
+        if held[1] <= now:
+            del self._reserved[key]
+            return False
+        return held[0] > priority
 
     async def hand_over_scheduled(self) -> int:
         """Scheduled recipients whose route starts with a provider that schedules sends itself

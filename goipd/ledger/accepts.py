@@ -50,8 +50,11 @@ def note_latest(latest: Latest, number: str, digest: str, created_at: float, mes
 class AcceptPlan:
     message_rows: list[tuple[Any, ...]] = field(default_factory=list)
     """`rows.message_row` of each new message (`rows.message_from_row` reads it back)."""
-    recipient_rows: list[tuple[str, str, float, str, float]] = field(default_factory=list)
-    """(message id, number, next_attempt_at, text hash, created_at) of each new recipient."""
+    recipient_rows: list[tuple[str, str, float, str, float, int, float | None]] = field(
+        default_factory=list
+    )
+    """(message id, number, next_attempt_at, text hash, created_at, priority, expires_at) of
+    each new recipient."""
     outcomes: list[Outcome] = field(default_factory=list)
     """One per accept, in order."""
 
@@ -95,7 +98,8 @@ def plan_accepts(
         start = new.send_at if new.send_at is not None else now
         plan.message_rows.append(message_row(message_id, new, now))
         plan.recipient_rows.extend(
-            (message_id, number, start, digest, now) for number in new.recipients
+            (message_id, number, start, digest, now, new.priority, new.expires_at)
+            for number in new.recipients
         )
         if key is not None:
             created[key] = message_id

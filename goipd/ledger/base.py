@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
+from goipd.ledger.events import StatusEvent
 from goipd.ledger.held import HeldKey, HeldReport
 from goipd.ledger.line_rate import LineReservation
 from goipd.ledger.shared import AutoQuarantine, ProviderDisable
@@ -101,10 +102,15 @@ class Dispatching(Recording, Protocol):
     """Dispatch: due recipients, claims written before the upstream call, shared line rate."""
 
     async def due(self, now: float, limit: int) -> list[Recipient]:
-        """Queued recipients whose time has come, oldest first."""
+        """Queued recipients whose time has come: highest priority first, then oldest first."""
 
     async def claim(self, claims: Sequence[Claim], now: float) -> list[int]:
-        """queued → dispatching for those still queued; returns the ids actually claimed."""
+        """queued → dispatching for those still queued and not past their validity
+        (expires_at); returns the ids actually claimed."""
+
+    async def expire(self, now: float, limit: int) -> int:
+        """queued → expired for up to `limit` recipients whose validity ended by `now`; returns
+        how many."""
 
     async def restamp_claims(self, recipient_ids: Sequence[int], now: float) -> None:
         """Move the claim time of this instance's `dispatching` recipients to `now`, right
@@ -433,6 +439,46 @@ class AlertPages(Protocol):
         stored, and the same notification may page again at once."""
 
 
+class StatusEvents(Protocol):
+    """Status callback events (goipd/callbacks/), one per recipient state change its message
+    asked to be told about: written by a trigger in the transaction that changes the state
+    (so no code path misses one), delivered at least once, by every instance on the ledger.
+    `receiver` is the event URL's scheme://host[:port], lower-cased."""
+
+    async def take_status_events(
+        self,
+        now: float,
+        claim_for: float,
+        limit: int,
+        per_receiver: int,
+        skip_receivers: Collection[str] = (),
+    ) -> list[StatusEvent]:
+        """Claim for `instance_id` until `now + claim_for` up to `limit` events that are due
+        (next_at <= now) and not claimed by anyone (or whose claim ran out), at most
+        `per_receiver` of each receiver and none of `skip_receivers`, earliest due first.
+        Of two instances taking at once, each gets other events."""
+
+    async def settle_status_events(
+        self, finished: Collection[int], retries: Sequence[tuple[int, float, str]] = ()
+    ) -> None:
+        """Delete the `finished` events (delivered, or dropped); each of `retries` is
+        (id, next_at, error): one more attempt counted, due again at next_at, unclaimed."""
+
+    async def release_status_events(self) -> int:
+        """Unclaim the events `instance_id` holds (left by this instance's previous process):
+        they are taken again at once rather than after their claim runs out. Returns how many."""
+
+    async def expire_status_events(self, before: float) -> dict[str, int]:
+        """Delete the events of state changes before `before`; receiver → events deleted."""
+
+    async def cap_status_events(self, per_receiver: int) -> dict[str, int]:
+        """Delete each receiver's oldest events beyond its newest `per_receiver`;
+        receiver → events deleted."""
+
+    async def status_events_pending(self) -> dict[str, int]:
+        """receiver → events stored (claimed or not)."""
+
+
 class Receiving(Reporting, InboundStore, Protocol):
     """What comes back from upstreams: reports on sends, and inbound SMS."""
 
@@ -449,6 +495,7 @@ class Ledger(
     ProviderDocuments,
     SharedRouting,
     AlertPages,
+    StatusEvents,
     Protocol,
 ):
     """Every role: what a backend implements. Components are typed against the roles they use."""

@@ -212,6 +212,74 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_pages_age ON alert_pages (paged_at);
     """,
+    # 8: what a sender asks of a message (goipd/callbacks/, http-api.md): its priority, copied to
+    # its recipients so that due recipients are read highest priority first straight from an
+    # index; its validity end, also copied (recipients past it expire without a join); where its
+    # state changes are reported, and which.
+    """
+    ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE messages ADD COLUMN expires_at REAL;
+    ALTER TABLE messages ADD COLUMN status_url TEXT;
+    ALTER TABLE messages ADD COLUMN status_events TEXT;
+    ALTER TABLE recipients ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE recipients ADD COLUMN expires_at REAL;
+    DROP INDEX recipients_due;
+    CREATE INDEX recipients_due ON recipients (state, priority, next_attempt_at);
+    CREATE INDEX recipients_expiring ON recipients (expires_at)
+        WHERE state = 'queued' AND expires_at IS NOT NULL;
+    """,
+    # 9: status callbacks (goipd/callbacks/). A trigger writes the event in the transaction that
+    # changes the state, so no code path (record, cancel, expire, stall handling, a hand edit)
+    # changes a state without its event. It looks the message up by primary key only for the
+    # public states, and stops there when the message has no status_url. AUTOINCREMENT: event
+    # ids are what receivers de-duplicate by, and a delivered (deleted) row's id must never
+    # come back. `receiver` is scheme://host[:port] as written, lower-cased, the unit of
+    # back-off, caps and metrics (goipd/callbacks/targets.py receiver_key computes the same).
+    """
+    CREATE TABLE status_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient_id INTEGER NOT NULL,
+        message_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        client TEXT NOT NULL,
+        state TEXT NOT NULL,
+        number TEXT NOT NULL,
+        route TEXT,
+        server TEXT,
+        line TEXT,
+        error_code TEXT,
+        error_meaning TEXT,
+        at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        claimed_by TEXT,
+        claimed_until REAL,
+        last_error TEXT
+    );
+    CREATE INDEX status_events_due ON status_events (next_at);
+    CREATE INDEX status_events_receiver ON status_events (receiver, id);
+    CREATE INDEX status_events_age ON status_events (at);
+    CREATE TRIGGER recipients_status_event AFTER UPDATE OF state ON recipients
+    WHEN NEW.state IS NOT OLD.state
+        AND NEW.state IN ('submitted', 'sent', 'delivered', 'failed', 'cancelled', 'expired')
+    BEGIN
+        INSERT INTO status_events (recipient_id, message_id, url, receiver, client, state,
+            number, route, server, line, error_code, error_meaning, at, next_at)
+        SELECT NEW.id, m.id, m.status_url,
+            lower(substr(m.status_url, 1, instr(m.status_url, '://') + 2)
+                || substr(replace(replace(substr(m.status_url, instr(m.status_url, '://') + 3)
+                    || '/', '?', '/'), '#', '/'), 1,
+                    instr(replace(replace(substr(m.status_url, instr(m.status_url, '://') + 3)
+                    || '/', '?', '/'), '#', '/'), '/') - 1)),
+            m.client, NEW.state, NEW.number, NEW.route, NEW.server, NEW.line,
+            NEW.error_code, NEW.error_meaning, NEW.updated_at, NEW.updated_at
+        FROM messages m
+        WHERE m.id = NEW.message_id AND m.status_url IS NOT NULL
+            AND instr(',' || coalesce(m.status_events, 'sent,delivered,failed,cancelled,expired')
+                || ',', ',' || NEW.state || ',') > 0;
+    END;
+    """,
 )
 LATEST = len(MIGRATIONS)
 

@@ -30,6 +30,7 @@ from goipd.ledger.accepts import (
     plan_accepts,
 )
 from goipd.ledger.documents_postgres import PostgresProviderDocuments
+from goipd.ledger.events_postgres import PostgresStatusEvents
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_postgres import PostgresCoordination
 from goipd.ledger.held_postgres import PostgresHeldStore
@@ -56,6 +57,9 @@ from goipd.ledger.rules import (
 from goipd.ledger.servers_postgres import PostgresServerRecords, insert_inbound
 from goipd.ledger.shared_postgres import PostgresSharedRouting
 from goipd.model import (
+    EXPIRED_CODE,
+    EXPIRED_MEANING,
+    PRIORITIES,
     AcceptResult,
     Claim,
     InboundRecord,
@@ -288,6 +292,71 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alert_pages_age ON alert_pages (paged_at);
     """,
+    # 7: what a sender asks of a message: priority and validity end (both copied to its
+    # recipients, so due and expired recipients come straight from an index), and where and
+    # which of its state changes are reported (see the SQLite migration 8).
+    """
+    ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE messages ADD COLUMN expires_at DOUBLE PRECISION;
+    ALTER TABLE messages ADD COLUMN status_url TEXT;
+    ALTER TABLE messages ADD COLUMN status_events TEXT;
+    ALTER TABLE recipients ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE recipients ADD COLUMN expires_at DOUBLE PRECISION;
+    DROP INDEX recipients_due;
+    CREATE INDEX recipients_due ON recipients (state, priority, next_attempt_at);
+    CREATE INDEX recipients_expiring ON recipients (expires_at)
+        WHERE state = 'queued' AND expires_at IS NOT NULL;
+    """,
+    # 8: status callbacks (see the SQLite migration 9). The trigger function keeps the schema
+    # it was created in (SET search_path FROM CURRENT: the migration runs with the ledger's
+    # schema as search_path), whatever search_path the session that changes a state has.
+    """
+    CREATE TABLE status_events (
+        id BIGSERIAL PRIMARY KEY,
+        recipient_id BIGINT NOT NULL,
+        message_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        receiver TEXT NOT NULL,
+        client TEXT NOT NULL,
+        state TEXT NOT NULL,
+        number TEXT NOT NULL,
+        route TEXT,
+        server TEXT,
+        line TEXT,
+        error_code TEXT,
+        error_meaning TEXT,
+        at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at DOUBLE PRECISION NOT NULL,
+        claimed_by TEXT,
+        claimed_until DOUBLE PRECISION,
+        last_error TEXT
+    );
+    CREATE INDEX status_events_due ON status_events (next_at);
+    CREATE INDEX status_events_receiver ON status_events (receiver, id);
+    CREATE INDEX status_events_age ON status_events (at);
+    CREATE FUNCTION recipients_status_event() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO status_events (recipient_id, message_id, url, receiver, client, state,
+            number, route, server, line, error_code, error_meaning, at, next_at)
+        SELECT NEW.id, m.id, m.status_url,
+            lower(substring(m.status_url FROM '^[^:]*://[^/?#]*')),
+            m.client, NEW.state, NEW.number, NEW.route, NEW.server, NEW.line,
+            NEW.error_code, NEW.error_meaning, NEW.updated_at, NEW.updated_at
+        FROM messages m
+        WHERE m.id = NEW.message_id AND m.status_url IS NOT NULL
+            AND position(',' || NEW.state || ',' IN ','
+                || coalesce(m.status_events, 'sent,delivered,failed,cancelled,expired') || ',') > 0;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER recipients_status_event AFTER UPDATE OF state ON recipients
+    FOR EACH ROW
+    WHEN (NEW.state IS DISTINCT FROM OLD.state
+        AND NEW.state IN ('submitted', 'sent', 'delivered', 'failed', 'cancelled', 'expired'))
+    EXECUTE FUNCTION recipients_status_event();
+    """,
 )
 
 
@@ -307,6 +376,7 @@ class PostgresLedger(
     PostgresProviderDocuments,
     PostgresSharedRouting,
     PostgresAlertPages,
+    PostgresStatusEvents,
 ):
     def __init__(
         self,
@@ -596,11 +666,42 @@ class PostgresLedger(
     # --- dispatch ----------------------------------------------------------------------------
 
     async def due(self, now: float, limit: int) -> list[Recipient]:
-        return await self._recipients(
-            "state = 'queued' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
-            now,
-            limit,
+        # One index range per priority (recipients_due), highest first: no sort of everything
+        # queued, however long the queue behind.
+        ranges = " UNION ALL ".join(
+            f"(SELECT {RECIPIENT_COLUMNS}, {priority} AS p FROM recipients WHERE state = 'queued'"
+            f" AND priority = {priority} AND next_attempt_at <= $1"
+            " ORDER BY next_attempt_at, id LIMIT $2)"
+            for priority in reversed(PRIORITIES)
         )
+
+        async def op(conn: asyncpg.Connection) -> list[Recipient]:
+            rows = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM ({ranges}) AS due"
+                " ORDER BY p DESC, next_attempt_at, id LIMIT $2",
+                now,
+                limit,
+            )
+            return [recipient_from_row(row) for row in rows]
+
+        return await self._read(op)
+
+    async def expire(self, now: float, limit: int) -> int:
+        async def op(conn: asyncpg.Connection) -> int:
+            done: str = await conn.execute(
+                # A CTE, evaluated once: a LIMIT in an IN (...) subquery may be re-run per row.
+                "WITH doomed AS MATERIALIZED (SELECT id FROM recipients WHERE state = 'queued'"
+                " AND expires_at <= $1 ORDER BY expires_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
+                " UPDATE recipients AS r SET state = 'expired', error_code = $2,"
+                " error_meaning = $3, updated_at = $1 FROM doomed WHERE r.id = doomed.id",
+                now,
+                EXPIRED_CODE,
+                EXPIRED_MEANING,
+                limit,
+            )
+            return int(done.rpartition(" ")[2])
+
+        return await self._write(op)
 
     async def claim(self, claims: Sequence[Claim], now: float) -> list[int]:
         async def op(conn: asyncpg.Connection) -> list[int]:
@@ -610,7 +711,8 @@ class PostgresLedger(
                 "upstream_id = NULL, updated_at = $5, claimed_by = $6 "
                 "FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) "
                 "AS c(id, route, server, line) WHERE r.id = c.id AND r.state = 'queued' "
-                "RETURNING r.id",
+                # Past its validity, a recipient is never handed to an upstream.
+                "AND (r.expires_at IS NULL OR r.expires_at > $5) RETURNING r.id",
                 [c.recipient_id for c in claims],
                 [c.route for c in claims],
                 [c.server for c in claims],
@@ -1022,15 +1124,15 @@ async def _insert_accepts(
         await conn.execute(
             f"INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT * FROM unnest($1::text[],"
             " $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::float8[],"
-            " $8::float8[], $9::text[])",
+            " $8::float8[], $9::text[], $10::int[], $11::float8[], $12::text[], $13::text[])",
             *(list(column) for column in zip(*plan.message_rows, strict=True)),
         )
         rows = await conn.fetch(
             f"INSERT INTO recipients (message_id, number, state, attempts, next_attempt_at,"
-            f" excluded_lines, text_hash, created_at, updated_at)"
-            f" SELECT m, n, 'queued', 0, s, '[]', h, c, c"
-            f" FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::float8[])"
-            f" AS r(m, n, s, h, c) RETURNING {RECIPIENT_COLUMNS}",
+            f" excluded_lines, text_hash, created_at, updated_at, priority, expires_at)"
+            f" SELECT m, n, 'queued', 0, s, '[]', h, c, c, p, e"
+            f" FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::float8[],"
+            f" $6::int[], $7::float8[]) AS r(m, n, s, h, c, p, e) RETURNING {RECIPIENT_COLUMNS}",
             *(list(column) for column in zip(*plan.recipient_rows, strict=True)),
         )
         for row in sorted(rows, key=lambda row: int(row[0])):  # RETURNING keeps no order

@@ -15,10 +15,11 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 RECIPIENT_COLUMNS = (
     "id, message_id, number, state, attempts, next_attempt_at, route, server, line, task_id, "
     "upstream_id, error_code, error_meaning, excluded_lines, created_at, updated_at, "
-    "submitted_at, sent_at, delivered_at"
+    "submitted_at, sent_at, delivered_at, expires_at, priority"
 )
 MESSAGE_COLUMNS = (
-    "id, text, segments, encoding, route, idempotency_key, send_at, created_at, client"
+    "id, text, segments, encoding, route, idempotency_key, send_at, created_at, client, "
+    "priority, expires_at, status_url, status_events"
 )
 PENDING = (State.QUEUED.value, State.DISPATCHING.value, State.SUBMITTED.value)
 
@@ -53,6 +54,10 @@ def message_row(message_id: str, new: NewMessage, now: float) -> tuple[Any, ...]
         new.send_at,
         now,
         new.client,
+        new.priority,
+        new.expires_at,
+        new.status_url,
+        new.status_events,
     )
 
 
@@ -117,6 +122,8 @@ def recipient_from_row(row: Sequence[Any]) -> Recipient:
         submitted_at=row[16],
         sent_at=row[17],
         delivered_at=row[18],
+        expires_at=row[19],
+        priority=row[20],
     )
 
 
@@ -132,4 +139,8 @@ def message_from_row(row: Sequence[Any], recipients: Sequence[Recipient]) -> Mes
         created_at=row[7],
         client=row[8],
         recipients=tuple(recipients),
+        priority=row[9],
+        expires_at=row[10],
+        status_url=row[11],
+        status_events=row[12],
     )

@@ -31,6 +31,10 @@ def transition(
         )
     elif new is State.FAILED:
         sets["state"] = new.value
+    elif new is State.EXPIRED:
+        if current not in (State.QUEUED, State.DISPATCHING):
+            return None  # handed to an upstream: its fate is the upstream's now
+        sets["state"] = new.value
     elif RANK[new] > RANK[current]:
         sets["state"] = new.value
         if new is State.SUBMITTED:

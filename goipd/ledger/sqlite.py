@@ -33,6 +33,7 @@ from goipd.ledger.accepts import (
     plan_accepts,
 )
 from goipd.ledger.documents_sqlite import SqliteProviderDocuments
+from goipd.ledger.events_sqlite import SqliteStatusEvents
 from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_sqlite import SqliteCoordination
 from goipd.ledger.held_sqlite import SqliteHeldStore
@@ -56,6 +57,9 @@ from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
 from goipd.ledger.servers_sqlite import SqliteServerRecords, insert_inbound
 from goipd.ledger.shared_sqlite import SqliteSharedRouting
 from goipd.model import (
+    EXPIRED_CODE,
+    EXPIRED_MEANING,
+    PRIORITIES,
     AcceptResult,
     Claim,
     InboundRecord,
@@ -96,11 +100,13 @@ MAX_ID_TIME = 2**48 / 1000
 VARIABLES_PER_QUERY = 500
 """Bound on `IN (?, ...)` lists, well under SQLite's limit on host parameters."""
 
-INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_MESSAGE = (
+    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 INSERT_RECIPIENT = (
     "INSERT INTO recipients (id, message_id, number, state, attempts, next_attempt_at,"
-    " excluded_lines, text_hash, created_at, updated_at)"
-    " VALUES (?, ?, ?, 'queued', 0, ?, '[]', ?, ?, ?)"
+    " excluded_lines, text_hash, created_at, updated_at, priority, expires_at)"
+    " VALUES (?, ?, ?, 'queued', 0, ?, '[]', ?, ?, ?, ?, ?)"
 )
 
 
@@ -169,6 +175,7 @@ class SqliteLedger(
     SqliteProviderDocuments,
     SqliteSharedRouting,
     SqliteAlertPages,
+    SqliteStatusEvents,
 ):
     def __init__(self, path: Path, instance_id: str = "local") -> None:
         self.path = Path(path)
@@ -434,16 +441,37 @@ class SqliteLedger(
     # --- dispatch ----------------------------------------------------------------------------
 
     async def due(self, now: float, limit: int) -> list[Recipient]:
-        return await self._read(
-            lambda conn: [
-                recipient_from_row(row)
-                for row in conn.execute(
-                    f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' "
-                    "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
-                    (now, limit),
+        def op(conn: sqlite3.Connection) -> list[Recipient]:
+            found: list[Recipient] = []
+            # One index range per priority (recipients_due), highest first: no sort of
+            # everything queued, however long the queue behind.
+            for priority in reversed(PRIORITIES):
+                if len(found) >= limit:
+                    break
+                found.extend(
+                    recipient_from_row(row)
+                    for row in conn.execute(
+                        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE state = 'queued' "
+                        "AND priority = ? AND next_attempt_at <= ? "
+                        "ORDER BY next_attempt_at, id LIMIT ?",
+                        (priority, now, limit - len(found)),
+                    )
                 )
-            ]
-        )
+            return found
+
+        return await self._read(op)
+
+    async def expire(self, now: float, limit: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE recipients SET state = 'expired', error_code = ?, error_meaning = ?,"
+                " updated_at = ? WHERE id IN (SELECT id FROM recipients WHERE state = 'queued'"
+                " AND expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                (EXPIRED_CODE, EXPIRED_MEANING, now, now, limit),
+            )
+            return cursor.rowcount
+
+        return await self._write(op)
 
     async def claim(self, claims: Sequence[Claim], now: float) -> list[int]:
         def op(conn: sqlite3.Connection) -> list[int]:
@@ -453,7 +481,9 @@ class SqliteLedger(
                 cursor = conn.execute(
                     "UPDATE recipients SET state = 'dispatching', route = ?, server = ?, line = ?,"
                     " attempts = attempts + 1, task_id = NULL, upstream_id = NULL,"
-                    " claimed_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'",
+                    " claimed_by = ?, updated_at = ? WHERE id = ? AND state = 'queued'"
+                    # Past its validity, a recipient is never handed to an upstream.
+                    " AND (expires_at IS NULL OR expires_at > ?)",
                     (
                         claim.route,
                         claim.server,
@@ -461,6 +491,7 @@ class SqliteLedger(
                         self.instance_id,
                         now,
                         claim.recipient_id,
+                        now,
                     ),
                 )
                 if cursor.rowcount:
@@ -847,12 +878,19 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
     # the write lock held since BEGIN IMMEDIATE makes MAX(id) safe.
     first_id = int(conn.execute("SELECT IFNULL(MAX(id), 0) FROM recipients").fetchone()[0]) + 1
     made: dict[str, list[Recipient]] = {row[0]: [] for row in plan.message_rows}
-    for rid, (message_id, number, start, _, now) in enumerate(plan.recipient_rows, first_id):
-        made[message_id].append(_queued(rid, message_id, number, start, now))
+    for rid, (message_id, number, start, _, now, priority, expires_at) in enumerate(
+        plan.recipient_rows, first_id
+    ):
+        made[message_id].append(_queued(rid, message_id, number, start, now, priority, expires_at))
     conn.executemany(INSERT_MESSAGE, plan.message_rows)
     conn.executemany(
         INSERT_RECIPIENT,
-        [(rid, *row, row[4]) for rid, row in enumerate(plan.recipient_rows, first_id)],
+        [
+            (rid, message_id, number, start, digest, now, now, priority, expires_at)
+            for rid, (message_id, number, start, digest, now, priority, expires_at) in enumerate(
+                plan.recipient_rows, first_id
+            )
+        ],
     )
     messages = {row[0]: message_from_row(row, made[row[0]]) for row in plan.message_rows}
     messages.update((m.id, m) for m in _load_messages(conn, earlier_ids(plan)))
@@ -880,7 +918,15 @@ def _recent_sends(
     return latest
 
 
-def _queued(recipient_id: int, message_id: str, number: str, start: float, now: float) -> Recipient:
+def _queued(
+    recipient_id: int,
+    message_id: str,
+    number: str,
+    start: float,
+    now: float,
+    priority: int,
+    expires_at: float | None,
+) -> Recipient:
     return Recipient(
         id=recipient_id,
         message_id=message_id,
@@ -901,6 +947,8 @@ def _queued(recipient_id: int, message_id: str, number: str, start: float, now: 
         submitted_at=None,
         sent_at=None,
         delivered_at=None,
+        expires_at=expires_at,
+        priority=priority,
     )
 
 

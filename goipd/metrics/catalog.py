@@ -122,6 +122,28 @@ class Metrics:
             ["server", "line"],
             registry=self.registry,
         )
+        self.status_callbacks = Counter(
+            "goipd_status_callbacks",
+            "Status callback deliveries by receiver (scheme://host:port) and result: delivered, "
+            "retried, dropped_gone (410), given_up (callbacks.give_up_after), dropped_over_cap "
+            "(callbacks.max_pending_per_receiver), unsigned (the caller's token is gone), "
+            "refused (a private or loopback address at delivery).",
+            ["receiver", "result"],
+            registry=self.registry,
+        )
+        self.status_callbacks_pending = Gauge(
+            "goipd_status_callbacks_pending",
+            "Status callback events stored and not yet delivered, by receiver (the same on every "
+            "instance sharing a ledger).",
+            ["receiver"],
+            registry=self.registry,
+        )
+        self.status_callback_duration = Histogram(
+            "goipd_status_callback_duration_seconds",
+            "Status callback POST round trip, answered or not (timeouts at callbacks.timeout).",
+            buckets=POLL_BUCKETS,
+            registry=self.registry,
+        )
         self.provider_balance = Gauge(
             "goipd_provider_balance",
             "Cloud provider credit left.",
@@ -158,6 +180,13 @@ class Metrics:
             "goipd_queue_messages",
             "Recipients in the ledger by state.",
             ["state"],
+            registry=self.registry,
+        )
+        self.recipients_expired = Counter(
+            "goipd_recipients_expired",
+            "Recipients that expired unsent; cause: validity (the message's expires_at or "
+            "valid_for), max_queue_age (routing.max_queue_age).",
+            ["cause"],
             registry=self.registry,
         )
         self.queue_oldest_age = Gauge(

@@ -9,6 +9,7 @@ from typing import Protocol
 from aiohttp import web
 
 from goipd.accept import alerts as alerting
+from goipd.accept.validate import CallerDefaults
 from goipd.config import ApiSettings
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Accepting, InboundStore, Reading
@@ -36,6 +37,10 @@ class ApiContext:
     )
     """Asks the providers holding scheduled sends to cancel them; returns the recipient ids
     they confirmed cancelled."""
+    caller_defaults: Callable[[str], CallerDefaults | None] = lambda _client: None
+    """What the configuration of the API token with this fingerprint says of its messages."""
+    private_callbacks: Callable[[], bool] = lambda: False
+    """Whether status_url may name a loopback or private address (callbacks.allow_private)."""
 
 
 async def _nothing_cancelled() -> list[int]:

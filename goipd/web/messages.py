@@ -49,8 +49,20 @@ def message_json(m: Message) -> dict[str, Any]:
         "route": json.loads(m.route) if m.route else None,
         "send_at": iso_time(m.send_at),
         "idempotency_key": m.idempotency_key,
+        "priority": m.priority,
+        "expires_at": iso_time(m.expires_at),
+        "status_url": shown_url(m.status_url),
+        "status_events": m.status_events.split(",") if m.status_events else None,
         "recipients": [recipient_json(r) for r in m.recipients],
     }
+
+
+def shown_url(url: str | None) -> str | None:
+    """`url` without its query: callers put their own secrets there, and any API token may
+    read any message."""
+    if url is None or "?" not in url:
+        return url
+    return url.split("?", 1)[0] + "?..."
 
 
 LAST_ISO: list[Any] = [None, None]

@@ -11,7 +11,8 @@ from typing import Any
 from goipd import __version__
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
-_STATES = ["queued", "submitted", "sent", "delivered", "failed", "cancelled"]
+_STATES = ["queued", "submitted", "sent", "delivered", "failed", "cancelled", "expired"]
+_EVENTS = [state for state in _STATES if state != "queued"]
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 
@@ -293,6 +294,42 @@ DOCUMENT: dict[str, Any] = {
                     "route": _ref("Route"),
                     "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128},
                     "send_at": {"type": "string", "format": "date-time"},
+                    "priority": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 3,
+                        "default": 1,
+                        "description": "0 bulk, 1 normal, 2 high, 3 urgent: due recipients of "
+                        "a higher priority are dispatched first; within one, first in first out",
+                    },
+                    "expires_at": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "a recipient not handed to an upstream by then becomes "
+                        "expired and is never sent (after send_at; not with valid_for)",
+                    },
+                    "valid_for": {
+                        "type": "string",
+                        "pattern": "^([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+$",
+                        "examples": ["5m"],
+                        "description": "validity from send_at (or now), 10s to 30d; the API "
+                        "token's default applies when neither this nor expires_at is given",
+                    },
+                    "status_url": {
+                        "type": "string",
+                        "format": "uri",
+                        "maxLength": 2048,
+                        "description": "http(s) URL goipd POSTs signed recipient state changes "
+                        "to (docs/status-callbacks.md); the API token's default applies when "
+                        "absent",
+                    },
+                    "status_events": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "string", "enum": _EVENTS},
+                        "description": "the states to report (default: sent, delivered, "
+                        "failed, cancelled, expired)",
+                    },
                 },
             },
             "Recipient": {
@@ -328,6 +365,16 @@ DOCUMENT: dict[str, Any] = {
                     "route": {"oneOf": [_ref("Route"), {"type": "null"}]},
                     "send_at": _TIME,
                     "idempotency_key": {"type": ["string", "null"]},
+                    "priority": {"type": "integer", "minimum": 0, "maximum": 3},
+                    "expires_at": _TIME,
+                    "status_url": {
+                        "type": ["string", "null"],
+                        "description": "its query, if any, is shown as ?...",
+                    },
+                    "status_events": {
+                        "type": ["array", "null"],
+                        "items": {"type": "string", "enum": _EVENTS},
+                    },
                     "recipients": {"type": "array", "items": _ref("Recipient")},
                 },
             },

@@ -1,7 +1,8 @@
 """Dispatch: the outcomes of sends that finish together are one ledger write, and the ledger's
 error reaches every caller; a failed hand-over of a scheduled send is tried again at its retry
 time, also by the next process (the time is in the ledger), and looking it up costs one read
-per recipient and attempt, not one per pass."""
+per recipient and attempt, not one per pass; a recipient past its validity or
+routing.max_queue_age expires instead of being sent, also one that waited for a send slot."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from goipd.dispatch.routing import Router
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.sqlite import SqliteLedger
 from goipd.metrics.catalog import Metrics
-from goipd.model import Claim, LedgerError, NewMessage, Outcome, State
+from goipd.model import EXPIRED_CODE, Claim, LedgerError, NewMessage, Outcome, State
 from goipd.upstream.cloud import CloudSendResult, CloudStatus, Verdict
 from tests.helpers.ledgers import NOW, new, open_backend
 
@@ -87,11 +88,14 @@ class Clock:
 
 
 def scheduling_dispatcher(
-    ledger: SqliteLedger, provider: SchedulingProvider, clock: Clock
+    ledger: SqliteLedger,
+    provider: SchedulingProvider,
+    clock: Clock,
+    settings: RoutingSettings | None = None,
 ) -> Dispatcher:
     """A dispatcher (a process, or an instance) handing c123's scheduled sends over an hour
     ahead."""
-    settings = RoutingSettings(retry_delay="5s", max_attempts=6)
+    settings = settings or RoutingSettings(retry_delay="5s", max_attempts=6)
     route = RouteRule(via=(RouteTarget(cloud="c123"),))
     router = Router(LineRegistry({}), settings, (route,), {}, ("c123",))
     return Dispatcher(
@@ -175,3 +179,76 @@ def count_calls(ledger: SqliteLedger, name: str) -> list[int]:
 
     setattr(ledger, name, counted)
     return calls
+
+
+async def test_a_recipient_expires_instead_of_being_sent(tmp_path: Path) -> None:
+    clock, provider = Clock(NOW), SchedulingProvider()
+    provider.refusing = False
+    settings = RoutingSettings(retry_delay="5s", max_queue_age="1h")
+    async with open_backend("sqlite", tmp_path) as ledger:
+        dispatcher = scheduling_dispatcher(ledger, provider, clock, settings)
+        valid = await ledger.accept(new(("+8613800138001",), expires_at=NOW + 30), NOW - 1)
+        old = await ledger.accept(new(("+8613800138002",), text="old"), NOW - 3601)
+        lapsed = await ledger.accept(new(("+8613800138003",), expires_at=NOW), NOW - 10)
+        assert await dispatcher.dispatch_once() == 1
+        while dispatcher._in_flight:
+            await asyncio.gather(*dispatcher._in_flight)
+        assert [numbers for numbers, _ in provider.calls] == [["+8613800138001"]]
+        states = {}
+        for accepted in (valid, old, lapsed):
+            message = await ledger.get_message(accepted.message.id)
+            assert message is not None
+            [recipient] = message.recipients
+            states[recipient.number] = (recipient.state, recipient.error_code)
+        assert states == {
+            "+8613800138001": (State.SENT, None),
+            "+8613800138002": (State.EXPIRED, "max_queue_age"),
+            "+8613800138003": (State.EXPIRED, EXPIRED_CODE),
+        }
+        expired = dispatcher.metrics.recipients_expired
+        assert expired.labels("validity")._value.get() == 1
+        assert expired.labels("max_queue_age")._value.get() == 1
+
+
+async def test_a_claimed_recipient_whose_validity_ends_before_its_send_expires(
+    tmp_path: Path,
+) -> None:
+    clock, provider = Clock(NOW), SchedulingProvider()
+    provider.refusing = False
+    async with open_backend("sqlite", tmp_path) as ledger:
+        dispatcher = scheduling_dispatcher(ledger, provider, clock)
+        accepted = await ledger.accept(new(("+8613800138001",), expires_at=NOW + 2), NOW)
+        # Every send slot is taken when the pass claims it; one frees after its validity.
+        slots = dispatcher._slots
+        while not slots.locked():
+            await slots.acquire()
+        passing = asyncio.create_task(dispatcher.dispatch_once())
+        await asyncio.sleep(0.05)
+        clock.now = NOW + 2
+        slots.release()
+        assert await passing == 0
+        assert provider.calls == []
+        message = await ledger.get_message(accepted.message.id)
+        assert message is not None
+        assert message.recipients[0].state is State.EXPIRED
+        # The slot it would have used is free again.
+        assert slots._value == 1
+
+
+async def test_a_recipient_waiting_for_a_retry_expires_at_its_time(tmp_path: Path) -> None:
+    clock, provider = Clock(NOW), SchedulingProvider()
+    async with open_backend("sqlite", tmp_path) as ledger:
+        dispatcher = scheduling_dispatcher(ledger, provider, clock)
+        accepted = await ledger.accept(new(("+8613800138001",), expires_at=NOW + 20), NOW)
+        rid = accepted.message.recipients[0].id
+        await ledger.claim([Claim(rid, "c123", None, None)], NOW)
+        await ledger.record([Outcome(rid, State.QUEUED, retry_at=NOW + 60)], NOW)
+        clock.now = NOW + 19.5
+        assert await dispatcher.expire_waiting() == 0
+        clock.now = NOW + 20
+        # At most one look per second.
+        assert await dispatcher.expire_waiting() == 0
+        clock.now = NOW + 20.5
+        assert await dispatcher.expire_waiting() == 1
+        message = await ledger.get_message(accepted.message.id)
+        assert message is not None and message.recipients[0].state is State.EXPIRED

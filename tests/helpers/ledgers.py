@@ -12,7 +12,7 @@ from pathlib import Path
 
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.model import NewMessage
+from goipd.model import NORMAL_PRIORITY, NewMessage
 
 PG_URL = os.environ.get("GOIPD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -24,6 +24,9 @@ def new(
     key: str | None = None,
     text: str = "hello",
     send_at: float | None = None,
+    *,
+    priority: int = NORMAL_PRIORITY,
+    expires_at: float | None = None,
 ) -> NewMessage:
     return NewMessage(
         text=text,
@@ -32,6 +35,8 @@ def new(
         encoding="GSM-7",
         idempotency_key=key,
         send_at=send_at,
+        priority=priority,
+        expires_at=expires_at,
     )
 
 

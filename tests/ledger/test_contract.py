@@ -233,6 +233,7 @@ async def reach(ledger: Ledger, state: State, number: str) -> tuple[str, int]:
         path = {
             State.DISPATCHING: [],
             State.FAILED: [State.FAILED],
+            State.EXPIRED: [State.EXPIRED],
             State.SUBMITTED: [State.SUBMITTED],
             State.SENT: [State.SUBMITTED, State.SENT],
             State.DELIVERED: [State.SUBMITTED, State.SENT, State.DELIVERED],
@@ -252,6 +253,9 @@ def allowed(current: State, new: State) -> State | None:
         return new if ok else None  # retry; never after the SMS went out
     if new is State.FAILED:
         return new
+    if new is State.EXPIRED:
+        # Only before an upstream was asked: a recipient handed over is the upstream's.
+        return new if current in (State.QUEUED, State.DISPATCHING) else None
     return new if RANK[new] > RANK[current] else None
 
 

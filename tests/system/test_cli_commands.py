@@ -58,6 +58,24 @@ async def test_send_command_and_refusal_while_stopping(
     )
     assert bad.returncode == 1
     assert "error 422: text: must not be empty" in bad.stderr
+    urgent = await asyncio.to_thread(
+        subprocess.run,
+        [*command[:-2], "--text", "code 4711", "--priority", "3", "--valid-for", "5m", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert urgent.returncode == 0, urgent.stderr
+    reply = json.loads(urgent.stdout)
+    assert reply["priority"] == 3 and reply["expires_at"] is not None
+    both = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--valid-for", "5m", "--expires-at", "2030-01-01T00:00:00Z"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
     daemon.stopping = True
     async with http.post(
         f"{base}/api/v1/messages", json={"to": "+886912345678", "text": "x"}
@@ -99,11 +117,14 @@ async def test_lines_and_messages_show_commands(
     ]
     unhealthy = await asyncio.to_thread(goipd, "lines", "--unhealthy", "--json", *common)
     assert [line["line"] for line in json.loads(unhealthy.stdout)["lines"]] == ["G102"]
-    reply = await send(http, base, {"to": ["+886912345678"], "text": "show me"})
+    reply = await send(
+        http, base, {"to": ["+886912345678"], "text": "show me", "priority": 2, "valid_for": "1h"}
+    )
     await wait_states(http, base, reply["id"], {"delivered"})
     shown = await asyncio.to_thread(goipd, "messages", "show", reply["id"], *common)
     assert shown.returncode == 0, shown.stderr
     assert "+886912345678  delivered  via hq/G101  attempts 1" in shown.stdout
+    assert f"  priority 2, expires {reply['expires_at']}\n" in shown.stdout
     missing = await asyncio.to_thread(goipd, "messages", "show", "NOPE", *common)
     assert missing.returncode == 1
     assert "error 404: no message with that id" in missing.stderr

@@ -3,6 +3,7 @@ guard, idempotency keys, paging and segment counts of /api/v1/messages."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -40,7 +41,8 @@ CASES: list[tuple[Any, int, str]] = [
     (
         {"to": "+886912345678", "text": "x", "colour": "red"},
         422,
-        "unknown field 'colour'; allowed: idempotency_key, route, send_at, text, to",
+        "unknown field 'colour'; allowed: expires_at, idempotency_key, priority, route, "
+        "send_at, status_events, status_url, text, to, valid_for",
     ),
     ({"text": "x"}, 422, "to: expected a phone number or a non-empty array of them"),
     ({"to": [], "text": "x"}, 422, "to: expected a phone number or a non-empty array of them"),
@@ -106,6 +108,84 @@ CASES: list[tuple[Any, int, str]] = [
         422,
         "send_at: expected an RFC 3339 time string, got a number",
     ),
+    (
+        {"to": "+886912345678", "text": "x", "priority": "high"},
+        422,
+        "priority: expected an integer from 0 (bulk) to 3 (urgent), 1 being normal; got 'high'",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "priority": 4},
+        422,
+        "priority: expected an integer from 0 (bulk) to 3 (urgent), 1 being normal; got 4",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "priority": True},
+        422,
+        "priority: expected an integer from 0 (bulk) to 3 (urgent), 1 being normal; got True",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "priority": 2.0},
+        422,
+        "priority: expected an integer from 0 (bulk) to 3 (urgent), 1 being normal; got 2.0",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "valid_for": "5m", "expires_at": "2030-01-01T00:00Z"},
+        422,
+        "expires_at, valid_for: give one of them, not both",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "expires_at": "2020-01-01T00:00:00Z"},
+        422,
+        "expires_at: already past",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "expires_at": "2030-01-01T00:00:00"},
+        422,
+        "expires_at: the time needs a UTC offset (e.g. +08:00 or Z)",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "valid_for": 300},
+        422,
+        'valid_for: expected a duration like "5m" or "90s", got a number',
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "valid_for": "soon"},
+        422,
+        'valid_for: expected a duration like "5m" or "90s"',
+    ),
+    ({"to": "+886912345678", "text": "x", "valid_for": "9s"}, 422, "valid_for: from 10s to 30d"),
+    ({"to": "+886912345678", "text": "x", "valid_for": "31d"}, 422, "valid_for: from 10s to 30d"),
+    (
+        {"to": "+886912345678", "text": "x", "status_url": 42},
+        422,
+        "status_url: expected a URL string, got a number",
+    ),
+    (
+        {"to": "+886912345678", "text": "x", "status_events": ["sent"]},
+        422,
+        "status_events: needs a status_url to send them to",
+    ),
+    (
+        {
+            "to": "+886912345678",
+            "text": "x",
+            "status_url": "https://app.example/h",
+            "status_events": [],
+        },
+        422,
+        "status_events: expected a non-empty array of states",
+    ),
+    (
+        {
+            "to": "+886912345678",
+            "text": "x",
+            "status_url": "https://app.example/h",
+            "status_events": ["sent", "queued"],
+        },
+        422,
+        "status_events[1]: expected one of submitted, sent, delivered, failed, cancelled, "
+        "expired, got 'queued'",
+    ),
 ]
 
 
@@ -169,13 +249,13 @@ async def test_idempotency_key_reused_for_another_request_is_refused(
         assert resp.headers["Idempotent-Replayed"] == "true"
         assert (await resp.json())["id"] == first
     # The key with another text or number would silently drop that message: refused.
-    for changed in ({"text": "order 43 shipped"}, {"to": ["+886912345679"]}):
+    for changed in ({"text": "order 43 shipped"}, {"to": ["+886912345679"]}, {"priority": 3}):
         async with http.post(f"{base}/api/v1/messages", json={**body, **changed}) as resp:
             assert resp.status == 422
             problem = await resp.json()
         assert problem["detail"] == (
             f"idempotency_key: already used for message {first} with a different to, text, "
-            "route or send_at; use a new key for a new message"
+            "route, send_at, priority or status_url; use a new key for a new message"
         )
         assert problem["original"] == first
     # Another API token never sees the message behind the key.
@@ -198,7 +278,7 @@ async def test_idempotency_key_reused_for_another_request_is_refused(
         (
             "/api/v1/messages?state=dispatching",
             400,
-            "state: expected one of queued, submitted, sent, delivered, failed, cancelled",
+            "state: expected one of queued, submitted, sent, delivered, failed, cancelled, expired",
         ),
         (
             "/api/v1/messages?since=yesterday",
@@ -257,3 +337,66 @@ async def test_segments_and_encoding_are_computed(base: str, http: aiohttp.Clien
     ) as resp:
         reply = await resp.json()
     assert (reply["encoding"], reply["segments"]) == ("UCS-2", 2)
+
+
+async def test_priority_validity_and_status_url_are_stored_and_shown(
+    base: str, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "to": "+886912345678",
+        "text": "your code is 5555",
+        "priority": 3,
+        "valid_for": "5m",
+        # Events that cannot happen here (no fleet): nothing is ever POSTed to this host.
+        "status_url": "https://app.example/sms-status?key=s3cret",
+        "status_events": ["failed", "sent"],
+    }
+    async with http.post(f"{base}/api/v1/messages", json=body) as resp:
+        assert resp.status == 202, await resp.text()
+        message = await resp.json()
+    created = datetime.fromisoformat(message["created_at"])
+    expires = datetime.fromisoformat(message["expires_at"])
+    assert expires - created == timedelta(minutes=5)
+    assert message["priority"] == 3
+    # The caller's own secrets in the query are not shown to every API token.
+    assert message["status_url"] == "https://app.example/sms-status?..."
+    assert message["status_events"] == ["sent", "failed"]
+    async with http.get(f"{base}/api/v1/messages/{message['id']}") as resp:
+        assert (await resp.json())["expires_at"] == message["expires_at"]
+    # Without them: normal priority, no validity end, no callbacks.
+    async with http.post(
+        f"{base}/api/v1/messages", json={"to": "+886912345678", "text": "plain"}
+    ) as resp:
+        plain = await resp.json()
+    assert (plain["priority"], plain["expires_at"], plain["status_url"]) == (1, None, None)
+
+
+async def test_validity_counts_from_send_at_and_must_end_after_it(
+    base: str, http: aiohttp.ClientSession
+) -> None:
+    send_at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    body = {"to": "+886912345678", "text": "at two", "send_at": send_at.isoformat()}
+    async with http.post(f"{base}/api/v1/messages", json={**body, "valid_for": "10m"}) as resp:
+        assert resp.status == 202, await resp.text()
+        message = await resp.json()
+    assert datetime.fromisoformat(message["expires_at"]) == send_at + timedelta(minutes=10)
+    before = (send_at - timedelta(minutes=1)).isoformat()
+    async with http.post(
+        f"{base}/api/v1/messages", json={**body, "text": "at two again", "expires_at": before}
+    ) as resp:
+        assert resp.status == 422
+        assert (await resp.json())["detail"] == "expires_at: must be after send_at"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://[::1]/x", "http://10.1.2.3/"],
+)
+async def test_a_status_url_into_goipds_own_network_is_refused_by_default(
+    base: str, http: aiohttp.ClientSession, url: str
+) -> None:
+    body = {"to": "+886912345678", "text": "x", "status_url": url}
+    async with http.post(f"{base}/api/v1/messages", json=body) as resp:
+        assert resp.status == 422
+        detail = (await resp.json())["detail"]
+    assert detail.startswith("status_url: ") and "callbacks.allow_private" in detail

@@ -22,6 +22,7 @@ def test_overview_reads_queue_and_providers_from_the_metrics() -> None:
         "delivered": 0,
         "failed": 7,
         "cancelled": 0,
+        "expired": 0,
         "oldest_age_seconds": 42.5,
     }
     assert overview.providers(metrics) == [
