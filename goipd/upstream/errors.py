@@ -25,6 +25,18 @@ class ErrorReason(StrEnum):
     right after a successful login."""
     INBOX_LAYOUT = "inbox_layout"
     """The SMS Server's web inbox page is not one goipd can read: its HTML changed."""
+    NO_RESPONSE = "no_response"
+    """The SMS Server relayed the request (a USSD code, a remote command) but the line's GoIP
+    never answered it (`ERROR term no response`, `ERROR:time out`)."""
+    DEVICE_ERROR = "device_error"
+    """The line's GoIP, or the carrier through it, answered a relayed request with an error
+    (`ERROR USSD send failed!`, a command's `ERROR:...`)."""
+    UNKNOWN_LINE = "unknown_line"
+    """The SMS Server has no line by the name goipd asked about."""
+    ENGINE_DOWN = "engine_down"
+    """The SMS Server's engine (goipcron) did not take a request to relay: it is not running."""
+    BALANCE_UNREADABLE = "balance_unreadable"
+    """A USSD answer came, but the configured balance pattern does not read a balance in it."""
 
 
 REASON_CODES = frozenset(reason.value for reason in ErrorReason)

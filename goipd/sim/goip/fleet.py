@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from goipd.sim.common import Background, SimError, seconds, url_for_log
+from goipd.sim.goip.devices import SimDevice
 from goipd.sim.goip.server import SimServer
 from goipd.sim.goip.state import ServerState, SimConflict
 from goipd.sim.goip_sql import php_json_encode
@@ -58,6 +59,11 @@ class SimFleet:
         new = server if isinstance(server, SimServer) else SimServer.from_spec(server)
         if new.name in self.servers:
             raise SimConflict(f"server {new.name} exists")
+        # Devices are served by name on one port: a name is the fleet's, not the server's.
+        known = {name for server in self.servers.values() for name in server.devices}
+        taken = sorted(known.intersection(new.devices))
+        if taken:
+            raise SimConflict(f"device {taken[0]} exists")
         new._fleet = self
         self.servers[new.name] = new
         return new
@@ -72,6 +78,14 @@ class SimFleet:
             return self.servers[name]
         except KeyError:
             raise LookupError(f"no server {name}") from None
+
+    def device(self, name: str) -> tuple[SimServer, SimDevice]:
+        """A device and the server whose lines it carries."""
+        for server in self.servers.values():
+            device = server.devices.get(name)
+            if device is not None:
+                return server, device
+        raise LookupError(f"no device {name}")
 
     # --- background work -------------------------------------------------------------------
 

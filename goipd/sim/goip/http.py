@@ -1,10 +1,12 @@
 """The simulated fleet over HTTP: many servers on one port, told apart by a path prefix.
 
 Server `hq` answers the vendor API at `http://HOST:PORT/hq/goip/<api>/` in its profile
-(state.py), and its web inbox at `.../hq/goip/en/dologin.php` and `en/receive.php`
-(inbox.py). Tests, the demo and the benchmarks drive the fleet through its control API under
-`/_control/` (no auth: it only ever listens on loopback) or, in-process, through the same
-methods on `SimFleet`/`SimServer`. Also here: starting it on loopback (`start_simulator`).
+(state.py), its web inbox at `.../hq/goip/en/dologin.php` and `en/receive.php` (inbox.py), and
+USSD and remote commands at `.../hq/goip/en/ussd.php` and `.../hq/goip/api.php` (relay.py).
+Its GoIP devices' web pages are on a port of their own (devices.py, `device_url`). Tests, the
+demo and the benchmarks drive the fleet through its control API under `/_control/` (no auth:
+it only ever listens on loopback) or, in-process, through the same methods on
+`SimFleet`/`SimServer`. Also here: starting it on loopback (`start_simulator`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from goipd.sim.common import (
     seconds,
     serve,
 )
+from goipd.sim.goip.devices import DeviceHttp, device_lookup
 from goipd.sim.goip.fleet import SimFleet
 from goipd.sim.goip.inbox import SESSION_COOKIE, WebReply
 from goipd.sim.goip.php import DB_DOWN_TEXT
+from goipd.sim.goip.relay import RELAY_KEYS
 from goipd.sim.goip.server import SimServer
 from goipd.sim.goip.state import APIS, PROFILE_KEYS, PROFILE_V1284, UNSET
 from goipd.sim.goip_sql import php_json_decode
@@ -153,6 +157,43 @@ async def goip_receive(request: web.Request) -> web.StreamResponse:
     return _page(reply, truncate=server.fault.mode == "truncated_json")
 
 
+async def _php_request(request: web.Request) -> dict[str, str]:
+    """PHP's $_REQUEST: the query, and a POSTed form's fields over it."""
+    params = dict(request.query)
+    if request.method == "POST":
+        form = await request.post()
+        params.update((key, value) for key, value in form.items() if isinstance(value, str))
+    return params
+
+
+async def goip_ussd(request: web.Request) -> web.StreamResponse:
+    """en/ussd.php: one USSD code relayed to a line, the answer when it comes."""
+    server = _vendor_server(request)
+    early = await _faulted(request, server)
+    if early is not None:
+        return early
+    text = await server.ussd_request(
+        await _php_request(request),
+        cookie=request.cookies.get(SESSION_COOKIE),
+        refuse=server.fault.mode == "wrong_auth",
+    )
+    return _page(WebReply(200, text), truncate=server.fault.mode == "truncated_json")
+
+
+async def goip_command(request: web.Request) -> web.StreamResponse:
+    """api.php: one remote command relayed to a line's GoIP."""
+    server = _vendor_server(request)
+    early = await _faulted(request, server)
+    if early is not None:
+        return early
+    text = await server.command_request(
+        await _php_request(request),
+        cookie=request.cookies.get(SESSION_COOKIE),
+        refuse=server.fault.mode == "wrong_auth",
+    )
+    return _page(WebReply(200, text), truncate=server.fault.mode == "truncated_json")
+
+
 def _page(reply: WebReply, *, truncate: bool) -> web.Response:
     text = reply.text[: len(reply.text) // 2] if truncate else reply.text
     return web.Response(
@@ -272,6 +313,42 @@ async def control_polls(request: web.Request) -> web.Response:
     return web.json_response(list(_server(request).polled_at))
 
 
+async def control_relay(request: web.Request) -> web.Response:
+    server = _server(request)
+    body = await json_body(request, RELAY_KEYS, kind="relay")
+    return web.json_response(server.configure_relay(**body))
+
+
+async def control_ussd(request: web.Request) -> web.Response:
+    return web.json_response(list(_server(request).ussd_log))
+
+
+async def control_commands(request: web.Request) -> web.Response:
+    return web.json_response(list(_server(request).command_log))
+
+
+async def control_devices(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET_KEY]
+    return web.json_response(
+        [
+            server.device_state(device)
+            for server in fleet.servers.values()
+            for device in server.devices.values()
+        ]
+    )
+
+
+async def control_device(request: web.Request) -> web.Response:
+    server, device = request.app[FLEET_KEY].device(request.match_info["device"])
+    return web.json_response(server.device_state(device))
+
+
+async def control_patch_device(request: web.Request) -> web.Response:
+    server, device = request.app[FLEET_KEY].device(request.match_info["device"])
+    device.configure(**await json_body(request))
+    return web.json_response(server.device_state(device))
+
+
 async def control_churn(request: web.Request) -> web.Response:
     fleet = request.app[FLEET_KEY]
     body = await json_body(request)
@@ -307,6 +384,12 @@ def build_app(fleet: SimFleet) -> web.Application:
     r.add_get("/_control/servers/{server}/sent", control_sent)
     r.add_get("/_control/servers/{server}/polls", control_polls)
     r.add_get("/_control/servers/{server}/inbox", control_inbox)
+    r.add_patch("/_control/servers/{server}/relay", control_relay)
+    r.add_get("/_control/servers/{server}/ussd", control_ussd)
+    r.add_get("/_control/servers/{server}/commands", control_commands)
+    r.add_get("/_control/devices", control_devices)
+    r.add_get("/_control/devices/{device}", control_device)
+    r.add_patch("/_control/devices/{device}", control_patch_device)
     r.add_put("/_control/churn", control_churn)
     # One dynamic route for every server: a dict lookup per request, however large the fleet.
     # The trailing slash is part of the vendor URL; without it the real server answers 404.
@@ -314,6 +397,9 @@ def build_app(fleet: SimFleet) -> web.Application:
     r.add_post("/{server}/goip/en/dologin.php", goip_dologin)
     r.add_get("/{server}/goip/en/receive.php", goip_receive)
     r.add_post("/{server}/goip/en/receive.php", goip_receive)
+    for method in ("GET", "POST"):
+        r.add_route(method, "/{server}/goip/en/ussd.php", goip_ussd)
+        r.add_route(method, "/{server}/goip/api.php", goip_command)
     return app
 
 
@@ -335,6 +421,8 @@ class RunningSimulator:
     runner: web.AppRunner
     port: int
     host: str = "127.0.0.1"
+    devices: DeviceHttp | None = None
+    """The devices' web server, on a port of its own (it writes bare-LF HTTP)."""
 
     @property
     def url(self) -> str:
@@ -344,16 +432,30 @@ class RunningSimulator:
         """What goipd's config calls the server's `url`."""
         return f"{self.url}/{server}"
 
+    def device_url(self, device: str) -> str:
+        """A device's web address: its status page is `<this>/default/en_US/status.xml`."""
+        if self.devices is None:
+            raise RuntimeError("this simulator serves no devices")
+        return f"{http_url(self.host, self.devices.port)}/{device}"
+
     async def stop(self) -> None:
+        if self.devices is not None:
+            await self.devices.close()
         await self.runner.cleanup()
         # Normally done by the app's cleanup; repeated here in case the app never started.
         await self.fleet.close()
 
 
 async def start_simulator(
-    fleet: SimFleet, host: str = "127.0.0.1", port: int = 0
+    fleet: SimFleet, host: str = "127.0.0.1", port: int = 0, *, device_port: int = 0
 ) -> RunningSimulator:
     if not is_loopback(host):
         raise ValueError(f"the simulator listens on loopback only, not {host!r}")
-    runner, bound = await serve(build_app(fleet), host, port, backlog=1024)
-    return RunningSimulator(fleet, runner, bound, host)
+    devices = DeviceHttp(device_lookup(lambda: fleet.servers.values()))
+    await devices.start(host, device_port)
+    try:
+        runner, bound = await serve(build_app(fleet), host, port, backlog=1024)
+    except BaseException:
+        await devices.close()
+        raise
+    return RunningSimulator(fleet, runner, bound, host, devices)

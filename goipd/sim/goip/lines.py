@@ -4,12 +4,14 @@ their checks, its quotas, and the send results and error codes a recipient can e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 from goipd.sim.common import SimError
 
 REG_STATES: Final = ("LOGIN", "LOGOUT", "")
+REBOOT_RESULTS: Final = ("registered", "unregistered", "offline")
+"""After a reboot the line is online and LOGIN, online but not registered, or stays offline."""
 LINE_LOST_CODE: Final = "331"
 """err_code when the assigned line stopped being usable before its turn came ("no network
 service"): goipd classes it as a line fault and retries elsewhere, which is what it should do."""
@@ -36,6 +38,25 @@ class SimLine:
     """Push a delivery receipt report shortly after each successful send."""
     num: str = ""
     """The SIM's own number; the v1.28.4 profile lists it in querylines (as some builds do)."""
+    ussd: dict[str, str] = field(default_factory=dict)
+    """USSD code -> the carrier's answer, as en/ussd.php relays it (relay.py); another code is
+    answered `ERROR USSD send failed!`."""
+    ussd_error: str | None = None
+    """Every USSD on this line is answered `ERROR <ussd_error>`."""
+    responds: bool = True
+    """The line's GoIP answers what the engine relays; false: USSD gets `ERROR term no
+    response` after the server's `ussd_timeout`, api.php commands `ERROR:time out` after its
+    `command_timeout`."""
+    reboot_result: str = "registered"
+    """How the line comes back from a module or device reboot (REBOOT_RESULTS)."""
+    csq: int = 25
+    """The device's signal reading (status.xml `gsm_signal`): 0-31, 99 unknown."""
+    operator: str = ""
+    """The network the device shows (`gsm_cur_oper`); empty: the line's provider."""
+    sim_present: bool = True
+    """The device sees a SIM in the slot (`gsm_sim`)."""
+    module_up: bool = True
+    """The GSM module is powered (`module_status`)."""
 
     @property
     def usable(self) -> bool:
@@ -78,7 +99,7 @@ def line_value(key: str, value: Any) -> Any:
     if key == "line_id":
         if not isinstance(value, str) or not value or "/" in value:
             raise SimError("line_id must be a non-empty string without '/'")
-    elif key in ("online", "receipt"):
+    elif key in ("online", "receipt", "responds", "sim_present", "module_up"):
         if not isinstance(value, bool):
             raise SimError(f"{key} must be true or false")
     elif key == "reg":
@@ -88,7 +109,27 @@ def line_value(key: str, value: Any) -> Any:
         # bool is an int subclass; `true` as a quota is a mistake, not 1.
         if not isinstance(value, int) or isinstance(value, bool) or value < -1:
             raise SimError(f"{key} must be an integer >= -1 (-1 = unlimited)")
-    elif key in ("provider", "num"):
+    elif key == "ussd":
+        if not isinstance(value, Mapping) or not all(
+            isinstance(code, str) and code and isinstance(answer, str)
+            for code, answer in value.items()
+        ):
+            raise SimError("ussd must be an object of USSD code -> answer text")
+        return dict(value)
+    elif key == "ussd_error":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SimError("ussd_error must be a message or null")
+    elif key == "reboot_result":
+        if value not in REBOOT_RESULTS:
+            raise SimError(f"reboot_result must be one of {list(REBOOT_RESULTS)}")
+    elif key == "csq":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (0 <= value <= 31 or value == 99)
+        ):
+            raise SimError("csq must be 0-31, or 99 (unknown)")
+    elif key in ("provider", "num", "operator"):
         if not isinstance(value, str):
             raise SimError(f"{key} must be a string")
     elif key == "fail_code":

@@ -20,9 +20,10 @@ from goipd.sim.common import (
     opt_url,
     seconds,
 )
+from goipd.sim.goip.devices import SimDevice
 from goipd.sim.goip.inbox import ReceiveRow
 from goipd.sim.goip.lines import SimLine, SubTask, line_value
-from goipd.sim.goip.php import PhpServer
+from goipd.sim.goip.relay import RELAY_KEYS, RelayServer, relay_value
 from goipd.sim.goip.state import (
     FAULT_MODES,
     PROFILE_KEYS,
@@ -56,11 +57,13 @@ SERVER_SPEC_KEYS: Final = frozenset(
         "session_time",
         "inbox_ties",
         "inbox_layout",
+        "devices",
+        *RELAY_KEYS,
     }
 )
 
 
-class SimServer(PhpServer):
+class SimServer(RelayServer):
     """One simulated SMS Server, as the fleet, the HTTP handlers and the tests use it."""
 
     @classmethod
@@ -80,6 +83,10 @@ class SimServer(PhpServer):
         fault = spec.get("fault") or {}
         if not isinstance(fault, Mapping):
             raise SimError("fault must be an object")
+        devices = _devices(spec.get("devices") or [], by_id)
+        relay: dict[str, Any] = {
+            key: relay_value(key, spec[key]) for key in RELAY_KEYS if key in spec
+        }
         return cls(
             name=spec["name"],
             username=str(spec.get("username", "root")),
@@ -95,6 +102,8 @@ class SimServer(PhpServer):
                 str(fault.get("mode", "none")), seconds(fault.get("delay", 30.0), "fault.delay")
             ),
             **{key: profile_value(key, spec[key]) for key in PROFILE_KEYS if key in spec},
+            devices=devices,
+            **relay,
         )
 
     # --- state changes (mirrors the control API) -------------------------------------------
@@ -370,6 +379,8 @@ class SimServer(PhpServer):
             "unsent": len(self._unsent),
             "counters": dict(self.counters),
             **self.profile_state(),
+            "relay": self.relay_state(),
+            "devices": sorted(self.devices),
         }
 
 
@@ -380,3 +391,23 @@ def _numbers(number: Any) -> list[str]:
         return []
     # The doc: repeats within one request are merged into one recipient.
     return list(dict.fromkeys(n.strip() for n in number.split(",") if n.strip()))
+
+
+def _devices(specs: Any, lines: Mapping[str, SimLine]) -> dict[str, SimDevice]:
+    """The server's devices: each names lines the server has, no line on two devices."""
+    if not isinstance(specs, list):
+        raise SimError("devices must be a list")
+    devices: dict[str, SimDevice] = {}
+    placed: set[str] = set()
+    for item in specs:
+        device = SimDevice.from_spec(item)
+        if device.name in devices:
+            raise SimError(f"duplicate device {device.name}")
+        for line_id in device.lines:
+            if line_id not in lines:
+                raise SimError(f"device {device.name}: the server has no line {line_id}")
+            if line_id in placed:
+                raise SimError(f"line {line_id} is on two devices")
+            placed.add(line_id)
+        devices[device.name] = device
+    return devices

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from goipd.sim.common import KEEP, Fault, SimError, seconds
+from goipd.sim.goip.devices import SimDevice
 from goipd.sim.goip.inbox import LAYOUTS, TIES, Inbox
 from goipd.sim.goip.lines import SimLine, SubTask, live
 
 if TYPE_CHECKING:
     from goipd.sim.goip.fleet import SimFleet
+    from goipd.sim.goip.relay import RelaySlot
 
 FAULT_MODES: Final = (
     "none",
@@ -166,6 +168,28 @@ class ServerState:
     """v1.28.4: the numeric ids (goip.id, prov.id) lines and providers have in its SQL."""
     _last_row_id: int = field(default=0, init=False, repr=False)
     """Row ids are never reused: a line deleted and added again is a new `goip` row."""
+    ussd_delay: float = 1.0
+    """en/ussd.php: how long a line takes to bring the carrier's answer (relay.py)."""
+    ussd_timeout: float = 120.0
+    """en/ussd.php: how long it waits for a line that never answers (2 x 60 s)."""
+    command_timeout: float = 30.0
+    """api.php: how long it waits for a device that never answers (6 x 5 s)."""
+    reboot_time: float = 30.0
+    """How long a rebooted module (or device) stays offline."""
+    devices: dict[str, SimDevice] = field(default_factory=dict)
+    """The GoIP devices its lines are on, by name (devices.py)."""
+    ussd_log: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=10_000), init=False, repr=False
+    )
+    """Every en/ussd.php request that reached the engine, and its reply."""
+    command_log: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=10_000), init=False, repr=False
+    )
+    """Every api.php command that reached the engine, and its reply."""
+    _relay_slots: dict[int, RelaySlot] = field(default_factory=dict, init=False, repr=False)
+    """The engine's relay ids of USSD sessions under way."""
+    _reboots: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False, repr=False)
+    """Per line, the reboot that brings it back."""
 
     def __post_init__(self) -> None:
         if not SERVER_NAME.match(self.name) or self.name.startswith("_"):
