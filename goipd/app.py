@@ -19,11 +19,16 @@ from goipd.config import ConfigError, Settings, load_settings
 from goipd.dispatch.disables import ProviderDisables
 from goipd.dispatch.dispatcher import Dispatcher
 from goipd.dispatch.routing import Router
+from goipd.fleet.actions import LineActions
+from goipd.fleet.balances import BalanceChecker
 from goipd.fleet.collector import FleetCollector
 from goipd.fleet.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
 from goipd.fleet.poller import FleetPoller
 from goipd.fleet.quarantine import AutoQuarantines, ManualQuarantines
 from goipd.fleet.registry import LineRegistry
+from goipd.fleet.relays import Relays
+from goipd.fleet.remediation import Remediator
+from goipd.fleet.upkeep_metrics import UpkeepCollector
 from goipd.inbound.forwarder import InboundForwarder, url_secrets
 from goipd.inbound.inbox import InboxReader
 from goipd.ledger.open import open_ledger
@@ -135,6 +140,28 @@ class Daemon:
             lambda: self.settings.inbound,
             runs=lambda: self.coordinator.holds(FORWARD_LEASE),
         )
+        self.relays = Relays()
+        self.metrics.registry.register(UpkeepCollector(self.registry))
+        self.balances = BalanceChecker(
+            self.ledger,
+            self.registry,
+            lambda: self.settings,
+            self.metrics,
+            self.relays.ussd.get,
+            reads=self._reads_inbox,
+        )
+        self.actions = LineActions(
+            self.ledger, self.metrics, self.relays.commands.get, self.relays.ussd.get
+        )
+        self.remediator = Remediator(
+            self.ledger,
+            self.registry,
+            self.actions,
+            lambda: self.settings.remediation,
+            self.metrics,
+            acts_on=self._reads_inbox,
+            release_quarantine=self.hooks.quarantines.release,
+        )
         # Every instance delivers status callbacks: events are claimed in the ledger.
         self.callbacks = StatusCallbackSender(self.ledger, lambda: self.settings, self.metrics)
         self.api = ApiContext(
@@ -165,6 +192,8 @@ class Daemon:
                 provider_hook_tokens=lambda: {
                     p.name: p.hook_token for p in self.settings.providers
                 },
+                actions=self.actions,
+                balances=self.balances,
             ),
         )
         self._runner: web.AppRunner | None = None
@@ -176,7 +205,8 @@ class Daemon:
         self.notifier = Notifier.from_env(unset_environment=True)
 
     def _reads_inbox(self, server: str) -> bool:
-        """This instance polls the server, and its last poll reached it."""
+        """This instance polls the server, and its last poll reached it: it reads the server's
+        inbox and balances, and acts on its stuck lines."""
         state = self.registry.servers.get(server)
         return state is not None and state.owned and state.up and self.coordinator.may_poll(server)
 
@@ -193,6 +223,9 @@ class Daemon:
         # Before the first poll, so no line is routed before its quarantines are known.
         await self.quarantines.sync()
         self.poller.configure({s.name: s for s in self.settings.servers})
+        self.relays.configure(
+            {s.name: s for s in self.settings.servers}, self.settings.balances.answer_timeout
+        )
         # Which servers this instance polls, and the others' snapshots, before the first poll.
         log.info(
             "ha_instance",
@@ -230,6 +263,8 @@ class Daemon:
             self._supervise("clouds", self.clouds.run),
             self._supervise("held_reports", self.held_reports.run),
             self._supervise("inbox", self.inbox.run),
+            self._supervise("balances", self.balances.run),
+            self._supervise("remediation", self.remediator.run),
             self._supervise("maintenance", self._maintenance),
             self._coordinator_task,
             self._supervise("watchdog", lambda: watchdog_loop(self.notifier)),
@@ -332,6 +367,8 @@ class Daemon:
         servers = {s.name: s for s in new.servers}
         old_timeouts = [p.settings.timeout for p in self.settings.providers]
         retired_servers = self.poller.configure(servers)
+        retired_relays = self.relays.configure(servers, new.balances.answer_timeout)
+        self.balances.reload()
         await self.coordinator.tick()  # new servers: polled here only once the lease is ours
         retired_clouds = self.clouds.configure(new.providers, new.http.public_url)
         providers = [p.name for p in new.providers]
@@ -349,6 +386,10 @@ class Daemon:
         retired: list[_Closable] = [*retired_servers, *retired_clouds]
         if retired:
             self._tasks.append(asyncio.create_task(_close_later(retired, grace)))
+        if retired_relays:
+            # A USSD answer or a command may take a couple of minutes.
+            relays_grace = new.balances.answer_timeout + 60.0
+            self._tasks.append(asyncio.create_task(_close_later([*retired_relays], relays_grace)))
         log.info(
             "config_reloaded",
             servers=len(servers),
@@ -373,6 +414,7 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poller.stop()
+        await self.relays.close()
         await self.coordinator.stop()
         await self.provider_disables.stop()
         if self._runner is not None:

@@ -203,6 +203,65 @@ class PollingSettings(_Strict):
     backoff_max: Duration = 300.0
 
 
+class DeviceSettings(_Strict):
+    """A GoIP device behind an SMS Server, polled for its status.xml (signal, operator, SIM)."""
+
+    name: str
+    url: str
+    """The device's web interface, e.g. http://192.168.1.20."""
+    username: str = "admin"
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    lines: dict[int, str]
+    """Device port (1-32) → the SMS Server's line ID (goip_line) on that port."""
+    poll_interval: Duration = 60.0
+    timeout: Duration = 5.0
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"expected 1-32 characters of [a-z0-9_-], got {_show(value)}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
+        if parts.username or parts.password:
+            raise ValueError("credentials belong in username/password, not in the URL")
+        return value.rstrip("/")
+
+    @field_validator("lines")
+    @classmethod
+    def _ports(cls, value: dict[int, str]) -> dict[int, str]:
+        if not value:
+            raise ValueError("name at least one port: {1: G101, ...}")
+        for port, line in value.items():
+            if not 1 <= port <= 32:
+                raise ValueError(f"ports are 1 to 32, got {port}")
+            if not line or len(line) > 64:
+                raise ValueError(f"port {port}: expected a line ID, got {_show(line)}")
+        if len(set(value.values())) < len(value):
+            raise ValueError("a line ID is given for two ports")
+        return value
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value < 5:
+            raise ValueError(f"expected at least 5s, got {format_duration(value)}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        return _positive(value)
+
+
 class ServerSettings(_Strict):
     name: str
     url: str
@@ -237,6 +296,8 @@ class ServerSettings(_Strict):
     groups: dict[str, tuple[str, ...]] = {}
     """Carrier group (the SMS Server's "provider") → its line IDs. querylines does not say
     which group a line is in; with this map goipd picks the line itself, health-aware."""
+    devices: tuple[DeviceSettings, ...] = ()
+    """The GoIP devices behind this server whose web status goipd polls (optional)."""
 
     @field_validator("name")
     @classmethod
@@ -724,6 +785,99 @@ def _alerting_problems(
 # --- end of alerting ----------------------------------------------------------------------------
 
 
+def _cron(value: str) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(
+            f'expected a crontab schedule like "0 8,14,20 * * *" ({exc}), got {_show(value)}'
+        ) from None
+    return value
+
+
+Cron = Annotated[str, BeforeValidator(lambda v: _cron(v) if isinstance(v, str) else v)]
+
+
+class BalanceCheck(_Strict):
+    """How the prepaid balance of some lines is read: a USSD code, and a pattern for the
+    carrier's answer. The lines: those of `server`, narrowed to a carrier group (`provider`,
+    from servers[].groups) or one `line`; for a line, the most specific check applies."""
+
+    server: str
+    provider: str | None = None
+    line: str | None = None
+    code: str
+    pattern: str
+    """A regular expression finding the balance in the answer: its group `balance`, else its
+    first group, else the whole match."""
+    decimal: Literal[".", ","] | None = None
+    """The carrier's decimal mark when `1.234` could be ambiguous; None guesses."""
+    low: float | None = None
+    """A balance below this is low (GoipdLineBalanceLow); None: never."""
+    schedule: Cron | None = None
+    """This check's own schedule; None: balances.schedule."""
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9*#+]{1,64}", value):
+            raise ValueError(f"expected a USSD code of 0-9 * # + like *101#, got {_show(value)}")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_narrowing(self) -> BalanceCheck:
+        if self.provider is not None and self.line is not None:
+            raise ValueError("give provider or line, not both")
+        return self
+
+
+class BalanceSettings(_Strict):
+    schedule: Cron = "0 8,14,20 * * *"
+    """When balances are read (crontab, goipd's local time): a USSD session costs the carrier
+    nothing, but a line answering one cannot send."""
+    answer_timeout: Duration = 130.0
+    """How long a USSD answer may take: the SMS Server waits 2 x 60 s for the device."""
+    checks: tuple[BalanceCheck, ...] = ()
+
+    @field_validator("answer_timeout")
+    @classmethod
+    def _timeout(cls, value: float) -> float:
+        return _positive(value)
+
+
+class RemediationSettings(_Strict):
+    """Self-healing lines: a line stuck unregistered, or quarantined after line errors, gets
+    its module rebooted through the SMS Server."""
+
+    enabled: bool = False
+    unregistered_for: Duration = 600.0
+    """A line online but not registered this long is rebooted."""
+    quarantined_for: Duration = 600.0
+    """A line quarantined after line errors this long is rebooted."""
+    cooldown: Duration = 21600.0
+    """At most one reboot per line in this time."""
+    max_per_server: int = Field(default=2, ge=1, le=32)
+    """Lines of one server being rebooted and waited for at once."""
+    recovery_wait: Duration = 300.0
+    """A rebooted line not registered again after this long: the remediation failed."""
+
+    @field_validator("unregistered_for", "quarantined_for", "cooldown", "recovery_wait")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        return _positive(value)
+
+
 class RawSettings(_Strict):
     http: HttpSettings = HttpSettings(listen="127.0.0.1:8080")
     storage: StorageSettings = StorageSettings()
@@ -739,6 +893,8 @@ class RawSettings(_Strict):
     alerting: AlertingSettings = AlertingSettings()
     ha: HaSettings = HaSettings()
     callbacks: CallbackSettings = CallbackSettings()
+    balances: BalanceSettings = BalanceSettings()
+    remediation: RemediationSettings = RemediationSettings()
 
 
 # --- resolved settings: what the rest of goipd sees --------------------------------------------
@@ -771,6 +927,7 @@ class Server:
     inbox_lookback: float = 86400.0
     stall_after: float = 120.0
     on_stall: Literal["wait", "move"] = "wait"
+    devices: tuple[Device, ...] = ()
 
     def push_urls(self, public_url: str) -> tuple[str, str] | None:
         """The send-result and inbound push URLs to paste into this SMS Server, for goipd
@@ -783,6 +940,17 @@ class Server:
             base + GOIP_STATUS_HOOK.format(server=self.name) + query,
             base + GOIP_INBOUND_HOOK.format(server=self.name) + query,
         )
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    url: str
+    username: str
+    password: SecretStr
+    lines: Mapping[int, str]
+    poll_interval: float = 60.0
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -824,6 +992,8 @@ class Settings:
     """Token fingerprint → its client's defaults and signing secret; every token has one."""
     callback_secret: SecretStr | None = None
     """callbacks.signing_secret resolved: signs events of messages accepted without a token."""
+    balances: BalanceSettings = BalanceSettings()  # noqa: RUF009 - frozen, safe to share
+    remediation: RemediationSettings = RemediationSettings()  # noqa: RUF009 - frozen
     warnings: tuple[str, ...] = ()
     inline_secrets: bool = False
     """Some secret is written in the config file itself (not via _env/_file)."""
@@ -973,6 +1143,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             )
         password = _secret(server, "password", path, base, env, problems, required=True)
         hook_token = _secret(server, "hook_token", path, base, env, problems, required=False)
+        devices = _resolve_devices(server, path, base, env, problems)
         resolved = Server(
             name=server.name,
             url=server.url,
@@ -990,6 +1161,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
             inbox_lookback=server.inbox_lookback,
             stall_after=server.stall_after,
             on_stall=server.on_stall,
+            devices=devices,
         )
         problems.extend(_push_url_problems(resolved, path, raw.http.public_url))
         servers.append(resolved)
@@ -1009,6 +1181,7 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
     problems.extend(_route_problems(raw, seen))
     alerting, alerting_problems = _alerting_problems(raw, seen)
     problems.extend(alerting_problems)
+    problems.extend(_balance_problems(raw))
     if problems:
         raise ConfigError(source, problems)
     return Settings(
@@ -1030,6 +1203,8 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         callbacks=raw.callbacks,
         api_clients=clients,
         callback_secret=callback_secret,
+        balances=raw.balances,
+        remediation=raw.remediation,
         warnings=tuple(warnings),
         inline_secrets=any(
             not isinstance(t, ApiTokenSettings)
@@ -1039,12 +1214,85 @@ def _resolve(raw: RawSettings, source: Path | None, env: Mapping[str, str]) -> S
         )
         or raw.callbacks.signing_secret is not None
         or any(s.password is not None or s.hook_token is not None for s in raw.servers)
+        or any(d.password is not None for s in raw.servers for d in s.devices)
         or any(
             p.settings.model_dump().get(k) is not None
             for p in providers
             for k in ("password", "secret", "hook_token")
         ),
     )
+
+
+def _resolve_devices(
+    server: ServerSettings,
+    path: str,
+    base: Path,
+    env: Mapping[str, str],
+    problems: list[tuple[str, str]],
+) -> tuple[Device, ...]:
+    devices: list[Device] = []
+    names: dict[str, int] = {}
+    ports: dict[str, str] = {}  # line ID → the device and port that has it
+    for index, device in enumerate(server.devices):
+        where = f"{path}.devices[{index}]"
+        if device.name in names:
+            problems.append(
+                (
+                    f"{where}.name",
+                    f'"{device.name}" is already used by devices[{names[device.name]}]',
+                )
+            )
+        names.setdefault(device.name, index)
+        if device.timeout >= device.poll_interval:
+            problems.append(
+                (
+                    f"{where}.timeout",
+                    f"must be shorter than poll_interval ({format_duration(device.poll_interval)})",
+                )
+            )
+        for port, line in sorted(device.lines.items()):
+            if line in ports:
+                problems.append(
+                    (f"{where}.lines.{port}", f"line {line} is already on {ports[line]}")
+                )
+            ports.setdefault(line, f"{device.name} port {port}")
+        password = _secret(device, "password", where, base, env, problems, required=True)
+        devices.append(
+            Device(
+                name=device.name,
+                url=device.url,
+                username=device.username,
+                password=password or SecretStr(""),
+                lines=dict(device.lines),
+                poll_interval=device.poll_interval,
+                timeout=device.timeout,
+            )
+        )
+    return tuple(devices)
+
+
+def _balance_problems(raw: RawSettings) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    servers = {server.name: server for server in raw.servers}
+    seen: dict[tuple[str, str | None, str | None], int] = {}
+    for index, check in enumerate(raw.balances.checks):
+        path = f"balances.checks[{index}]"
+        server = servers.get(check.server)
+        if server is None:
+            problems.append((f"{path}.server", f"no server named {_show(check.server)}"))
+            continue
+        if check.provider is not None and check.provider not in server.groups:
+            problems.append(
+                (
+                    f"{path}.provider",
+                    f"servers[{check.server}].groups has no group {_show(check.provider)}",
+                )
+            )
+        key = (check.server, check.provider, check.line)
+        if key in seen:
+            problems.append((path, f"the same lines as balances.checks[{seen[key]}]"))
+        seen.setdefault(key, index)
+    return problems
 
 
 def _resolve_tokens(

@@ -1312,6 +1312,48 @@ def line_detail() -> Json:
         8,
     )
 
+    lay.row("SIM")
+    lay.add(
+        timeseries(
+            "Prepaid balance",
+            "The SIM's prepaid balance as read by USSD on the balances schedule, and the low "
+            "threshold of its balance check (GoipdLineBalanceLow below it). Gaps: no check "
+            "applies to the line, or no read worked yet.",
+            targets(
+                (f"goipd_line_balance{sl}", "balance"),
+                (f"goipd_line_balance_low_threshold{sl}", "low threshold"),
+            ),
+            overrides=[
+                override(
+                    "byName",
+                    "low threshold",
+                    **{"custom.lineStyle": {"fill": "dash", "dash": [10, 10]}},
+                )
+            ],
+        ),
+        12,
+        7,
+    )
+    lay.add(
+        timeseries(
+            "Balance reads failing and self-healing",
+            "1 while the line's latest balance read failed (by reason); 1 while a reboot by "
+            "remediation is waited for, and while one failed and the line is still down "
+            "(GoipdLineRemediationFailed).",
+            targets(
+                (
+                    f"max by (reason) (goipd_line_balance_read_failing{sl})",
+                    "read failing: {{reason}}",
+                ),
+                (f"max(goipd_line_remediation_pending{sl})", "reboot pending"),
+                (f"max(goipd_line_remediation_failed{sl})", "reboot failed"),
+            ),
+            minimum=0,
+        ),
+        12,
+        7,
+    )
+
     lay.row("SMS Server $server")
     lay.add(
         stat(

@@ -66,6 +66,7 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
         "GOIPD_SMSGO_HOOK_TOKEN": "s" * 20,
         "GOIPD_PAASOO_HOOK_TOKEN": "p" * 20,
         "GOIPD_C123_PASSWORD": "c123-pw",
+        "GOIPD_GOIP_A_PASSWORD": "goip-pw",
     }
     settings = parse_settings(example.read_text(), source=tmp_path / "goipd.yaml", environ=env)
     assert [s.name for s in settings.servers] == ["taipei", "shenzhen"]
@@ -637,3 +638,109 @@ def test_the_callback_signing_secret_resolves_from_the_environment() -> None:
     assert settings.callback_secret is not None
     assert settings.callback_secret.get_secret_value() == "callback-secret-0123"
     assert settings.api_clients == {}
+
+
+# --- SIM operations: devices, balances, remediation ---------------------------------------------
+
+
+SIM_OPS = """
+servers:
+  - name: hq
+    url: "http://127.0.0.1:9"
+    username: root
+    password: pw
+    groups: {Chunghwa: [G101]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            "balances: {schedule: 'every day'}",
+            "balances.schedule: expected a crontab schedule like",
+        ),
+        (
+            "balances: {checks: [{server: hq, code: '*101#$', pattern: x}]}",
+            'balances.checks[0].code: expected a USSD code of 0-9 * # + like *101#, got "*101#$"',
+        ),
+        (
+            "balances: {checks: [{server: hq, code: '*101#', pattern: '(x'}]}",
+            "balances.checks[0].pattern: not a regular expression: missing ), unterminated",
+        ),
+        (
+            "balances: {checks: [{server: nope, code: '*101#', pattern: x}]}",
+            'balances.checks[0].server: no server named "nope"',
+        ),
+        (
+            "balances: {checks: [{server: hq, provider: FET, code: '*101#', pattern: x}]}",
+            'balances.checks[0].provider: servers[hq].groups has no group "FET"',
+        ),
+        (
+            "balances: {checks: [{server: hq, provider: Chunghwa, line: G101, code: '1',"
+            " pattern: x}]}",
+            "balances.checks[0]: give provider or line, not both",
+        ),
+        (
+            "balances: {checks: [{server: hq, code: '1', pattern: x},"
+            " {server: hq, code: '2', pattern: y}]}",
+            "balances.checks[1]: the same lines as balances.checks[0]",
+        ),
+        ("remediation: {cooldown: 0s}", "remediation.cooldown: must be greater than 0s"),
+        ("remediation: {max_per_server: 0}", "remediation.max_per_server:"),
+    ],
+)
+def test_sim_operations_problems_name_their_key(section: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(SIM_OPS + section, source=Path("goipd.yaml"), environ={})
+    assert expected in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("{name: a, url: 'http://d', password: p, lines: {33: G1}}", "ports are 1 to 32, got 33"),
+        ("{name: a, url: 'http://d', password: p, lines: {}}", "name at least one port"),
+        (
+            "{name: a, url: 'http://d', password: p, lines: {1: G1, 2: G1}}",
+            "a line ID is given for two ports",
+        ),
+        (
+            "{name: a, url: 'http://u:p@d', password: p, lines: {1: G1}}",
+            "servers[0].devices[0].url: credentials belong in username/password",
+        ),
+        (
+            "{name: a, url: 'http://d', lines: {1: G1}}",
+            "servers[0].devices[0].password: required",
+        ),
+        (
+            "{name: a, url: 'http://d', password: p, lines: {1: G1}, poll_interval: 5s,"
+            " timeout: 5s}",
+            "servers[0].devices[0].timeout: must be shorter than poll_interval (5s)",
+        ),
+    ],
+)
+def test_device_problems_name_their_key(device: str, expected: str) -> None:
+    text = SIM_OPS + f"    devices: [{device}]\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(text, source=Path("goipd.yaml"), environ={})
+    assert expected in str(caught.value), str(caught.value)
+    assert "p@d" not in str(caught.value).replace("http://u:p@d", "")
+
+
+def test_sim_operations_are_resolved() -> None:
+    text = SIM_OPS + (
+        "    devices: [{name: goip-a, url: 'http://d/', password_env: DEV, lines: {1: G101}}]\n"
+        "balances: {checks: [{server: hq, provider: Chunghwa, code: '*101#',"
+        " pattern: '(?P<balance>\\d+)', low: 5}]}\n"
+        "remediation: {enabled: true, cooldown: 1h}\n"
+    )
+    settings = parse_settings(text, source=Path("goipd.yaml"), environ={"DEV": "secret-pw"})
+    [device] = settings.servers[0].devices
+    assert (device.url, device.lines, device.password.get_secret_value()) == (
+        "http://d",
+        {1: "G101"},
+        "secret-pw",
+    )
+    assert settings.balances.checks[0].low == 5
+    assert settings.remediation.enabled and settings.remediation.cooldown == 3600

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from goipd import __version__
-from goipd.cli import lines, messages, push_urls, quarantine, run, send
+from goipd.cli import line_actions, lines, messages, push_urls, quarantine, run, send
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +47,12 @@ def _verb(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return messages.run_show(args)
     if args.command == "quarantine":
         return quarantine.run_quarantine(args)
+    if args.command == "reboot":
+        return line_actions.run_reboot(args)
+    if args.command == "ussd":
+        return line_actions.run_ussd(args)
+    if args.command == "balance":
+        return line_actions.run_balance(args)
     if args.command == "release":
         return quarantine.run_release(args)
     parser.print_help()
@@ -78,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     quarantine.add_quarantine_arguments(
         sub.add_parser("release", help="put a quarantined line back into routing"), reason=False
+    )
+    line_actions.add_reboot_arguments(
+        sub.add_parser("reboot", help="reboot a line's GSM module (or its device) via its server")
+    )
+    line_actions.add_ussd_arguments(
+        sub.add_parser("ussd", help="send a USSD code on a line and print the answer")
+    )
+    line_actions.add_balance_arguments(
+        sub.add_parser("balance", help="read a line's prepaid balance now (balances.checks)")
     )
     sub.add_parser("simulate", help="run a simulated GoIP fleet (see goipd simulate --help)")
     sub.add_parser("version", help="print the version")

@@ -29,7 +29,9 @@ def api_token(args: argparse.Namespace) -> str | None:
     return os.environ.get("GOIPD_TOKEN") or None
 
 
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, timeout: float = 30.0
+) -> tuple[int, Any]:
     url = args.url.rstrip("/") + path
     if not url.startswith(("http://", "https://")):
         raise SystemExit(f"--url must be an http:// or https:// URL, got {args.url!r}")
@@ -40,7 +42,7 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         try:

@@ -41,7 +41,9 @@ def run_lines(args: argparse.Namespace) -> int:
         if server.get("stalled"):
             state += f", STALLED ({server.get('stall_detail')}): not routed to"
         print(f"{server['server']}: {state}, {server['lines']} lines")
-    rows = [("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "QUARANTINE")]
+    rows = [
+        ("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "BALANCE", "QUARANTINE / REPAIR")
+    ]
     for line in reply["lines"]:
         rows.append(
             (
@@ -51,6 +53,7 @@ def run_lines(args: argparse.Namespace) -> int:
                 "yes" if line["healthy"] else "no",
                 _quota(line["remain_sms"]),
                 _quota(line["day_remain_sms"]),
+                _balance(line.get("balance")),
                 _quarantine_note(line),
             )
         )
@@ -62,6 +65,18 @@ def run_lines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _balance(balance: dict[str, Any] | None) -> str:
+    if balance is None:
+        return "-"
+    value = balance["value"]
+    text = "?" if value is None else f"{value:g}"
+    if balance.get("is_low"):
+        text += " LOW"
+    if balance.get("error"):
+        text += f" (read failed: {balance['error']['reason']})"
+    return text
+
+
 def _quarantine_note(line: dict[str, Any]) -> str:
     notes = []
     manual = line.get("manual_quarantine")
@@ -69,4 +84,7 @@ def _quarantine_note(line: dict[str, Any]) -> str:
         notes.append("manual" + (f": {manual['reason']}" if manual["reason"] else ""))
     if line.get("quarantine_reason"):
         notes.append(line["quarantine_reason"])
+    remediation = line.get("remediation")
+    if remediation is not None and remediation["result"] != "recovered":
+        notes.append(f"{remediation['action']} {remediation['result']}")
     return "; ".join(notes)

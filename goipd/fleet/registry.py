@@ -14,6 +14,7 @@ from enum import StrEnum
 import structlog
 
 from goipd.ledger.shared import AutoQuarantine
+from goipd.ledger.upkeep import LineBalance, Remediation
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import MBSTRING_MISSING, LineStatus, setup_problem
 
@@ -137,6 +138,13 @@ class LineRegistry:
         """Quarantines after line errors by (server, line), this instance's and those the
         ledger holds (goipd/fleet/quarantine.py), kept like `manual` for a line that
         reappears. Run-out ones leave at the next adoption of the ledger's set."""
+        self.balances: dict[tuple[str, str], LineBalance] = {}
+        """Each line's last prepaid balance and read error (goipd/fleet/balances.py), by
+        (server, line), as the ledger holds them."""
+        self.balance_thresholds: dict[tuple[str, str], float] = {}
+        """The `low` of the balance check that applies to each line, where one is set."""
+        self.remediations: dict[tuple[str, str], Remediation] = {}
+        """Each line's latest remediation of the last days (goipd/fleet/remediation.py)."""
         self.set_servers(server_names)
 
     def set_servers(self, names: Iterable[str]) -> None:

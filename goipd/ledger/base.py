@@ -13,6 +13,7 @@ from goipd.ledger.events import StatusEvent
 from goipd.ledger.held import HeldKey, HeldReport
 from goipd.ledger.line_rate import LineReservation
 from goipd.ledger.shared import AutoQuarantine, ProviderDisable
+from goipd.ledger.upkeep import LineBalance, Remediation
 from goipd.model import (
     AcceptResult,
     Claim,
@@ -483,6 +484,55 @@ class Receiving(Reporting, InboundStore, Protocol):
     """What comes back from upstreams: reports on sends, and inbound SMS."""
 
 
+class LineUpkeep(Protocol):
+    """What goipd learns of SIMs and does to their modules (goipd/fleet/balances.py,
+    remediation.py): balances outlive a restart, and instances on one ledger never reboot one
+    line twice for one incident."""
+
+    async def record_balance(
+        self, server: str, line: str, balance: float, answer: str, now: float
+    ) -> None:
+        """A balance read: kept with the answer it was read from; clears a read error."""
+
+    async def record_balance_error(
+        self, server: str, line: str, reason: str, error: str, now: float
+    ) -> None:
+        """A read that failed: the last good balance stays, with this error beside it."""
+
+    async def line_balances(self) -> list[LineBalance]: ...
+
+    async def start_remediation(
+        self,
+        server: str,
+        line: str,
+        incident: str,
+        incident_since: float,
+        action: str,
+        now: float,
+        *,
+        cooldown: float,
+        max_per_server: int,
+    ) -> Remediation | None:
+        """Record that this instance takes `action` on the line for the incident that began at
+        `incident_since`, atomically, unless one was recorded for that incident (by any
+        instance), one of the line's began within `cooldown`, or `max_per_server` of the
+        server's are pending; None when it must not act."""
+
+    async def finish_remediation(
+        self,
+        server: str,
+        line: str,
+        incident_since: float,
+        result: str,
+        detail: str | None,
+        now: float,
+    ) -> bool:
+        """A pending remediation's result; False when it was not pending (any more)."""
+
+    async def remediations(self, since: float) -> list[Remediation]:
+        """Remediations begun since `since`, and every pending one, oldest first."""
+
+
 class Ledger(
     Store,
     Accepting,
@@ -496,6 +546,7 @@ class Ledger(
     SharedRouting,
     AlertPages,
     StatusEvents,
+    LineUpkeep,
     Protocol,
 ):
     """Every role: what a backend implements. Components are typed against the roles they use."""

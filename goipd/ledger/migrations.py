@@ -280,6 +280,37 @@ MIGRATIONS: tuple[str, ...] = (
                 || ',', ',' || NEW.state || ',') > 0;
     END;
     """,
+    # 10: what goipd learns and does to SIMs and modules (goipd/fleet/balances.py,
+    # remediation.py): each line's last prepaid balance read by USSD (or why it could not be
+    # read), and every automatic reboot, one row per line and incident, so that instances on
+    # one ledger never reboot a line twice for one incident.
+    """
+    CREATE TABLE line_balances (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        balance REAL,
+        answer TEXT,
+        read_at REAL,
+        error_reason TEXT,
+        error TEXT,
+        error_at REAL,
+        PRIMARY KEY (server, line)
+    );
+    CREATE TABLE line_remediations (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        incident_since REAL NOT NULL,
+        incident TEXT NOT NULL,
+        action TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        result TEXT NOT NULL,
+        finished_at REAL,
+        detail TEXT,
+        PRIMARY KEY (server, line, incident_since)
+    );
+    CREATE INDEX line_remediations_started ON line_remediations (server, started_at);
+    """,
 )
 LATEST = len(MIGRATIONS)
 

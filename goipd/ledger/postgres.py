@@ -56,6 +56,7 @@ from goipd.ledger.rules import (
 )
 from goipd.ledger.servers_postgres import PostgresServerRecords, insert_inbound
 from goipd.ledger.shared_postgres import PostgresSharedRouting
+from goipd.ledger.upkeep_postgres import PostgresLineUpkeep
 from goipd.model import (
     EXPIRED_CODE,
     EXPIRED_MEANING,
@@ -357,6 +358,35 @@ MIGRATIONS: tuple[str, ...] = (
         AND NEW.state IN ('submitted', 'sent', 'delivered', 'failed', 'cancelled', 'expired'))
     EXECUTE FUNCTION recipients_status_event();
     """,
+    # 9: each line's last prepaid balance, and every automatic reboot, one row per line and
+    # incident (see the SQLite migration 10).
+    """
+    CREATE TABLE line_balances (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        balance DOUBLE PRECISION,
+        answer TEXT,
+        read_at DOUBLE PRECISION,
+        error_reason TEXT,
+        error TEXT,
+        error_at DOUBLE PRECISION,
+        PRIMARY KEY (server, line)
+    );
+    CREATE TABLE line_remediations (
+        server TEXT NOT NULL,
+        line TEXT NOT NULL,
+        incident_since DOUBLE PRECISION NOT NULL,
+        incident TEXT NOT NULL,
+        action TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        result TEXT NOT NULL,
+        finished_at DOUBLE PRECISION,
+        detail TEXT,
+        PRIMARY KEY (server, line, incident_since)
+    );
+    CREATE INDEX line_remediations_started ON line_remediations (server, started_at);
+    """,
 )
 
 
@@ -377,6 +407,7 @@ class PostgresLedger(
     PostgresSharedRouting,
     PostgresAlertPages,
     PostgresStatusEvents,
+    PostgresLineUpkeep,
 ):
     def __init__(
         self,

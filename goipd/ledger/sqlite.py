@@ -56,6 +56,7 @@ from goipd.ledger.rows import (
 from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
 from goipd.ledger.servers_sqlite import SqliteServerRecords, insert_inbound
 from goipd.ledger.shared_sqlite import SqliteSharedRouting
+from goipd.ledger.upkeep_sqlite import SqliteLineUpkeep
 from goipd.model import (
     EXPIRED_CODE,
     EXPIRED_MEANING,
@@ -176,6 +177,7 @@ class SqliteLedger(
     SqliteSharedRouting,
     SqliteAlertPages,
     SqliteStatusEvents,
+    SqliteLineUpkeep,
 ):
     def __init__(self, path: Path, instance_id: str = "local") -> None:
         self.path = Path(path)

@@ -182,6 +182,29 @@ class Metrics:
             ["state"],
             registry=self.registry,
         )
+        self.balance_reads = Counter(
+            "goipd_balance_reads",
+            "Prepaid balance reads by USSD per SMS Server; result: ok, or why it failed "
+            "(no_response, device_error, unknown_line, engine_down, balance_unreadable, auth, "
+            "timeout, ...).",
+            ["server", "result"],
+            registry=self.registry,
+        )
+        self.line_actions = Counter(
+            "goipd_line_actions",
+            "Actions on a line through its SMS Server (reboot_module, reboot_device, ussd), by "
+            "hand or by remediation; result: ok, or why it failed.",
+            ["server", "action", "result"],
+            registry=self.registry,
+        )
+        self.remediations = Counter(
+            "goipd_line_remediations",
+            "Self-healing of stuck lines: started (a module reboot), recovered (the line "
+            "registered again), failed (it did not within remediation.recovery_wait), refused "
+            "(the SMS Server did not take the reboot).",
+            ["server", "result"],
+            registry=self.registry,
+        )
         self.recipients_expired = Counter(
             "goipd_recipients_expired",
             "Recipients that expired unsent; cause: validity (the message's expires_at or "

@@ -9,8 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from goipd.accept.validate import _CONTROL
+from goipd.fleet.actions import ActionRefused, ActionResult, LineActions
+from goipd.fleet.balances import BalanceChecker
 from goipd.fleet.quarantine import QUARANTINE_KEY
 from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine, ServerState
+from goipd.ledger.upkeep import LineBalance, Remediation
 from goipd.model import LedgerError
 from goipd.problem import Problem, json_kind
 from goipd.upstream import cms
@@ -21,7 +24,10 @@ from goipd.web.body import json_body
 from goipd.web.context import API_KEY, REGISTRY_KEY
 
 
-def line_json(line: Line, now: float) -> dict[str, Any]:
+def line_json(line: Line, now: float, registry: LineRegistry | None = None) -> dict[str, Any]:
+    key = (line.server, line.line_id)
+    balance = registry.balances.get(key) if registry is not None else None
+    remediation = registry.remediations.get(key) if registry is not None else None
     return {
         "server": line.server,
         "line": line.line_id,
@@ -48,6 +54,41 @@ def line_json(line: Line, now: float) -> dict[str, Any]:
         "first_seen": line.first_seen,
         "last_change": line.last_change,
         "last_seen": line.last_seen,
+        "balance": balance_json(balance, registry, key) if balance is not None else None,
+        "remediation": remediation_json(remediation) if remediation is not None else None,
+    }
+
+
+def balance_json(
+    balance: LineBalance, registry: LineRegistry | None, key: tuple[str, str]
+) -> dict[str, Any]:
+    low = registry.balance_thresholds.get(key) if registry is not None else None
+    failing = balance.error_at is not None and (
+        balance.read_at is None or balance.error_at > balance.read_at
+    )
+    return {
+        "value": balance.balance,
+        "read_at": balance.read_at,
+        "answer": balance.answer,
+        "low": low,
+        "is_low": low is not None and balance.balance is not None and balance.balance < low,
+        "error": (
+            {"reason": balance.error_reason, "detail": balance.error, "at": balance.error_at}
+            if failing
+            else None
+        ),
+    }
+
+
+def remediation_json(remediation: Remediation) -> dict[str, Any]:
+    return {
+        "incident": remediation.incident,
+        "incident_since": remediation.incident_since,
+        "action": remediation.action,
+        "started_at": remediation.started_at,
+        "result": remediation.result,
+        "finished_at": remediation.finished_at,
+        "detail": remediation.detail,
     }
 
 
@@ -94,7 +135,7 @@ async def get_lines(request: web.Request) -> web.Response:
         s for s in registry.servers.values() if server_filter is None or s.name == server_filter
     ]
     lines = [
-        line_json(line, now)
+        line_json(line, now, registry)
         for server in servers
         for line in server.lines.values()
         if (state_filter is None or line.state == state_filter)
@@ -218,3 +259,100 @@ async def delete_quarantine(request: web.Request) -> web.Response:
         kind for kind, done in (("manual", released.manual), ("errors", released.auto)) if done
     ]
     return web.json_response(reply)
+
+
+ACTIONS_KEY = web.AppKey("line_actions", LineActions)
+BALANCES_KEY = web.AppKey("balances", BalanceChecker)
+_REBOOT_FIELDS = frozenset({"device"})
+_USSD_FIELDS = frozenset({"code"})
+
+
+def _action_json(result: ActionResult) -> dict[str, Any]:
+    return {
+        "server": result.server,
+        "line": result.line,
+        "action": result.action,
+        "ok": result.ok,
+        "detail": result.detail,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+async def _action_body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    body: Any = await json_body(request) if await request.read() else {}
+    if not isinstance(body, dict):
+        raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Problem(
+            422, f"unknown field {unknown[0][:40]!r}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return body
+
+
+def _action_target(request: web.Request) -> tuple[str, str]:
+    """A line the server reports: actions are relayed to the line's GoIP, which must exist."""
+    registry = request.app[REGISTRY_KEY]
+    server, line_id = request.match_info["server"], request.match_info["line"]
+    if server not in registry.servers:
+        raise Problem(404, f"no server named {server[:40]!r}")
+    if not _reported(registry, server, line_id):
+        raise Problem(404, f"server {server} reports no line {line_id[:40]!r}")
+    return server, line_id
+
+
+async def post_reboot(request: web.Request) -> web.Response:
+    """Reboot the line's GSM module, or with {"device": true} the GoIP it is on. 200 with the
+    SMS Server's answer, or 502 when the server or device refused or did not answer; 409 while
+    another action on the line runs."""
+    server, line_id = _action_target(request)
+    body = await _action_body(request, _REBOOT_FIELDS)
+    device = body.get("device", False)
+    if not isinstance(device, bool):
+        raise Problem(422, f"device: expected true or false, got {json_kind(device)}")
+    try:
+        result = await request.app[ACTIONS_KEY].reboot(
+            server, line_id, device=device, asked_by=f"api:{client_id(request) or 'open'}"
+        )
+    except ActionRefused as exc:
+        raise Problem(exc.status, exc.detail) from None
+    return web.json_response(_action_json(result), status=200 if result.ok else 502)
+
+
+async def post_ussd(request: web.Request) -> web.Response:
+    """Send a USSD code on the line and answer with the carrier's reply (this can take up to
+    balances.answer_timeout, 130 s by default)."""
+    server, line_id = _action_target(request)
+    body = await _action_body(request, _USSD_FIELDS)
+    code = body.get("code")
+    if not isinstance(code, str):
+        raise Problem(422, f"code: expected a USSD code like *101#, got {json_kind(code)}")
+    try:
+        result = await request.app[ACTIONS_KEY].ussd(
+            server, line_id, code, asked_by=f"api:{client_id(request) or 'open'}"
+        )
+    except ActionRefused as exc:
+        raise Problem(
+            exc.status, f"code: {exc.detail}" if exc.status == 422 else exc.detail
+        ) from None
+    return web.json_response(_action_json(result), status=200 if result.ok else 502)
+
+
+async def post_balance(request: web.Request) -> web.Response:
+    """Read the line's balance now, with the balance check that applies to it; answers the
+    line's balance as `GET /api/v1/lines` shows it (a failed read: 502, with its error)."""
+    server, line_id = _action_target(request)
+    await _action_body(request, frozenset())
+    checker = request.app[BALANCES_KEY]
+    target = checker.target(server, line_id)
+    if target is None:
+        raise Problem(404, f"no balance check applies to {server}/{line_id} (balances.checks)")
+    client = checker.clients(server)
+    if client is None:
+        raise Problem(404, f"no server named {server!r}")
+    balance = await checker.read_one(client, target)
+    if balance is None:
+        raise Problem(503, "the ledger cannot store the balance right now")
+    registry = request.app[REGISTRY_KEY]
+    reply = balance_json(balance, registry, (server, line_id))
+    return web.json_response(reply, status=502 if reply["error"] else 200)

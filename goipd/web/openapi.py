@@ -25,6 +25,19 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+_LINE_PARAMETERS = [
+    {"name": "server", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "line", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+_ACTION_RESPONSES = {
+    "200": _json(_ref("ActionResult"), "Done; `detail` is the SMS Server's answer"),
+    "401": _PROBLEM,
+    "404": _PROBLEM,
+    "409": _PROBLEM,
+    "422": _PROBLEM,
+    "502": _json(_ref("ActionResult"), "The SMS Server or the GoIP refused or did not answer"),
+    "503": _PROBLEM,
+}
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -100,6 +113,53 @@ DOCUMENT: dict[str, Any] = {
                     "200": _json(_ref("Quarantine"), "Released; `released` says what ended"),
                     "401": _PROBLEM,
                     "404": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            },
+        },
+        "/api/v1/lines/{server}/{line}/reboot": {
+            "parameters": _LINE_PARAMETERS,
+            "post": {
+                "summary": "Reboot the line's GSM module, or the GoIP device it is on",
+                "description": (
+                    "Through the SMS Server's api.php (svr_reboot_module, svr_reboot_dev). "
+                    "Refused with 409 while another action on the line runs (on any instance "
+                    "sharing the ledger). Logged with the API token's fingerprint and counted "
+                    "in goipd_line_actions_total."
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RebootRequest")}},
+                },
+                "responses": _ACTION_RESPONSES,
+            },
+        },
+        "/api/v1/lines/{server}/{line}/ussd": {
+            "parameters": _LINE_PARAMETERS,
+            "post": {
+                "summary": "Send a USSD code on the line; the answer is the carrier's reply",
+                "description": (
+                    "Through the SMS Server's en/ussd.php; may take up to "
+                    "balances.answer_timeout (130 s). One USSD session per SMS Server at a time."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("UssdRequest")}},
+                },
+                "responses": _ACTION_RESPONSES,
+            },
+        },
+        "/api/v1/lines/{server}/{line}/balance": {
+            "parameters": _LINE_PARAMETERS,
+            "post": {
+                "summary": "Read the line's prepaid balance now, with its balance check",
+                "description": "502 with the balance (its `error` set) when the read failed.",
+                "responses": {
+                    "200": _json(_ref("Balance"), "The balance read"),
+                    "401": _PROBLEM,
+                    "404": _PROBLEM,
+                    "422": _PROBLEM,
+                    "502": _json(_ref("Balance"), "The read failed; the last good balance"),
                     "503": _PROBLEM,
                 },
             },
@@ -570,7 +630,75 @@ DOCUMENT: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "servers": {"type": "array", "items": {"type": "object"}},
-                    "lines": {"type": "array", "items": {"type": "object"}},
+                    "lines": {"type": "array", "items": _ref("Line")},
+                },
+            },
+            "Line": {
+                "type": "object",
+                "description": "One line; only the fields of SIM operations are detailed here.",
+                "properties": {
+                    "server": {"type": "string"},
+                    "line": {"type": "string"},
+                    "balance": {"oneOf": [_ref("Balance"), {"type": "null"}]},
+                    "remediation": {
+                        "type": ["object", "null"],
+                        "description": "The line's latest self-healing of the last 7 days",
+                        "properties": {
+                            "incident": {"type": "string", "enum": ["unregistered", "quarantined"]},
+                            "incident_since": {"type": "number"},
+                            "action": {"type": "string"},
+                            "started_at": {"type": "number"},
+                            "result": {
+                                "type": "string",
+                                "enum": ["pending", "recovered", "failed", "refused"],
+                            },
+                            "finished_at": {"type": ["number", "null"]},
+                            "detail": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+            "Balance": {
+                "type": "object",
+                "properties": {
+                    "value": {"type": ["number", "null"]},
+                    "read_at": {"type": ["number", "null"]},
+                    "answer": {"type": ["string", "null"], "description": "the carrier's words"},
+                    "low": {"type": ["number", "null"]},
+                    "is_low": {"type": "boolean"},
+                    "error": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "reason": {"type": "string"},
+                            "detail": {"type": "string"},
+                            "at": {"type": "number"},
+                        },
+                    },
+                },
+            },
+            "RebootRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"device": {"type": "boolean", "default": False}},
+            },
+            "UssdRequest": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["code"],
+                "properties": {"code": {"type": "string", "pattern": "^[0-9*#+]{1,64}$"}},
+            },
+            "ActionResult": {
+                "type": "object",
+                "properties": {
+                    "server": {"type": "string"},
+                    "line": {"type": "string"},
+                    "action": {
+                        "type": "string",
+                        "enum": ["reboot_module", "reboot_device", "ussd"],
+                    },
+                    "ok": {"type": "boolean"},
+                    "detail": {"type": "string", "description": "the answer, or why it failed"},
+                    "seconds": {"type": "number"},
                 },
             },
         },

@@ -7,7 +7,15 @@ from aiohttp import web
 from goipd.web import openapi
 from goipd.web.alertmanager import post_alertmanager
 from goipd.web.inbound import list_inbound
-from goipd.web.lines import delete_quarantine, get_lines, get_status, put_quarantine
+from goipd.web.lines import (
+    delete_quarantine,
+    get_lines,
+    get_status,
+    post_balance,
+    post_reboot,
+    post_ussd,
+    put_quarantine,
+)
 from goipd.web.messages import delete_message, get_message, list_messages, post_message
 
 
@@ -16,6 +24,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/status", get_status)
     app.router.add_put("/api/v1/lines/{server}/{line}/quarantine", put_quarantine)
     app.router.add_delete("/api/v1/lines/{server}/{line}/quarantine", delete_quarantine)
+    app.router.add_post("/api/v1/lines/{server}/{line}/reboot", post_reboot)
+    app.router.add_post("/api/v1/lines/{server}/{line}/ussd", post_ussd)
+    app.router.add_post("/api/v1/lines/{server}/{line}/balance", post_balance)
     app.router.add_post("/api/v1/messages", post_message)
     app.router.add_get("/api/v1/messages", list_messages)
     app.router.add_get("/api/v1/messages/{id}", get_message)

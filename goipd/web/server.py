@@ -12,6 +12,8 @@ from pydantic import SecretStr
 
 from goipd.accept.alerts import AlertRelay
 from goipd.config import Settings
+from goipd.fleet.actions import LineActions
+from goipd.fleet.balances import BalanceChecker
 from goipd.fleet.quarantine import QUARANTINE_KEY, ManualQuarantines
 from goipd.fleet.registry import LineRegistry
 from goipd.reports.cloud import CloudContext, HeldReports
@@ -20,6 +22,7 @@ from goipd.web import goip_hooks, probes, routes, statuspage
 from goipd.web.auth import client_id, token_middleware
 from goipd.web.cloud_hooks import CloudHooks
 from goipd.web.context import ALERTING_KEY, API_KEY, REGISTRY_KEY, ApiContext
+from goipd.web.lines import ACTIONS_KEY, BALANCES_KEY
 from goipd.web.problems import Handler, problem_middleware, problem_response
 from goipd.web.ratelimit import RateLimit, rate_limit_middleware
 
@@ -37,6 +40,8 @@ class Parts:
     cloud: CloudContext
     held_reports: HeldReports
     provider_hook_tokens: Callable[[], Mapping[str, SecretStr | None]]
+    actions: LineActions
+    balances: BalanceChecker
 
 
 def build_app(
@@ -63,6 +68,8 @@ def build_app(
     app[ALERTING_KEY] = parts.alert_relay
     app[goip_hooks.HOOKS_KEY] = parts.goip
     app[QUARANTINE_KEY] = parts.quarantines
+    app[ACTIONS_KEY] = parts.actions
+    app[BALANCES_KEY] = parts.balances
     probes.add_routes(app)
     routes.add_routes(app)
     statuspage.add_routes(app)
