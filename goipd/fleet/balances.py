@@ -4,9 +4,11 @@ Which lines are read, and how, is `balances.checks`: for each line the most spec
 applies (one naming the line, then its carrier group, then its server). Reads run on the
 instance that polls the server (one USSD session per server at a time: the client spaces them),
 each line in turn; a read that fails keeps the line's last good balance and records why beside
-it. What was read lives in the ledger, so it outlives restarts and every instance shows it. A
-line that has never been read (a new SIM, a new check) is read soon after it appears rather
-than at the next scheduled time, which may be hours away.
+it. Lines not online and registered are skipped: they cannot answer, and asking one would hold
+the server's one USSD session for two minutes. What was read lives in the ledger, so it
+outlives restarts and every instance shows it. A line that has never been read (a new SIM, a
+new check) is read soon after it can be rather than at the next scheduled time, which may be
+hours away.
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ class BalanceChecker:
             if (t.server, t.line) not in self.registry.balances
             and (t.server, t.line) not in self._first_tried
             and self.reads(t.server)
+            and self._reachable(t)
         ]
         self._first_tried.update((t.server, t.line) for t in found)
         return found
@@ -221,9 +224,16 @@ class BalanceChecker:
         self._busy.add(server)
         try:
             for target in lines:
-                await self.read_one(client, target)
+                if self._reachable(target):
+                    await self.read_one(client, target)
         finally:
             self._busy.discard(server)
+
+    def _reachable(self, target: BalanceTarget) -> bool:
+        """Only a line online and registered can run a USSD session: asking another one holds
+        the server's one session for the two minutes the server waits for an answer."""
+        line = self.registry.line(target.server, target.line)
+        return line is not None and not line.gone and line.online and line.registered
 
     async def read_one(self, client: UssdClient, target: BalanceTarget) -> LineBalance | None:
         """One line's balance, stored; None when the ledger refused it (logged)."""

@@ -21,14 +21,24 @@ from typing import Any
 import yaml
 
 from goipd.sim.goip import demo_spec
+from goipd.sim.goip.specs import DEMO_USSD
 
 DEMO_DIR = Path("var/demo")
 CLOUD_PORTS = {"smsgo": 9091, "smsgo_backup": 9092, "paasoo": 9093, "c123": 9094}
 """The cloud simulators' ports (goipd.sim.cloud_runner); their accounts are its defaults."""
 DEMO_HOOK_TOKEN = "demo-cloud-hook-token"  # noqa: S105 - a demo on loopback
+DEVICE_PORT = int(os.environ.get("GOIPD_DEMO_DEVICE_PORT", "9095"))
+"""Where the simulated GoIP devices serve their status pages."""
+BALANCE_PATTERNS = {
+    "taipei": r"NT\$(?P<balance>[0-9.,]+)",
+    "kaohsiung": r"NT\$(?P<balance>[0-9.,]+)",
+    "shenzhen": r"余额为(?P<balance>[0-9.,]+)元",
+}
 
 
-def demo_config(sim_port: int, goipd_port: int, state_dir: Path) -> dict[str, Any]:
+def demo_config(
+    sim_port: int, goipd_port: int, state_dir: Path, device_port: int = DEVICE_PORT
+) -> dict[str, Any]:
     spec = demo_spec(None)
     servers = [
         {
@@ -40,6 +50,26 @@ def demo_config(sim_port: int, goipd_port: int, state_dir: Path) -> dict[str, An
             "timeout": "2s",
             "hook_token": f"demo-hook-{server['name']}",
             "hook_allow": ["127.0.0.1"],
+            "devices": [
+                {
+                    "name": device["name"],
+                    "url": f"http://127.0.0.1:{device_port}/{device['name']}",
+                    "username": "admin",
+                    "password_file": "device.password",
+                    "lines": {port: line for port, line in enumerate(device["lines"], 1)},
+                    "poll_interval": "30s",
+                }
+                for device in server["devices"]
+            ],
+        }
+        for server in spec["servers"]
+    ]
+    balance_checks = [
+        {
+            "server": server["name"],
+            "code": DEMO_USSD[server["name"]][0],
+            "pattern": BALANCE_PATTERNS[server["name"]],
+            "low": 50,
         }
         for server in spec["servers"]
     ]
@@ -52,6 +82,15 @@ def demo_config(sim_port: int, goipd_port: int, state_dir: Path) -> dict[str, An
         "storage": {"url": f"sqlite:///{(state_dir / 'goipd.db').resolve()}"},
         "logging": {"level": "info", "format": "console"},
         "servers": servers,
+        # Balances at start (never read yet), then three times a day; one dead SIM a module
+        # reboot brings back within a couple of minutes, the others page.
+        "balances": {"checks": balance_checks},
+        "remediation": {
+            "enabled": True,
+            "unregistered_for": "2m",
+            "recovery_wait": "3m",
+            "cooldown": "6h",
+        },
         # Own SIMs first, the cloud when none is usable; China only through c123.
         "routes": [
             {"match": {"country": ["CN"]}, "via": [{"cloud": "c123"}]},
@@ -81,8 +120,9 @@ def demo_config(sim_port: int, goipd_port: int, state_dir: Path) -> dict[str, An
     }
 
 
-# The cloud simulators' default test accounts (goipd/sim/{smsgo,paasoo,c123}.py).
-CLOUD_SECRETS = {
+# The simulated devices' and the cloud simulators' default accounts.
+DEMO_SECRETS = {
+    "device.password": "admin",
     "smsgo.password": "smsgo-secret",
     "paasoo.secret": "paasoo-secret",
     "c123.password": "c123-password",
@@ -95,7 +135,7 @@ def write_demo_files(state_dir: Path, sim_port: int, goipd_port: int) -> Path:
         secret = state_dir / f"{server['name']}.password"
         secret.write_text(server["password"] + "\n")
         secret.chmod(0o600)
-    for name, value in CLOUD_SECRETS.items():
+    for name, value in DEMO_SECRETS.items():
         secret = state_dir / name
         secret.write_text(value + "\n")
         secret.chmod(0o600)
@@ -167,6 +207,8 @@ def main() -> int:
             goipd_url,
             "--churn-interval",
             "60",
+            "--device-port",
+            str(DEVICE_PORT),
         ],
     )
     clouds = subprocess.Popen(  # noqa: S603 - our own interpreter and module

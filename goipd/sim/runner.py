@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--port", type=int, default=9090, help="0 = any free port")
+    parser.add_argument(
+        "--device-port",
+        type=int,
+        default=0,
+        help="where the simulated GoIP devices serve their status pages (0 = any free port)",
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--spec", type=Path, help="fleet spec file (.yaml/.yml or .json)")
     source.add_argument("--demo", action="store_true", help="the 3-server demo fleet (default)")
@@ -77,9 +83,11 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     return demo_spec(args.push_base, seed=args.seed)
 
 
-async def _run(fleet: SimFleet, host: str, port: int, churn_interval: float) -> int:
+async def _run(
+    fleet: SimFleet, host: str, port: int, churn_interval: float, device_port: int = 0
+) -> int:
     try:
-        running = await start_simulator(fleet, host, port)
+        running = await start_simulator(fleet, host, port, device_port=device_port)
     except OSError as exc:
         print(f"goipd simulate: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
@@ -87,7 +95,12 @@ async def _run(fleet: SimFleet, host: str, port: int, churn_interval: float) -> 
         fleet.start_churn(churn_interval)
     print(
         f"simulator: {len(fleet.servers)} SMS Servers at {running.url}/<server>/goip/<api>/, "
-        f"control API at {running.url}/_control/servers",
+        f"control API at {running.url}/_control/servers"
+        + (
+            f", {len(devices)} GoIP devices at {running.device_url('<device>')}/"
+            if (devices := [d for s in fleet.servers.values() for d in s.devices])
+            else ""
+        ),
         flush=True,
     )
     try:
@@ -128,7 +141,7 @@ def main_simulate(argv: list[str]) -> int:
         return 2
     # Second line of defence: even a stray log line must not carry a server password.
     scrubber.set_secrets(server.password for server in fleet.servers.values())
-    return asyncio.run(_run(fleet, args.host, args.port, args.churn_interval))
+    return asyncio.run(_run(fleet, args.host, args.port, args.churn_interval, args.device_port))
 
 
 if __name__ == "__main__":

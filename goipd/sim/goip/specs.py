@@ -62,6 +62,7 @@ def demo_spec(status_push_base: str | None, seed: int = 7) -> dict[str, Any]:
                     )
                 else:
                     line["fail_code"] = "331"  # no network service: every send fails
+        _sim_operations(name, lines, rng)
         server: dict[str, Any] = {
             "name": name,
             "username": "root",
@@ -69,6 +70,16 @@ def demo_spec(status_push_base: str | None, seed: int = 7) -> dict[str, Any]:
             "lines": lines,
             "send_delay": 1.0,
             "receipt_delay": 2.0,
+            # A GoIP-8 per eight lines, as racks are built; a reboot takes its module a minute.
+            "devices": [
+                {
+                    "name": f"{name}-{index // 8 + 1}",
+                    "lines": [line["line_id"] for line in lines[index : index + 8]],
+                }
+                for index in range(0, len(lines), 8)
+            ],
+            "reboot_time": 60.0,
+            "ussd_delay": 2.0,
         }
         if status_push_base:
             base = status_push_base.rstrip("/")
@@ -76,6 +87,32 @@ def demo_spec(status_push_base: str | None, seed: int = 7) -> dict[str, Any]:
             server["inbound_push_url"] = f"{base}/hooks/goip/{name}/inbound?token=demo-hook-{name}"
         servers.append(server)
     return {"servers": servers}
+
+
+DEMO_USSD = {
+    "taipei": ("*101#", "Your prepaid balance is NT${:.2f}, valid until 2027-06-30."),
+    "kaohsiung": ("*101#", "Your prepaid balance is NT${:.2f}, valid until 2027-06-30."),
+    "shenzhen": ("*100#", "尊敬的客户，您的账户余额为{:.2f}元，感谢使用。"),
+}
+"""The demo's carriers: the USSD code that asks for the balance and how they answer it."""
+
+
+def _sim_operations(name: str, lines: list[dict[str, Any]], rng: random.Random) -> None:
+    """What the demo shows of SIM operations: balances (some low, one the carrier answers
+    with something else), signal of every strength, and among the dead SIMs one that a module
+    reboot brings back (self-healing) while the others stay dead."""
+    code, answer = DEMO_USSD[name]
+    healed = False
+    for index, line in enumerate(lines):
+        balance = rng.choice([rng.uniform(80, 900), rng.uniform(80, 900), rng.uniform(3, 45)])
+        line["ussd"] = {code: answer.format(balance)}
+        line["csq"] = rng.choice([31, 27, 24, 21, 18, 14, 9, 4]) if index > 1 else 28
+        if line.get("reg") in ("LOGOUT", ""):
+            line["reboot_result"] = "unregistered"
+            if not healed and line.get("online", True):
+                line["reboot_result"] = "registered"
+                healed = True
+    lines[-1]["ussd"] = {code: "System busy, please try again later."}
 
 
 def synthetic_spec(servers: int, lines_per_server: int, send_delay: float = 0.0) -> dict[str, Any]:
