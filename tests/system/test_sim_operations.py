@@ -9,7 +9,9 @@
   first runs; `goipd ussd` prints the carrier's answer;
 - self-healing: a line stuck unregistered is rebooted once, comes back and is routed to again
   within unregistered_for plus the reboot time; a line that does not come back is rebooted once,
-  not in a loop, and its failed remediation is exported (GoipdLineRemediationFailed).
+  not in a loop, and its failed remediation is exported (GoipdLineRemediationFailed); two
+  instances on one PostgreSQL ledger reboot it once, also when the one that did dies and the
+  other takes the server over.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from goipd.ledger.postgres import PostgresLedger
 from goipd.sim.goip import RunningSimulator
 from tests.helpers.checks import eventually, sample
 from tests.helpers.daemons import API_TOKEN, control, fleet_spec
+from tests.helpers.ledgers import PG_URL
 from tests.helpers.pipeline import message, send, sent_log
 from tests.helpers.processes import Goipd, free_port, process_config, start_process
 
@@ -333,3 +338,78 @@ async def test_stuck_lines_are_rebooted_once_and_come_back_or_page(
     token.write_text(API_TOKEN)
     listed = await asyncio.to_thread(goipd_cli, process, token, "lines")
     assert "reboot_module failed" in listed.stdout
+
+
+async def test_two_instances_on_one_postgresql_never_reboot_one_incident_twice(
+    simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
+    tmp_path: Path,
+    started: list[Goipd],
+    http: aiohttp.ClientSession,
+) -> None:
+    sim = await fleet(
+        simulator,
+        [
+            {"line_id": "G101"},
+            {"line_id": "G105", "reg": "LOGOUT", "reboot_result": "unregistered"},
+        ],
+    )
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    storage = {"url": PG_URL, "pg_schema": schema}
+    remediation = {
+        "enabled": True,
+        "unregistered_for": "1s",
+        "recovery_wait": "3s",
+        "cooldown": "1h",
+    }
+    try:
+        processes = []
+        for name in ("a", "b"):
+            port = free_port()
+            config = process_config(
+                sim,
+                port,
+                storage,
+                remediation=remediation,
+                ha={"instance_id": name, "lease_ttl": "2s"},
+            )
+            process = start_process(config, port, tmp_path, name=name)
+            started.append(process)
+            process.start()
+            processes.append(process)
+        for process in processes:
+            await process.ready(http)
+
+        async def failed() -> bool:
+            line = (await lines_of(http, processes[0]))["G105"]
+            return (line["remediation"] or {}).get("result") == "failed"
+
+        await eventually(failed, 20, "G105's remediation failed")
+        # The instance that polled hq dies; the other takes the server over and sees the line
+        # still stuck: within the cooldown it does not reboot it again.
+        started_by = [
+            sample(
+                await metrics_of(http, process),
+                "goipd_line_remediations_total",
+                server="hq",
+                result="started",
+            )
+            for process in processes
+        ]
+        assert sorted(count or 0 for count in started_by) == [0, 1]
+        owner = processes[0] if started_by[0] else processes[1]
+        owner.kill()
+        other = processes[1 - processes.index(owner)]
+
+        async def took_over() -> bool:
+            return (
+                sample(await metrics_of(http, other), "goipd_instance_leader", server="hq") == 1.0
+            )
+
+        await eventually(took_over, 15, "the other instance polls hq")
+        await asyncio.sleep(4)
+        commands = await control(http, sim, "GET", "servers/hq/commands")
+        assert [(c["line"], c["cmd"]) for c in commands] == [("G105", "svr_reboot_module")]
+        line = (await lines_of(http, other))["G105"]
+        assert line["remediation"]["result"] == "failed"
+    finally:
+        await PostgresLedger(PG_URL, schema=schema).drop_schema()
