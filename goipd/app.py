@@ -22,6 +22,7 @@ from goipd.dispatch.routing import Router
 from goipd.fleet.actions import LineActions
 from goipd.fleet.balances import BalanceChecker
 from goipd.fleet.collector import FleetCollector
+from goipd.fleet.devices import DevicePoller
 from goipd.fleet.ha import CLOUD_LEASE, FORWARD_LEASE, Coordinator, default_instance_id
 from goipd.fleet.poller import FleetPoller
 from goipd.fleet.quarantine import AutoQuarantines, ManualQuarantines
@@ -150,6 +151,7 @@ class Daemon:
             self.relays.ussd.get,
             reads=self._reads_inbox,
         )
+        self.devices = DevicePoller(self.registry, self.metrics, polls=self._reads_inbox)
         self.actions = LineActions(
             self.ledger, self.metrics, self.relays.commands.get, self.relays.ussd.get
         )
@@ -226,6 +228,7 @@ class Daemon:
         self.relays.configure(
             {s.name: s for s in self.settings.servers}, self.settings.balances.answer_timeout
         )
+        self.devices.configure({s.name: s for s in self.settings.servers})
         # Which servers this instance polls, and the others' snapshots, before the first poll.
         log.info(
             "ha_instance",
@@ -264,6 +267,7 @@ class Daemon:
             self._supervise("held_reports", self.held_reports.run),
             self._supervise("inbox", self.inbox.run),
             self._supervise("balances", self.balances.run),
+            self._supervise("devices", self.devices.run),
             self._supervise("remediation", self.remediator.run),
             self._supervise("maintenance", self._maintenance),
             self._coordinator_task,
@@ -369,6 +373,7 @@ class Daemon:
         retired_servers = self.poller.configure(servers)
         retired_relays = self.relays.configure(servers, new.balances.answer_timeout)
         self.balances.reload()
+        self.devices.configure(servers)
         await self.coordinator.tick()  # new servers: polled here only once the lease is ours
         retired_clouds = self.clouds.configure(new.providers, new.http.public_url)
         providers = [p.name for p in new.providers]
@@ -415,6 +420,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.poller.stop()
         await self.relays.close()
+        await self.devices.close()
         await self.coordinator.stop()
         await self.provider_disables.stop()
         if self._runner is not None:
@@ -440,6 +446,7 @@ def _secrets(settings: Settings) -> list[str]:
         values.append(server.password.get_secret_value())
         if server.hook_token is not None:
             values.append(server.hook_token.get_secret_value())
+        values.extend(device.password.get_secret_value() for device in server.devices)
     for provider in settings.providers:
         values.append(provider.secret.get_secret_value())
         if provider.hook_token is not None:

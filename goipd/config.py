@@ -252,8 +252,8 @@ class DeviceSettings(_Strict):
     @field_validator("poll_interval")
     @classmethod
     def _interval(cls, value: float) -> float:
-        if value < 5:
-            raise ValueError(f"expected at least 5s, got {format_duration(value)}")
+        if value < 1:
+            raise ValueError(f"expected at least 1s, got {format_duration(value)}")
         return value
 
     @field_validator("timeout")

@@ -436,6 +436,8 @@ def quota_or_unlimited(metric: str, sel: str, quota: str) -> str:
 
 
 UNLIMITED = value_mappings((-1, "unlimited", BLUE))
+WEAK_SIGNAL_DBM = -103
+"""CSQ 5 and below: GoipdLineSignalWeak's threshold."""
 ENGINE = value_mappings((0, "sending", GREEN), (1, "stalled", RED))
 """goipd_server_stalled: the SMS Server's engine sends, or it is stalled."""
 
@@ -611,6 +613,18 @@ def fleet_overview() -> Json:
         8,
     )
     quota_cols = {"Value #A": "Total left", "Value #B": "Today left", "Value #C": "Usable"}
+    line_link = override(
+        "byName",
+        "line",
+        links=[
+            {
+                "title": "Line detail",
+                "url": f"/d/{LINE_UID}/goipd-line-detail?${{datasource:queryparam}}"
+                "&var-server=${__data.fields.server}&var-line=${__data.fields.line}"
+                "&${__url_time_range}",
+            }
+        ],
+    )
     lay.add(
         table(
             "Quota left per line",
@@ -639,22 +653,64 @@ def fleet_overview() -> Json:
                     mappings=value_mappings((1, "yes", GREEN), (0, "no", RED)),
                     **{"custom.cellOptions": {"type": "color-text"}},
                 ),
-                override(
-                    "byName",
-                    "line",
-                    links=[
-                        {
-                            "title": "Line detail",
-                            "url": f"/d/{LINE_UID}/goipd-line-detail?${{datasource:queryparam}}"
-                            "&var-server=${__data.fields.server}&var-line=${__data.fields.line}"
-                            "&${__url_time_range}",
-                        }
-                    ],
-                ),
+                line_link,
             ],
         ),
         24,
         10,
+    )
+    device_cols = {"Value #A": "Signal", "Value #B": "SIM"}
+    lay.add(
+        table(
+            "Weak signal and SIM absent lines",
+            "Lines whose GoIP device shows a signal of -103 dBm or weaker (CSQ 5 or less, "
+            "GoipdLineSignalWeak after 30 minutes) or no SIM in the port (GoipdSimAbsent); "
+            "only lines on a configured device (servers[].devices). Empty: all is well.",
+            [
+                target(
+                    f"max by (server, line) (goipd_line_signal_dbm{s}) <= {WEAK_SIGNAL_DBM}",
+                    ref="A",
+                    table=True,
+                ),
+                target(
+                    f"max by (server, line) (goipd_line_sim_present{s}) == 0", ref="B", table=True
+                ),
+            ],
+            columns=device_cols,
+            order=["server", "line", *device_cols.values()],
+            sort_by=("Signal", False),
+            overrides=[
+                override("byName", "Signal", unit="dBm"),
+                override(
+                    "byName",
+                    "SIM",
+                    mappings=value_mappings((0, "absent", RED)),
+                    **{"custom.cellOptions": {"type": "color-text"}},
+                ),
+                line_link,
+            ],
+        ),
+        12,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Failed GoIP device polls",
+            "Failed polls of the GoIP devices' status pages by device and reason (timeout, "
+            "connect, auth, parse, ...). A device poll error changes nothing of its lines' "
+            "state; failing for 15 minutes while its SMS Server answers, GoipdDeviceUnreachable.",
+            targets(
+                (
+                    "sum by (server, device, result) (increase(goipd_device_polls_total"
+                    f'{{result!="ok", {s_in}}}[$__rate_interval])) > 0',
+                    "{{server}}/{{device}} {{result}}",
+                )
+            ),
+            bars=True,
+            minimum=0,
+        ),
+        12,
+        8,
     )
 
     lay.row("Sending")
@@ -1349,6 +1405,47 @@ def line_detail() -> Json:
                 (f"max(goipd_line_remediation_failed{sl})", "reboot failed"),
             ),
             minimum=0,
+        ),
+        12,
+        7,
+    )
+    lay.add(
+        timeseries(
+            "Signal",
+            "The line's GSM signal as its GoIP device's status page shows it, in dBm (2 x CSQ - "
+            "113: -113 to -51), and the red line at -103 dBm (CSQ 5) below which "
+            "GoipdLineSignalWeak fires after 30 minutes. Gaps: no device is configured for the "
+            "line, the CSQ is 99 (unknown), or the device could not be polled for a while.",
+            targets((f"max(goipd_line_signal_dbm{sl})", "signal")),
+            unit="dBm",
+            threshold_line=WEAK_SIGNAL_DBM,
+        ),
+        12,
+        7,
+    )
+    lay.add(
+        state_timeline(
+            "SIM, module and network",
+            "From the line's GoIP device port: a SIM in the slot or not (GoipdSimAbsent), the "
+            "GSM module on or switched off, and the network (operator) the module is on.",
+            targets(
+                (f"max(goipd_line_sim_present{sl})", "SIM"),
+                (f"max(goipd_line_module_on{sl})", "module"),
+                (f"max by (operator) (goipd_line_operator_info{sl})", "network {{operator}}"),
+            ),
+            [
+                override(
+                    "byFrameRefID",
+                    "A",
+                    mappings=value_mappings((1, "present", GREEN), (0, "absent", RED)),
+                ),
+                override(
+                    "byFrameRefID",
+                    "B",
+                    mappings=value_mappings((1, "on", GREEN), (0, "off", RED)),
+                ),
+                override("byFrameRefID", "C", mappings=value_mappings((1, "current", BLUE))),
+            ],
         ),
         12,
         7,

@@ -12,6 +12,9 @@ from typing import Any
 
 from goipd.cli.client import add_connection_arguments, call
 
+WEAK_SIGNAL_DBM = -103
+"""CSQ 5 and below: GoipdLineSignalWeak's threshold (prometheus/alerts.yml)."""
+
 
 def add_lines_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="only this SMS Server")
@@ -42,7 +45,17 @@ def run_lines(args: argparse.Namespace) -> int:
             state += f", STALLED ({server.get('stall_detail')}): not routed to"
         print(f"{server['server']}: {state}, {server['lines']} lines")
     rows = [
-        ("SERVER", "LINE", "STATE", "HEALTHY", "TOTAL", "TODAY", "BALANCE", "QUARANTINE / REPAIR")
+        (
+            "SERVER",
+            "LINE",
+            "STATE",
+            "HEALTHY",
+            "TOTAL",
+            "TODAY",
+            "BALANCE",
+            "SIGNAL",
+            "QUARANTINE / REPAIR",
+        )
     ]
     for line in reply["lines"]:
         rows.append(
@@ -54,6 +67,7 @@ def run_lines(args: argparse.Namespace) -> int:
                 _quota(line["remain_sms"]),
                 _quota(line["day_remain_sms"]),
                 _balance(line.get("balance")),
+                _signal(line.get("device")),
                 _quarantine_note(line),
             )
         )
@@ -74,6 +88,26 @@ def _balance(balance: dict[str, Any] | None) -> str:
         text += " LOW"
     if balance.get("error"):
         text += f" (read failed: {balance['error']['reason']})"
+    return text
+
+
+def _signal(device: dict[str, Any] | None) -> str:
+    """The signal in dBm, or what keeps the port from having one; `-` without a device."""
+    if device is None:
+        return "-"
+    dbm = device["signal_dbm"]
+    if device["module_on"] is False:
+        text = "module off"
+    elif device["sim_present"] is False:
+        text = "no SIM"
+    elif dbm is None:
+        text = "?"
+    else:
+        text = f"{dbm} dBm" + (" WEAK" if dbm <= WEAK_SIGNAL_DBM else "")
+    if device.get("stale"):
+        text += " (stale)"
+    if device.get("error"):
+        text += f" (device: {device['error']['reason']})"
     return text
 
 

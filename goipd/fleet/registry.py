@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -17,6 +18,9 @@ from goipd.ledger.shared import AutoQuarantine
 from goipd.ledger.upkeep import LineBalance, Remediation
 from goipd.upstream.errors import ErrorReason
 from goipd.upstream.goip import MBSTRING_MISSING, LineStatus, setup_problem
+
+if TYPE_CHECKING:
+    from goipd.fleet.devices import DeviceLine
 
 log = structlog.get_logger("goipd.fleet")
 
@@ -145,6 +149,10 @@ class LineRegistry:
         """The `low` of the balance check that applies to each line, where one is set."""
         self.remediations: dict[tuple[str, str], Remediation] = {}
         """Each line's latest remediation of the last days (goipd/fleet/remediation.py)."""
+        self.devices: dict[tuple[str, str], DeviceLine] = {}
+        """What the GoIP device port of each line a device is configured for shows (signal,
+        operator, SIM, module), with the device's latest poll (goipd/fleet/devices.py), by
+        (server, line). Only the instance polling the server fills in readings."""
         self.set_servers(server_names)
 
     def set_servers(self, names: Iterable[str]) -> None:

@@ -205,6 +205,13 @@ class Metrics:
             ["server", "result"],
             registry=self.registry,
         )
+        self.device_polls = Counter(
+            "goipd_device_polls",
+            "Polls of a GoIP device's status.xml; result: ok, or why one failed (timeout, "
+            "connect, disconnected, http_status, auth, parse).",
+            ["server", "device", "result"],
+            registry=self.registry,
+        )
         self.recipients_expired = Counter(
             "goipd_recipients_expired",
             "Recipients that expired unsent; cause: validity (the message's expires_at or "

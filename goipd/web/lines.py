@@ -11,6 +11,7 @@ from aiohttp import web
 from goipd.accept.validate import _CONTROL
 from goipd.fleet.actions import ActionRefused, ActionResult, LineActions
 from goipd.fleet.balances import BalanceChecker
+from goipd.fleet.devices import DeviceLine
 from goipd.fleet.quarantine import QUARANTINE_KEY
 from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine, ServerState
 from goipd.ledger.upkeep import LineBalance, Remediation
@@ -28,6 +29,7 @@ def line_json(line: Line, now: float, registry: LineRegistry | None = None) -> d
     key = (line.server, line.line_id)
     balance = registry.balances.get(key) if registry is not None else None
     remediation = registry.remediations.get(key) if registry is not None else None
+    device = registry.devices.get(key) if registry is not None else None
     return {
         "server": line.server,
         "line": line.line_id,
@@ -56,6 +58,7 @@ def line_json(line: Line, now: float, registry: LineRegistry | None = None) -> d
         "last_seen": line.last_seen,
         "balance": balance_json(balance, registry, key) if balance is not None else None,
         "remediation": remediation_json(remediation) if remediation is not None else None,
+        "device": device_json(device, now) if device is not None else None,
     }
 
 
@@ -75,6 +78,27 @@ def balance_json(
         "error": (
             {"reason": balance.error_reason, "detail": balance.error, "at": balance.error_at}
             if failing
+            else None
+        ),
+    }
+
+
+def device_json(device: DeviceLine, now: float) -> dict[str, Any]:
+    poll = device.poll
+    return {
+        "device": device.device,
+        "port": device.port,
+        "signal_dbm": device.signal_dbm,
+        "csq": device.csq,
+        "operator": device.operator,
+        "sim_present": device.sim_present,
+        "module_on": device.module_on,
+        "gsm_registered": device.gsm_registered,
+        "seen_at": device.seen_at,
+        "stale": device.seen_at is not None and not device.fresh(now),
+        "error": (
+            {"reason": poll.reason, "detail": poll.detail, "at": poll.at, "last_ok": poll.ok_at}
+            if poll.reason is not None
             else None
         ),
     }

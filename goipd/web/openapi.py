@@ -656,6 +656,46 @@ DOCUMENT: dict[str, Any] = {
                             "detail": {"type": ["string", "null"]},
                         },
                     },
+                    "device": {"oneOf": [_ref("LineDevice"), {"type": "null"}]},
+                },
+            },
+            "LineDevice": {
+                "type": "object",
+                "description": (
+                    "What the line's GoIP device port shows (servers[].devices); null on a "
+                    "line no device is configured for. Read by the instance polling the "
+                    "server: readings are null until its first poll of the device."
+                ),
+                "properties": {
+                    "device": {"type": "string"},
+                    "port": {"type": "integer", "minimum": 1, "maximum": 32},
+                    "signal_dbm": {
+                        "type": ["integer", "null"],
+                        "description": "2 x CSQ - 113; null when the CSQ is 99 (unknown)",
+                    },
+                    "csq": {"type": ["integer", "null"], "minimum": 0, "maximum": 31},
+                    "operator": {"type": ["string", "null"]},
+                    "sim_present": {"type": ["boolean", "null"]},
+                    "module_on": {"type": ["boolean", "null"]},
+                    "gsm_registered": {"type": ["boolean", "null"]},
+                    "seen_at": {
+                        "type": ["number", "null"],
+                        "description": "when the device last showed this port",
+                    },
+                    "stale": {
+                        "type": "boolean",
+                        "description": "the readings are older than 3 poll intervals",
+                    },
+                    "error": {
+                        "type": ["object", "null"],
+                        "description": "why the device's latest poll failed",
+                        "properties": {
+                            "reason": {"type": "string"},
+                            "detail": {"type": "string"},
+                            "at": {"type": "number"},
+                            "last_ok": {"type": ["number", "null"]},
+                        },
+                    },
                 },
             },
             "Balance": {

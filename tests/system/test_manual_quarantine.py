@@ -295,7 +295,9 @@ async def test_cli_quarantine_lines_and_release(
     code, out, _ = await goipd("lines", "--server", "hq", "--unhealthy")
     assert code == 0
     rows = [line.split() for line in out.splitlines() if line.startswith("hq ")]
-    assert rows == [["hq", "G101", "registered", "no", "∞", "∞", "-", "manual:", "SIM", "swap"]]
+    assert rows == [
+        ["hq", "G101", "registered", "no", "∞", "∞", "-", "-", "manual:", "SIM", "swap"]
+    ]
     code, out, _ = await goipd("lines", "--json")
     assert code == 0
     by_line = {line["line"]: line for line in json.loads(out)["lines"]}
