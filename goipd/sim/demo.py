@@ -260,7 +260,10 @@ def main() -> int:
                 if prom_command
                 else "  (install Debian's prometheus to get alerts in the demo)\n"
             )
-            + "  Lines change state every minute. Ctrl-C stops everything.\n",
+            + "  Lines change state every minute. Balances (USSD) and signal (the devices' "
+            "status pages) fill in over the first minutes, and one dead SIM is rebooted back "
+            "after two: watch `goipd lines` or the status page.\n"
+            "  Ctrl-C stops everything.\n",
             flush=True,
         )
         while all(child.poll() is None for child in children):
