@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -203,11 +204,32 @@ class PollingSettings(_Strict):
     backoff_max: Duration = 300.0
 
 
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"expected 1-32 characters of [a-z0-9_-], got {_show(value)}")
+    return value
+
+
+def _check_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
+    if parts.username or parts.password:
+        raise ValueError("credentials belong in username/password, not in the URL")
+    return value.rstrip("/")
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+"""A server's or a device's name: it appears in metric labels, URLs and the CLI."""
+BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+"""Where an SMS Server or a device answers; its credentials are separate keys."""
+
+
 class DeviceSettings(_Strict):
     """A GoIP device behind an SMS Server, polled for its status.xml (signal, operator, SIM)."""
 
-    name: str
-    url: str
+    name: Name
+    url: BaseUrl
     """The device's web interface, e.g. http://192.168.1.20."""
     username: str = "admin"
     password: SecretStr | None = None
@@ -217,23 +239,6 @@ class DeviceSettings(_Strict):
     """Device port (1-32) → the SMS Server's line ID (goip_line) on that port."""
     poll_interval: Duration = 60.0
     timeout: Duration = 5.0
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(f"expected 1-32 characters of [a-z0-9_-], got {_show(value)}")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
-        if parts.username or parts.password:
-            raise ValueError("credentials belong in username/password, not in the URL")
-        return value.rstrip("/")
 
     @field_validator("lines")
     @classmethod
@@ -263,8 +268,8 @@ class DeviceSettings(_Strict):
 
 
 class ServerSettings(_Strict):
-    name: str
-    url: str
+    name: Name
+    url: BaseUrl
     username: str
     password: SecretStr | None = None
     password_env: str | None = None
@@ -298,23 +303,6 @@ class ServerSettings(_Strict):
     which group a line is in; with this map goipd picks the line itself, health-aware."""
     devices: tuple[DeviceSettings, ...] = ()
     """The GoIP devices behind this server whose web status goipd polls (optional)."""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(f"expected 1-32 characters of [a-z0-9_-], got {_show(value)}")
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
-        if parts.username or parts.password:
-            raise ValueError("credentials belong in username/password, not in the URL")
-        return value.rstrip("/")
 
     @field_validator("poll_interval", "timeout", "send_timeout", "stall_after")
     @classmethod
