@@ -15,12 +15,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from goipd.sim.goip import RunningSimulator
 from tests.helpers.checks import eventually, sample
@@ -32,23 +31,6 @@ POLL = 1.0
 """The devices' poll_interval in these tests (the shortest the config allows)."""
 WITHIN_A_POLL = 2 * POLL + 4.0
 """A change shows within one device poll; twice that and some slack for a loaded machine."""
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-        timeout=aiohttp.ClientTimeout(total=30),
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Goipd]]:
-    processes: list[Goipd] = []
-    yield processes
-    for process in processes:
-        process.ensure_dead()
 
 
 async def lines_of(http: aiohttp.ClientSession, process: Goipd) -> dict[str, dict[str, Any]]:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from goipd.sim.goip import RunningSimulator
 from tests.helpers.checks import eventually, sample
-from tests.helpers.daemons import API_TOKEN, control, fleet_spec
+from tests.helpers.daemons import control, fleet_spec
 from tests.helpers.pipeline import message, send, sent_log
 from tests.helpers.processes import (
     Goipd,
@@ -34,23 +33,6 @@ from tests.helpers.processes import (
 QUEUED = 10_000
 LINES = ("G101", "G102")
 PRIORITY = 3
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-        timeout=aiohttp.ClientTimeout(total=30),
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Goipd]]:
-    processes: list[Goipd] = []
-    yield processes
-    for process in processes:
-        process.ensure_dead()
 
 
 async def run_goipd(

@@ -21,12 +21,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from goipd.ledger.postgres import PostgresLedger
 from goipd.sim.goip import RunningSimulator
@@ -43,23 +42,6 @@ BALANCE = {
     "low": 50,
     "schedule": "0 3 * * *",
 }
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-        timeout=aiohttp.ClientTimeout(total=30),
-    ) as session:
-        yield session
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Goipd]]:
-    processes: list[Goipd] = []
-    yield processes
-    for process in processes:
-        process.ensure_dead()
 
 
 async def fleet(

@@ -77,14 +77,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-@pytest.fixture
-async def started() -> AsyncIterator[list[Goipd]]:
-    processes: list[Goipd] = []
-    yield processes
-    for process in processes:
-        process.ensure_dead()
-
-
 async def run_goipd(
     simulator: Callable[[dict[str, Any]], Awaitable[RunningSimulator]],
     tmp_path: Path,
