@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 4
 
 .PHONY: install demo test lint typecheck unit tools postgres bench clean
 
@@ -39,8 +40,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy goipd
 
+# In parallel (pytest-xdist): the tests mostly wait (sleeps, subprocesses, loopback), so 4 workers
+# keep 2 cores busy. loadgroup: one test at a time to whichever worker is free, except tests
+# marked xdist_group("name"), which run on one worker. PYTEST_ARGS="-n 0" runs them one by one.
+# PYTHONDONTWRITEBYTECODE is cleared so every worker and goipd process reads cached bytecode
+# instead of compiling the sources again (__pycache__ is git-ignored).
 unit: $(STAMP) tools
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

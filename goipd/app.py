@@ -255,6 +255,8 @@ class Daemon:
             servers=len(self.settings.servers),
         )
         await self.poller.first_round()
+        # Balances the ledger holds are shown from the first request on, not a sync later.
+        await self.balances.sync()
         await self.coordinator.first_round(within=2 * self.settings.lease_ttl)
         self.poller.start()
         # Claims left by a previous process are settled before the dispatcher may resend.

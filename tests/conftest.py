@@ -21,6 +21,24 @@ from goipd.ledger.sqlite import SqliteLedger
 from goipd.sim.goip import RunningSimulator, SimFleet, start_simulator
 from tests.helpers.daemons import API_TOKEN
 
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs the tests in parallel), the long tests first: the
+    slow-marked ones, then the whole-process ones in tests/system/. Workers take tests in this
+    order as they free up, so the quick unit tests fill the gaps at the end instead of one
+    worker starting a 30-second soak when the others are done. Run alone, the order stays."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if TESTS / "system" in item.path.parents else 2
+
+    items.sort(key=rank)  # stable: the collection order within each rank
+
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[Callable[[dict[str, Any]], Awaitable[RunningSimulator]]]:

@@ -4,6 +4,8 @@ killing and waiting for it, and reading every recipient's final state through it
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +21,44 @@ import yaml
 from goipd.sim.goip import RunningSimulator
 from tests.helpers.daemons import API_TOKEN
 
+PORTS_FROM = 20_000
+"""Ports for processes a test starts on a port it chose come from 20000-31999, below Linux's
+default ephemeral range (32768-60999): no client connection on the machine takes one between
+the check here and the process binding it. (A port asked of the kernel with bind-to-0 is an
+ephemeral one: once closed, the next outgoing connection of any test may get it.)"""
+PORT_BLOCK = 1000
+"""Each pytest-xdist worker picks in its own block, so two workers never pick the same port; a
+run without xdist has the first block."""
+_handed_out: set[int] = set()
+_pick = random.Random()  # not the global one: a test that seeds that must not steer the picks
+
+
+def _port_block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under xdist
+    index = int(worker[2:]) + 1 if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    low = PORTS_FROM + index % 12 * PORT_BLOCK
+    return range(low, low + PORT_BLOCK)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a process the test starts: picked at random in
+    this worker's block, never handed out twice in one run, and checked free by binding it (a
+    port some other program, or another test run on the machine, holds is skipped)."""
+    block = _port_block()
+    candidates = [port for port in block if port not in _handed_out]
+    if not candidates:  # the whole block was handed out: ports of finished tests are free again
+        _handed_out.difference_update(block)
+        candidates = list(block)
+    _pick.shuffle(candidates)
+    for port in candidates:
+        _handed_out.add(port)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in {block.start}-{block.stop - 1}")
 
 
 class Goipd:

@@ -6,7 +6,6 @@ goipd's hooks the way the real services push them.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,16 +23,11 @@ from tests.helpers.checks import eventually, sample
 from tests.helpers.cloud import PAASOO_HOOK, SMSGO_HOOK, Clouds, providers
 from tests.helpers.daemons import daemon_config, fleet_spec
 from tests.helpers.pipeline import send
+from tests.helpers.processes import free_port
 
 TW = "+886912345678"
 CN = "+8613800138000"
 SG = "+6591234567"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 Start = Callable[..., Awaitable[tuple[Daemon, str]]]

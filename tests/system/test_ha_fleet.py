@@ -30,6 +30,16 @@ async def pg_schema() -> AsyncIterator[str]:
     await PostgresLedger(PG_URL, schema=schema).drop_schema()
 
 
+@pytest.fixture
+def daemon_factory(
+    pg_schema: str, daemon_factory: Callable[..., Awaitable[Daemon]]
+) -> Callable[..., Awaitable[Daemon]]:
+    """tests/conftest.py's, set up after pg_schema, so torn down before it: the daemons stop
+    before their schema is dropped (dropped under running instances, DROP SCHEMA ... CASCADE
+    can deadlock with their transactions)."""
+    return daemon_factory
+
+
 async def leader(http: aiohttp.ClientSession, daemon: Daemon) -> float | None:
     async with http.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp:
         return sample(await resp.text(), "goipd_instance_leader", server="hq")

@@ -56,7 +56,10 @@ async def pg_schema() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def started() -> AsyncIterator[list[Goipd]]:
+async def started(pg_schema: str) -> AsyncIterator[list[Goipd]]:
+    """The goipd processes a test starts, killed after it. Set up after pg_schema, so torn down
+    before it: the schema is dropped once nothing uses it any more (dropped under running
+    instances, DROP SCHEMA ... CASCADE can deadlock with their transactions)."""
     processes: list[Goipd] = []
     yield processes
     for process in processes:

@@ -216,6 +216,14 @@ async def pg_schema() -> AsyncIterator[str]:
     await PostgresLedger(PG_URL, schema=schema).drop_schema()
 
 
+@pytest.fixture
+def daemon_factory(pg_schema: str, daemon_factory: Start) -> Start:
+    """tests/conftest.py's, set up after pg_schema, so torn down before it: the daemons stop
+    before their schema is dropped (DROP SCHEMA ... CASCADE under running instances can
+    deadlock with their transactions)."""
+    return daemon_factory
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_quarantine_survives_a_restart(
     backend: str,

@@ -49,7 +49,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[Goipd]]:
+def processes(pg_schema: str) -> Iterator[list[Goipd]]:
+    """The goipd processes a test starts, killed after it. Set up after pg_schema, so torn down
+    before it: the schema is dropped once nothing uses it any more (dropped under running
+    instances, DROP SCHEMA ... CASCADE can deadlock with their transactions)."""
     started: list[Goipd] = []
     yield started
     for daemon in started:

@@ -394,4 +394,6 @@ async def test_two_instances_on_one_postgresql_never_reboot_one_incident_twice(
         line = (await lines_of(http, other))["G105"]
         assert line["remediation"]["result"] == "failed"
     finally:
+        for process in started:
+            process.ensure_dead()  # before the schema goes: a drop under them can deadlock
         await PostgresLedger(PG_URL, schema=schema).drop_schema()
