@@ -52,7 +52,9 @@ class DurableStore:
 
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], asyncio.Future[None]] | None]
+        self._queue: queue.SimpleQueue[
+            tuple[str, list[tuple[Any, ...]], asyncio.Future[None]] | None
+        ]
         self._queue = queue.SimpleQueue()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -61,9 +63,9 @@ class DurableStore:
         self._thread = threading.Thread(target=self._write_loop, name="store-write", daemon=True)
         self._thread.start()
 
-    async def write(self, kind: str, row: tuple[Any, ...]) -> None:
+    async def write(self, kind: str, rows: list[tuple[Any, ...]]) -> None:
         future = self._loop.create_future()
-        self._queue.put((kind, row, future))
+        self._queue.put((kind, rows, future))
         await future
 
     def close(self) -> None:
@@ -81,8 +83,8 @@ class DurableStore:
                     break
                 batch.append(item)
             rows: dict[str, list[tuple[Any, ...]]] = {}
-            for kind, row, _ in batch:
-                rows.setdefault(kind, []).append(row)
+            for kind, item_rows, _ in batch:
+                rows.setdefault(kind, []).extend(item_rows)
             self._conn.execute("BEGIN IMMEDIATE")
             for kind, kind_rows in rows.items():
                 self._conn.executemany(_STATEMENTS[kind], kind_rows)
@@ -101,7 +103,11 @@ async def post_message(request: web.Request) -> web.Response:
     message_id = f"{next(_ids):026d}"
     store = request.app.get(STORE_KEY)
     if store is not None:
-        await store.write("message", (message_id, ",".join(body["to"]), body["text"]))
+        # One row per recipient, as the ledger stores them: a bulk message costs its rows.
+        await store.write(
+            "message",
+            [(f"{message_id}-{i}", number, body["text"]) for i, number in enumerate(body["to"])],
+        )
     return web.json_response(
         {"id": message_id, "recipients": [{"to": n, "state": "queued"} for n in body["to"]]},
         status=202,
@@ -114,7 +120,7 @@ async def push_status(request: web.Request) -> web.Response:
     store = request.app.get(STORE_KEY)
     if store is not None:
         row = (request.match_info["server"], str(report["taskID"]), str(report["send"]))
-        await store.write("report", row)
+        await store.write("report", [row])
     return web.json_response({"status": "ok"})
 
 

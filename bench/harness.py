@@ -31,6 +31,10 @@ class Params:
     accept_duration: float = 8.0
     accept_requests: int = 0
     """0: closed loop for warm-up + duration; else exactly this many requests."""
+    accept_bulk_size: int = 1000
+    accept_bulk_connections: int = 8
+    accept_bulk_duration: float = 6.0
+    accept_bulk_requests: int = 0
     # 2. push ingestion
     push_reports: int = 20_000
     push_connections: int = 32
@@ -66,6 +70,10 @@ QUICK = Params(
     accept_warmup=0.0,
     accept_duration=0.0,
     accept_requests=200,
+    accept_bulk_size=50,
+    accept_bulk_connections=4,
+    accept_bulk_duration=0.0,
+    accept_bulk_requests=20,
     push_reports=200,
     push_connections=8,
     push_servers=4,

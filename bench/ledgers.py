@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.common import state_counts
+from bench.common import ledger_reader, state_counts
 
 PG_URL = os.environ.get("GOIPD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -51,6 +51,27 @@ class BenchLedger:
         finally:
             await conn.close()
         return {row[0]: int(row[1]) for row in rows}
+
+    async def drain_figures(self, text_like: str) -> tuple[int, float, float, int]:
+        """(recipients, first and last submitted_at, distinct tasks) of the messages whose text
+        is LIKE `text_like`: what a dispatch drain achieved, read once it is over."""
+        query = (
+            "SELECT COUNT(*), MIN(r.submitted_at), MAX(r.submitted_at), "
+            "COUNT(DISTINCT r.server || '/' || r.task_id) FROM recipients r "
+            "JOIN messages m ON m.id = r.message_id WHERE m.text LIKE {}"
+        )
+        if self.pg_schema is None:
+            with ledger_reader(self.db) as conn:
+                count, first, last, calls = conn.execute(query.format("?"), (text_like,)).fetchone()
+            return int(count), float(first), float(last), int(calls)
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'SET search_path TO "{self.pg_schema}"')
+            row = await conn.fetchrow(query.format("$1"), text_like)
+        finally:
+            await conn.close()
+        assert row is not None
+        return int(row[0]), float(row[1]), float(row[2]), int(row[3])
 
     async def drop(self) -> None:
         if self.pg_schema is None:

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -52,7 +51,13 @@ class Drain:
 
 
 async def drain(
-    ctx: Ctx, goipd: Proc, db: Path, shape: str, per_message: int, base: int, done_before: int
+    ctx: Ctx,
+    goipd: Proc,
+    ledger: BenchLedger,
+    shape: str,
+    per_message: int,
+    base: int,
+    done_before: int,
 ) -> Drain:
     n = ctx.params.dispatch_recipients
     messages = n // per_message
@@ -81,20 +86,27 @@ async def drain(
     cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
     async with ctx.profiling(f"s3-dispatch-{shape}", goipd.pid):
         await wait_states(
-            BenchLedger(db),
+            ledger,
             lambda c: sum(c.get(s, 0) for s in SUBMITTED) >= done_before + n,
             timeout=600,
             every=0.1,
         )
     cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
-    with ledger_reader(db) as conn:
-        count, first, last, calls = conn.execute(
-            "SELECT COUNT(*), MIN(r.submitted_at), MAX(r.submitted_at), "
-            "COUNT(DISTINCT r.server || '/' || r.task_id) FROM recipients r "
-            "JOIN messages m ON m.id = r.message_id WHERE m.text LIKE ?",
-            (f"goipd bench {shape} #%",),
-        ).fetchone()
+    count, first, last, calls = await ledger.drain_figures(f"goipd bench {shape} #%")
     return Drain(shape, count, messages, due, first, last, calls, overran, cpu)
+
+
+async def postgres_drain(ctx: Ctx, config: dict[str, Any], base: int) -> Drain:
+    """The single-recipient drain with goipd's ledger on PostgreSQL (the HA setup's)."""
+    ledger = BenchLedger.postgres(ctx.workdir, "dispatch-pg")
+    try:
+        goipd = await start_goipd(ledger.configure(dict(config)), ctx.cores.server, ctx.workdir)
+        try:
+            return await drain(ctx, goipd, ledger, "single-pg", 1, base, 0)
+        finally:
+            await goipd.stop()
+    finally:
+        await ledger.drop()
 
 
 def sendsms_requests(ctx: Ctx, calls: int, per_call: int, base: int) -> list[dict[str, Any]]:
@@ -169,7 +181,7 @@ async def slow_server_drain(ctx: Ctx, slow: bool, delay: float, base: int) -> Fl
     try:
         goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
         try:
-            drained = await drain(ctx, goipd, db, f"fleet-{slug}", 1, base, 0)
+            drained = await drain(ctx, goipd, BenchLedger(db), f"fleet-{slug}", 1, base, 0)
         finally:
             await goipd.stop()
     finally:
@@ -258,7 +270,7 @@ async def run(ctx: Ctx) -> ScenarioResult:
                 drained = await drain(
                     ctx,
                     goipd,
-                    db,
+                    BenchLedger(db),
                     shape,
                     size,
                     60_000_000 + index * 1_000_000,
@@ -270,6 +282,7 @@ async def run(ctx: Ctx) -> ScenarioResult:
         for index, (drained, _, label) in enumerate(drains):
             baseline = await direct(ctx, sim, drained, 70_000_000 + index * 1_000_000)
             drains[index] = (drained, baseline, label)
+        pg_drain = await postgres_drain(ctx, config, 62_000_000)
     finally:
         await sim.stop()
 
@@ -302,6 +315,23 @@ async def run(ctx: Ctx) -> ScenarioResult:
                 f"{drained.shape}: accepting the messages took {drained.posting_overran:.1f}s "
                 "longer than planned, so some were dispatched while others were still posted."
             )
+    single_baseline = next(b for d, b, _ in drains if d.shape == "single")
+    result.add(
+        Row(
+            f"single, PostgreSQL ledger: {pg_drain.messages:,} x 1-recipient messages",
+            rate(pg_drain.rate, "recipients/s"),
+            rate(single_baseline, "recipients/s"),
+            ratio(pg_drain.rate, single_baseline),
+            f">= {TARGET:,.0f}/s",
+            pg_drain.rate >= TARGET,
+        )
+    )
+    result.add(Row("single, PostgreSQL ledger: goipd CPU while draining", pct(pg_drain.cpu)))
+    result.notes.append(
+        "PostgreSQL row: the single-recipient drain again with a goipd whose storage.url is the "
+        "PostgreSQL of scenario 1 (a schema of its own, dropped afterwards), against the same "
+        "simulator; the baseline is the single drain's bare client."
+    )
     await slow_server_rows(ctx, result)
     result.notes.append(
         "Recipients are accepted with a common send_at a few seconds ahead, then drained from "
