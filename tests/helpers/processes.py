@@ -172,3 +172,34 @@ async def final_states(
     failed = [r for r in states.values() if r["state"] == "failed"]
     assert not failed, failed[:3]
     return states
+
+
+async def lines_of(http: aiohttp.ClientSession, process: Goipd) -> dict[str, dict[str, Any]]:
+    """The lines of the goipd `process`, by line id (GET /api/v1/lines)."""
+    async with http.get(f"http://127.0.0.1:{process.port}/api/v1/lines") as resp:
+        assert resp.status == 200
+        return {line["line"]: line for line in (await resp.json())["lines"]}
+
+
+async def metrics_of(http: aiohttp.ClientSession, process: Goipd) -> str:
+    async with http.get(f"http://127.0.0.1:{process.port}/metrics") as resp:
+        return await resp.text()
+
+
+def goipd_cli(process: Goipd, token: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`goipd ARGS...` as a process, against the goipd `process` with the token in `token`."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "goipd",
+            *args,
+            "--url",
+            f"http://127.0.0.1:{process.port}",
+            "--token-file",
+            str(token),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )

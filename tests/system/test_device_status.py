@@ -13,8 +13,6 @@ simulated SMS Server and its devices' web status pages (not well-formed XML, bar
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,41 +23,20 @@ from goipd.sim.goip import RunningSimulator
 from tests.helpers.checks import eventually, sample
 from tests.helpers.daemons import API_TOKEN, control, fleet_spec
 from tests.helpers.pipeline import message, send
-from tests.helpers.processes import Goipd, free_port, process_config, start_process
+from tests.helpers.processes import (
+    Goipd,
+    free_port,
+    goipd_cli,
+    lines_of,
+    metrics_of,
+    process_config,
+    start_process,
+)
 
 POLL = 1.0
 """The devices' poll_interval in these tests (the shortest the config allows)."""
 WITHIN_A_POLL = 2 * POLL + 4.0
 """A change shows within one device poll; twice that and some slack for a loaded machine."""
-
-
-async def lines_of(http: aiohttp.ClientSession, process: Goipd) -> dict[str, dict[str, Any]]:
-    async with http.get(f"http://127.0.0.1:{process.port}/api/v1/lines") as resp:
-        assert resp.status == 200
-        return {line["line"]: line for line in (await resp.json())["lines"]}
-
-
-async def metrics_of(http: aiohttp.ClientSession, process: Goipd) -> str:
-    async with http.get(f"http://127.0.0.1:{process.port}/metrics") as resp:
-        return await resp.text()
-
-
-def goipd_cli(process: Goipd, token: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "goipd",
-            *args,
-            "--url",
-            f"http://127.0.0.1:{process.port}",
-            "--token-file",
-            str(token),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def routing_view(line: dict[str, Any]) -> tuple[Any, ...]:

@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,7 +31,15 @@ from tests.helpers.checks import eventually, sample
 from tests.helpers.daemons import API_TOKEN, control, fleet_spec
 from tests.helpers.ledgers import PG_URL
 from tests.helpers.pipeline import message, send, sent_log
-from tests.helpers.processes import Goipd, free_port, process_config, start_process
+from tests.helpers.processes import (
+    Goipd,
+    free_port,
+    goipd_cli,
+    lines_of,
+    metrics_of,
+    process_config,
+    start_process,
+)
 
 BALANCE = {
     "server": "hq",
@@ -82,35 +88,6 @@ async def run_goipd(
     process.start()
     await process.ready(http)
     return process
-
-
-async def lines_of(http: aiohttp.ClientSession, process: Goipd) -> dict[str, dict[str, Any]]:
-    async with http.get(f"http://127.0.0.1:{process.port}/api/v1/lines") as resp:
-        assert resp.status == 200
-        return {line["line"]: line for line in (await resp.json())["lines"]}
-
-
-async def metrics_of(http: aiohttp.ClientSession, process: Goipd) -> str:
-    async with http.get(f"http://127.0.0.1:{process.port}/metrics") as resp:
-        return await resp.text()
-
-
-def goipd_cli(process: Goipd, token: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "goipd",
-            *args,
-            "--url",
-            f"http://127.0.0.1:{process.port}",
-            "--token-file",
-            str(token),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 async def test_balances_are_read_stored_shown_and_survive_a_restart(
