@@ -31,6 +31,13 @@ LEASE_TTL = 300.0
 process that died ends on its own."""
 
 
+def ussd_lease(server: str) -> str:
+    """The lease every USSD session of `server` runs under, by hand or a scheduled balance read,
+    on whichever instance: the SMS Server tells sessions apart by the second they started in,
+    so two instances' sessions would get each other's answers."""
+    return f"ussd:{server}"
+
+
 class ActionRefused(Exception):
     """Another action on the line is under way, or the line is unknown."""
 
@@ -96,7 +103,7 @@ class LineActions:
             answer: UssdAnswer = await client.run(line, code)
             return answer.text
 
-        return await self._run(server, line, "ussd", asked_by, act)
+        return await self._run(server, line, "ussd", asked_by, act, ussd_lease(server))
 
     async def _run(
         self,
@@ -105,33 +112,48 @@ class LineActions:
         action: Action,
         asked_by: str,
         act: Callable[[], Awaitable[str]],
+        server_lease: str | None = None,
     ) -> ActionResult:
         key = (server, line.casefold())
         if key in self._running:
             raise ActionRefused(409, f"another action on {server}/{line} is under way")
         lease = f"action:{server}/{line.casefold()}"
+        leases = [lease] if server_lease is None else [lease, server_lease]
         self._running.add(key)
         try:
             try:
-                held = await self.ledger.acquire_leases({lease: LEASE_TTL})
+                held = await self.ledger.acquire_leases(dict.fromkeys(leases, LEASE_TTL))
             except LedgerError as exc:
                 raise ActionRefused(
                     503, f"the ledger cannot take the action's lease: {exc}"
                 ) from None
             if lease not in held:
+                await self._release(server, line, [name for name in leases if name in held])
                 raise ActionRefused(
                     409, f"another goipd instance runs an action on {server}/{line}"
+                )
+            if server_lease is not None and server_lease not in held:
+                await self._release(server, line, [lease])
+                raise ActionRefused(
+                    409,
+                    f"another goipd instance runs a USSD session on {server} (a balance read); "
+                    "try again in a minute",
                 )
             try:
                 return await self._act(server, line, action, asked_by, act)
             finally:
-                try:
-                    await self.ledger.release_leases([lease])
-                except LedgerError as exc:
-                    # It runs out on its own after LEASE_TTL.
-                    log.warning("action_lease_kept", server=server, line=line, reason=str(exc))
+                await self._release(server, line, leases)
         finally:
             self._running.discard(key)
+
+    async def _release(self, server: str, line: str, leases: list[str]) -> None:
+        if not leases:
+            return
+        try:
+            await self.ledger.release_leases(leases)
+        except LedgerError as exc:
+            # They run out on their own after LEASE_TTL.
+            log.warning("action_lease_kept", server=server, line=line, reason=str(exc))
 
     async def _act(
         self,

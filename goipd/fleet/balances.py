@@ -17,14 +17,16 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from goipd.config import BalanceCheck, Settings
+from goipd.fleet.actions import LEASE_TTL, ussd_lease
 from goipd.fleet.registry import LineRegistry
-from goipd.ledger.base import LineUpkeep
+from goipd.ledger.base import Coordination, LineUpkeep
 from goipd.ledger.upkeep import LineBalance
 from goipd.metrics.catalog import Metrics
 from goipd.model import LedgerError
@@ -34,6 +36,14 @@ from goipd.upstream.goip_ussd import BalanceUnreadableError, UssdClient
 log = structlog.get_logger("goipd.fleet.balances")
 SYNC_INTERVAL = 60.0
 """How often the balances other instances read are fetched from the ledger."""
+
+
+class LeaseHeld(Exception):
+    """Another instance runs a USSD session on the server."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(f"another goipd instance runs a USSD session on {server}")
+        self.server = server
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +92,15 @@ def targets(settings: Settings, registry: LineRegistry) -> list[BalanceTarget]:
     return found
 
 
+class BalanceLedger(LineUpkeep, Coordination, Protocol):
+    """Where balances are kept, and the leases that keep USSD sessions of one server apart
+    across instances."""
+
+
 class BalanceChecker:
     def __init__(
         self,
-        ledger: LineUpkeep,
+        ledger: BalanceLedger,
         registry: LineRegistry,
         settings: Callable[[], Settings],
         metrics: Metrics,
@@ -224,10 +239,40 @@ class BalanceChecker:
         self._busy.add(server)
         try:
             for target in lines:
-                if self._reachable(target):
-                    await self.read_one(client, target)
+                if not self._reachable(target):
+                    continue
+                # Taken (and renewed) per line: a round of 32 lines may outlast the lease.
+                if not await self._lease(server):
+                    log.info("balances_deferred", server=server, reason="ussd session elsewhere")
+                    return
+                await self.read_one(client, target)
         finally:
             self._busy.discard(server)
+            await self._unlease(server)
+
+    async def read_now(self, client: UssdClient, target: BalanceTarget) -> LineBalance | None:
+        """One line's balance, now (by hand): under the server's USSD lease; raises
+        LeaseHeld when another instance holds it."""
+        if not await self._lease(target.server):
+            raise LeaseHeld(target.server)
+        try:
+            return await self.read_one(client, target)
+        finally:
+            await self._unlease(target.server)
+
+    async def _lease(self, server: str) -> bool:
+        name = ussd_lease(server)
+        try:
+            return name in await self.ledger.acquire_leases({name: LEASE_TTL})
+        except LedgerError as exc:
+            log.warning("balances_paused", reason=str(exc))
+            return False
+
+    async def _unlease(self, server: str) -> None:
+        try:
+            await self.ledger.release_leases([ussd_lease(server)])
+        except LedgerError as exc:
+            log.warning("ussd_lease_kept", server=server, reason=str(exc))
 
     def _reachable(self, target: BalanceTarget) -> bool:
         """Only a line online and registered can run a USSD session: asking another one holds

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from goipd.accept.validate import _CONTROL
 from goipd.fleet.actions import ActionRefused, ActionResult, LineActions
-from goipd.fleet.balances import BalanceChecker
+from goipd.fleet.balances import BalanceChecker, LeaseHeld
 from goipd.fleet.devices import DeviceLine
 from goipd.fleet.quarantine import QUARANTINE_KEY
 from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine, ServerState
@@ -374,7 +374,10 @@ async def post_balance(request: web.Request) -> web.Response:
     client = checker.clients(server)
     if client is None:
         raise Problem(404, f"no server named {server!r}")
-    balance = await checker.read_one(client, target)
+    try:
+        balance = await checker.read_now(client, target)
+    except LeaseHeld as exc:
+        raise Problem(409, f"{exc}; try again in a minute") from None
     if balance is None:
         raise Problem(503, "the ledger cannot store the balance right now")
     registry = request.app[REGISTRY_KEY]
