@@ -400,7 +400,10 @@ class UssdClient:
         session_limit: float = SERVER_USSD_LIMIT,
         escape_line: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        succeeds: UssdClient | None = None,
     ) -> None:
+        """`succeeds`: the client of the same server this one replaces (a reload): its
+        sessions, still open or just ended, keep their turns with this one's."""
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -408,13 +411,22 @@ class UssdClient:
         self._username = username
         self._password = password
         self._clock = clock
-        self._turns = Turns(spacing, max(session_limit, spacing), clock)
+        self._turns: Turns = (
+            succeeds.turns
+            if succeeds is not None
+            else Turns(spacing, max(session_limit, spacing), clock)
+        )
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def busy(self) -> bool:
         """A request is under way or waiting for its turn."""
         return self._turns.busy
+
+    @property
+    def turns(self) -> Turns:
+        """The order this client's sessions take on its server."""
+        return self._turns
 
     async def close(self) -> None:
         session, self._session = self._session, None
