@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from goipd.model import USSD_CODE
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,32}$")
@@ -810,7 +812,7 @@ class BalanceCheck(_Strict):
     @field_validator("code")
     @classmethod
     def _code(cls, value: str) -> str:
-        if not re.fullmatch(r"[0-9*#+]{1,64}", value):
+        if not USSD_CODE.fullmatch(value):
             raise ValueError(f"expected a USSD code of 0-9 * # + like *101#, got {_show(value)}")
         return value
 

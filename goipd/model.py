@@ -19,6 +19,7 @@ expired, whatever becomes of it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,6 +51,9 @@ RANK = {
 PRIORITIES = range(4)
 """Message priorities, lowest first: 0 bulk, 1 normal (the default), 2 high, 3 urgent."""
 NORMAL_PRIORITY = 1
+USSD_CODE = re.compile(r"[0-9*#+]{1,64}")
+"""What a USSD code is made of (config and the USSD client agree on it): `$` and `?` would start
+the SMS Server's recharge-card feature."""
 EXPIRED_CODE = "validity"
 EXPIRED_MEANING = "not handed to an upstream before the message's validity ended"
 

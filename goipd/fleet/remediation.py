@@ -34,6 +34,9 @@ from goipd.model import LedgerError
 
 log = structlog.get_logger("goipd.fleet.remediation")
 INTERVAL = 2.0
+IDLE_INTERVAL = 60.0
+"""With remediation off and nothing pending, only the history shown on the lines is refreshed:
+a ledger read every two seconds on every goipd would buy nothing."""
 """How often lines are looked at: a fraction of any sensible unregistered_for."""
 HISTORY = 7 * 86400.0
 """Remediations shown on their line (API, status page) this long after they began."""
@@ -94,7 +97,10 @@ class Remediator:
         try:
             while True:
                 await self.tick()
-                await asyncio.sleep(INTERVAL)
+                active = self.settings().enabled or any(
+                    r.result == PENDING for r in self.registry.remediations.values()
+                )
+                await asyncio.sleep(INTERVAL if active else IDLE_INTERVAL)
         finally:
             for task in list(self._reboots):
                 task.cancel()

@@ -36,6 +36,7 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
+from goipd.model import USSD_CODE
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
 from goipd.upstream.goip import DatabaseFault, escape_for_sql, read_reply
 from goipd.upstream.http import read_capped
@@ -51,8 +52,6 @@ DEFAULT_SPACING: Final = 1.0
 MAX_REPLY_BYTES: Final = 64 * 1024
 """A USSD answer is at most 182 characters; the login page a few kilobytes."""
 MAX_MESSAGE_CHARS: Final = 120
-USSD_CODE: Final = re.compile(r"[0-9*#+]{1,64}")
-"""What a USSD code is made of; `$` and `?` would start ussd.php's recharge-card feature."""
 
 DecimalMark = Literal[".", ","]
 
