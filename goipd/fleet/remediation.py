@@ -181,20 +181,21 @@ class Remediator:
         line = self.registry.line(remediation.server, remediation.line)
         if self.actions.busy(remediation.server, remediation.line):
             return  # the reboot is still being asked for
-        back = (
-            line is not None
-            and not line.gone
-            and line.online
-            and line.registered
-            and line.last_change > remediation.started_at
-        )
+        waited = now - remediation.started_at >= self.settings().recovery_wait
+        registered = line is not None and not line.gone and line.online and line.registered
+        # Registered again after the reboot: a change since it. A line quarantined while
+        # registered may show none: the real engine notices a rebooting module only after 92 s
+        # without keepalives, so a quick reboot never appears in querylines; registered at the
+        # end of the wait, it is back.
+        changed = line is not None and line.last_change > remediation.started_at
+        back = registered and (changed or (remediation.incident == "quarantined" and waited))
         if back:
             assert line is not None
             if remediation.incident == "quarantined":
                 # Its errors came before the reboot: routing may try it again at once.
                 await self.release_quarantine(remediation.server, remediation.line, now)
             await self._finish(remediation, "recovered", None)
-        elif now - remediation.started_at >= self.settings().recovery_wait:
+        elif waited:
             state = (
                 "gone"
                 if line is None or line.gone
