@@ -33,6 +33,7 @@ from goipd.ledger.events import StatusEvent
 from goipd.metrics.catalog import Metrics
 from goipd.model import LedgerError
 from goipd.runtime.wakeup import Wakeup
+from goipd.upstream.http import read_capped
 
 log = structlog.get_logger("goipd.callbacks.sender")
 HOUSEKEEPING = 10.0
@@ -176,8 +177,8 @@ class StatusCallbackSender:
 
     async def _housekeeping(self, settings: CallbackSettings, now: float) -> None:
         try:
-            given_up = await self.ledger.expire_status_events(now - settings.give_up_after)
-            over_cap = await self.ledger.cap_status_events(settings.max_pending_per_receiver)
+            given_up = await self.ledger.expire_status_events(now - settings.give_up_after, now)
+            over_cap = await self.ledger.cap_status_events(settings.max_pending_per_receiver, now)
             pending = await self.ledger.status_events_pending()
         except LedgerError as exc:
             log.error("callbacks_housekeeping_failed", reason=str(exc))
@@ -272,7 +273,7 @@ class StatusCallbackSender:
                 timeout=aiohttp.ClientTimeout(total=settings.callbacks.timeout),
             ) as resp:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    await resp.content.read(RESPONSE_READ_MAX)
+                    await read_capped(resp.content, RESPONSE_READ_MAX)
                 status = resp.status
         except TimeoutError:
             return _Result("retried", "timeout")

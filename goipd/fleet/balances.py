@@ -31,7 +31,7 @@ from goipd.ledger.upkeep import LineBalance
 from goipd.metrics.catalog import Metrics
 from goipd.model import LedgerError
 from goipd.upstream.errors import UpstreamError
-from goipd.upstream.goip_ussd import BalanceUnreadableError, UssdClient
+from goipd.upstream.goip_ussd import UssdClient
 
 log = structlog.get_logger("goipd.fleet.balances")
 SYNC_INTERVAL = 60.0
@@ -288,9 +288,7 @@ class BalanceChecker:
             read = await client.balance(
                 target.line, check.code, check.pattern, decimal=check.decimal
             )
-        except BalanceUnreadableError as exc:
-            return await self._failed(target, exc.reason.value, exc.detail, now)
-        except UpstreamError as exc:
+        except UpstreamError as exc:  # an unreadable answer too (BALANCE_UNREADABLE)
             return await self._failed(target, exc.reason.value, exc.detail, now)
         try:
             await self.ledger.record_balance(

@@ -25,16 +25,16 @@ class Relays:
         done). A server whose settings did not change keeps its clients, and with them the
         spacing of its sessions."""
         retired: list[UssdClient | CommandClient] = []
-        replaced: dict[str, UssdClient] = {}
+        replaced: dict[str, tuple[UssdClient, CommandClient]] = {}
         for name in list(self._configured):
             server = servers.get(name)
             kept = self.ussd.get(name)
             if server == self._configured[name] and kept and kept.timeout == answer_timeout:
                 continue
-            old = self.ussd.pop(name)
+            old = (self.ussd.pop(name), self.commands.pop(name))
             if server is not None and server.url == self._configured[name].url:
                 replaced[name] = old
-            retired.extend([old, self.commands.pop(name)])
+            retired.extend(old)
             del self._configured[name]
         for name, server in servers.items():
             if name in self._configured:
@@ -48,10 +48,15 @@ class Relays:
                 timeout=answer_timeout,
                 escape_line=escape,
                 # A session the old client opened may still run on the same server.
-                succeeds=replaced.get(name),
+                succeeds=replaced[name][0] if name in replaced else None,
             )
             self.commands[name] = CommandClient(
-                name, server.url, server.username, server.password, escape_line=escape
+                name,
+                server.url,
+                server.username,
+                server.password,
+                escape_line=escape,
+                succeeds=replaced[name][1] if name in replaced else None,
             )
             self._configured[name] = server
         return retired

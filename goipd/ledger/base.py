@@ -469,12 +469,13 @@ class StatusEvents(Protocol):
         """Unclaim the events `instance_id` holds (left by this instance's previous process):
         they are taken again at once rather than after their claim runs out. Returns how many."""
 
-    async def expire_status_events(self, before: float) -> dict[str, int]:
-        """Delete the events of state changes before `before`; receiver → events deleted."""
+    async def expire_status_events(self, before: float, now: float) -> dict[str, int]:
+        """Delete the events of state changes before `before`, but those being delivered
+        (claimed until after `now`: their delivery settles them); receiver → events deleted."""
 
-    async def cap_status_events(self, per_receiver: int) -> dict[str, int]:
-        """Delete each receiver's oldest events beyond its newest `per_receiver`;
-        receiver → events deleted."""
+    async def cap_status_events(self, per_receiver: int, now: float) -> dict[str, int]:
+        """Delete each receiver's oldest events beyond its newest `per_receiver`, but those
+        being delivered (claimed until after `now`); receiver → events deleted."""
 
     async def status_events_pending(self) -> dict[str, int]:
         """receiver → events stored (claimed or not)."""

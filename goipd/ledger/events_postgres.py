@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import asyncpg
 
 from goipd.ledger.events import EVENT_COLUMNS, StatusEvent, event_from_row
+from goipd.ledger.events_sqlite import UNCLAIMED
 
 T = TypeVar("T")
 
@@ -86,19 +87,22 @@ class PostgresStatusEvents:
 
         return await self._write(op)
 
-    async def expire_status_events(self, before: float) -> dict[str, int]:
+    async def expire_status_events(self, before: float, now: float) -> dict[str, int]:
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
             rows = await conn.fetch(
                 "WITH gone AS (DELETE FROM status_events WHERE id IN (SELECT id FROM"
-                " status_events WHERE at < $1 FOR UPDATE SKIP LOCKED) RETURNING receiver)"
+                " status_events WHERE at < $1"
+                + UNCLAIMED.format("$2")
+                + " FOR UPDATE SKIP LOCKED) RETURNING receiver)"
                 " SELECT receiver, count(*) FROM gone GROUP BY receiver",
                 before,
+                now,
             )
             return {str(row[0]): int(row[1]) for row in rows}
 
         return await self._write(op)
 
-    async def cap_status_events(self, per_receiver: int) -> dict[str, int]:
+    async def cap_status_events(self, per_receiver: int, now: float) -> dict[str, int]:
         async def op(conn: asyncpg.Connection) -> dict[str, int]:
             over = await conn.fetch(
                 "SELECT receiver, count(*) - $1 FROM status_events GROUP BY receiver"
@@ -109,9 +113,12 @@ class PostgresStatusEvents:
             for receiver, excess in over:
                 status = await conn.execute(
                     "DELETE FROM status_events WHERE id IN (SELECT id FROM status_events"
-                    " WHERE receiver = $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    " WHERE receiver = $1"
+                    + UNCLAIMED.format("$3")
+                    + " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
                     receiver,
                     excess,
+                    now,
                 )
                 count = int(status.split()[-1])
                 if count:

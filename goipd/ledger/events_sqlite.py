@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, TypeVar
 from goipd.ledger.events import EVENT_COLUMNS, StatusEvent, event_from_row
 
 T = TypeVar("T")
+UNCLAIMED = " AND (claimed_until IS NULL OR claimed_until <= {})"
+"""Not being delivered: an event claimed until later is settled by its delivery, not dropped
+under it (which would count it twice)."""
 
 
 class SqliteStatusEvents:
@@ -77,34 +80,42 @@ class SqliteStatusEvents:
 
         return await self._write(op)
 
-    async def expire_status_events(self, before: float) -> dict[str, int]:
+    async def expire_status_events(self, before: float, now: float) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             counts = dict(
                 conn.execute(
-                    "SELECT receiver, count(*) FROM status_events WHERE at < ? GROUP BY receiver",
-                    (before,),
+                    "SELECT receiver, count(*) FROM status_events WHERE at < ?"
+                    + UNCLAIMED.format("?")
+                    + " GROUP BY receiver",
+                    (before, now),
                 ).fetchall()
             )
             if counts:
-                conn.execute("DELETE FROM status_events WHERE at < ?", (before,))
+                conn.execute(
+                    "DELETE FROM status_events WHERE at < ?" + UNCLAIMED.format("?"),
+                    (before, now),
+                )
             return counts
 
         return await self._write(op)
 
-    async def cap_status_events(self, per_receiver: int) -> dict[str, int]:
+    async def cap_status_events(self, per_receiver: int, now: float) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             over = conn.execute(
                 "SELECT receiver, count(*) - ? FROM status_events GROUP BY receiver"
                 " HAVING count(*) > ?",
                 (per_receiver, per_receiver),
             ).fetchall()
+            dropped: dict[str, int] = {}
             for receiver, excess in over:
-                conn.execute(
+                cursor = conn.execute(
                     "DELETE FROM status_events WHERE id IN (SELECT id FROM status_events"
-                    " WHERE receiver = ? ORDER BY id LIMIT ?)",
-                    (receiver, excess),
+                    " WHERE receiver = ?" + UNCLAIMED.format("?") + " ORDER BY id LIMIT ?)",
+                    (receiver, now, excess),
                 )
-            return {str(receiver): int(excess) for receiver, excess in over}
+                if cursor.rowcount:
+                    dropped[str(receiver)] = cursor.rowcount
+            return dropped
 
         return await self._write(op)
 

@@ -137,7 +137,10 @@ class CommandClient:
         session_limit: float = SERVER_COMMAND_LIMIT,
         escape_line: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        succeeds: CommandClient | None = None,
     ) -> None:
+        """`succeeds`: the client of the same server this one replaces (a reload): commands
+        it still has open keep their lines' turns with this one's."""
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -147,7 +150,7 @@ class CommandClient:
         self._username = username
         self._password = password
         self._clock = clock
-        self._turns: dict[str, Turns] = {}
+        self._turns: dict[str, Turns] = succeeds._turns if succeeds is not None else {}
         self._session: aiohttp.ClientSession | None = None
 
     def busy(self, line: str) -> bool:

@@ -167,12 +167,12 @@ async def test_old_events_expire_and_a_receiver_keeps_only_its_newest(
         await store.cancel(old.id, NOW)
         new = (await store.accept(message(numbers), NOW)).message
         await store.cancel(new.id, NOW + 100)
-        assert await store.expire_status_events(NOW + 50) == {RECEIVER: 2}
-        assert await store.expire_status_events(NOW + 50) == {}
-        assert await store.cap_status_events(3) == {RECEIVER: 2}
+        assert await store.expire_status_events(NOW + 50, NOW + 200) == {RECEIVER: 2}
+        assert await store.expire_status_events(NOW + 50, NOW + 200) == {}
+        assert await store.cap_status_events(3, NOW + 200) == {RECEIVER: 2}
         left = await all_events(store)
         assert [e.number for e in left] == list(numbers[2:])  # the oldest went
-        assert await store.cap_status_events(3) == {}
+        assert await store.cap_status_events(3, NOW + 200) == {}
 
 
 async def test_event_ids_never_come_back(backend: str, tmp_path: Path) -> None:
@@ -208,3 +208,21 @@ async def test_two_instances_taking_at_once_take_other_events(backend: str, tmp_
                 assert await one.take_status_events(NOW, 30.0, 8, 100) == []
         finally:
             await PostgresLedger(PG_URL, schema=schema).drop_schema()
+
+
+async def test_events_being_delivered_are_neither_expired_nor_capped(
+    backend: str, tmp_path: Path
+) -> None:
+    """Their delivery settles them: dropped under it, one event would be counted twice."""
+    async with open_backend(backend, tmp_path) as store:
+        numbers = tuple(f"+8869120000{i:02d}" for i in range(4))
+        old = (await store.accept(message(numbers), NOW)).message
+        await store.cancel(old.id, NOW)
+        taken = await store.take_status_events(NOW + 100, 30.0, 2, 10)
+        assert len(taken) == 2
+        # Claimed until NOW + 130: only the two not taken go.
+        assert await store.expire_status_events(NOW + 50, NOW + 110) == {RECEIVER: 2}
+        assert await store.cap_status_events(0, NOW + 110) == {}
+        assert await store.status_events_pending() == {RECEIVER: 2}
+        # Once their claim ran out (the instance died), they go like any other.
+        assert await store.cap_status_events(1, NOW + 131) == {RECEIVER: 1}
