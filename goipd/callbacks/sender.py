@@ -87,13 +87,6 @@ class StatusCallbackSender:
         self._pending_labels: set[str] = set()
         self._more_due = False
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
-    def wake(self) -> None:
-        self._wake.ring()
-
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(
             resolver=CheckedResolver(

@@ -10,7 +10,6 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -42,11 +41,6 @@ def receiver_key(url: str) -> str:
     for stop in "/?#":
         rest = rest.partition(stop)[0]
     return f"{scheme}://{rest}".lower()
-
-
-def safe_target(url: str) -> str:
-    """What a log line may say about a URL: its receiver."""
-    return receiver_key(url) if urlsplit(url).scheme in ("http", "https") else "?"
 
 
 class CheckedResolver(AbstractResolver):

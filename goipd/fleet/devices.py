@@ -26,7 +26,6 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -35,6 +34,7 @@ import structlog
 from goipd.config import Device, Server
 from goipd.fleet.registry import LineRegistry
 from goipd.metrics.catalog import Metrics
+from goipd.runtime.wakeup import Wakeup
 from goipd.upstream.errors import UpstreamError
 from goipd.upstream.goip_device import DeviceClient, DeviceStatus
 
@@ -199,7 +199,7 @@ class DevicePoller:
         self._rng = rng or random.Random()
         self._client_for = client_for
         self._slots: dict[tuple[str, str], _Slot] = {}
-        self._changed = asyncio.Event()
+        self._changed = Wakeup()
         self._crash: BaseException | None = None
         self._unknown_lines: set[tuple[str, str]] = set()
         """Mapped lines the server does not report, already logged."""
@@ -244,7 +244,7 @@ class DevicePoller:
             ).items():
                 entries[(slot.server, line)] = entry
         self.registry.devices = entries
-        self._changed.set()
+        self._changed.ring()
 
     def _retire(self, key: tuple[str, str], slot: _Slot) -> None:
         del self._slots[key]
@@ -265,7 +265,6 @@ class DevicePoller:
                 if self._crash is not None:
                     crash, self._crash = self._crash, None
                     raise crash
-                self._changed.clear()
                 now = time.monotonic()
                 for key, slot in self._slots.items():
                     if slot.task is None and now >= slot.due:
@@ -276,9 +275,7 @@ class DevicePoller:
                         )
                 idle = [s.due for s in self._slots.values() if s.task is None]
                 wait = min(idle, default=now + IDLE_WAIT) - now
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(max(wait, 0.01)):
-                        await self._changed.wait()
+                await self._changed.sleep(max(wait, 0.01))
         finally:
             await self.close()
 
@@ -292,7 +289,7 @@ class DevicePoller:
             self._crash = exc
         finally:
             slot.task = None
-            self._changed.set()
+            self._changed.ring()
 
     async def close(self) -> None:
         """Cancel the polls under way (the clients hold no connection between polls)."""
