@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from goipd.problem import Problem
@@ -15,6 +16,18 @@ async def json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise Problem(400, "request body is empty; expected a JSON object")
+    if _HUGE_INTEGER.search(raw) is None:
+        try:
+            # orjson parses a typical body in a fraction of json's time; anything it refuses
+            # (or would read differently) goes the standard way below, whose errors name the
+            # place and whose values are what clients have always got.
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if _SURROGATE_ESCAPE_BYTES.search(raw) is not None:
+                _refuse_lone_surrogates(body, "request body")
+            return body
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -34,6 +47,10 @@ async def json_body(request: web.Request) -> Any:
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE_ESCAPE_BYTES = re.compile(_SURROGATE_ESCAPE.pattern.encode())
+_HUGE_INTEGER = re.compile(rb"[0-9]{20}")
+"""Twenty digits in a row may be an integer past 64 bits, which orjson reads as a float and
+json as an int (a priority of 10**30 must be refused as the integer it is)."""
 """JSON's only way to a lone UTF-16 surrogate: a \\uD800-\\uDFFF escape (a valid pair of them
 decodes to one character)."""
 

@@ -22,6 +22,7 @@ from goipd.problem import Problem
 from goipd.reports.cloud import CloudContext, HeldReports
 from goipd.upstream import paasoo, smsgo
 from goipd.upstream.errors import ParseError
+from goipd.web.replies import json_reply
 
 log = structlog.get_logger("goipd.web.cloud_hooks")
 MAX_QUERY_BYTES = 8 * 1024
@@ -84,7 +85,7 @@ class CloudHooks:
         sms = self._parsed("smsgo", "inbound", "smsgo reply", smsgo.parse_reply, query)
         inbound_id = await store_inbound(self.ctx, "smsgo", sms)
         self.ctx.metrics.push_reports.labels("smsgo", "inbound", "ok").inc()
-        return web.json_response({"status": "ok", "id": inbound_id})
+        return json_reply({"status": "ok", "id": inbound_id})
 
     async def paasoo_report(self, request: web.Request) -> web.Response:
         query = self._authorize(request, "paasoo", "report")
@@ -93,7 +94,7 @@ class CloudHooks:
         )
         outcome = await self.held.apply("paasoo", status)
         self.ctx.metrics.push_reports.labels("paasoo", "report", outcome).inc()
-        return web.json_response({"status": outcome})
+        return json_reply({"status": outcome})
 
     def add_routes(self, app: web.Application) -> None:
         for path, handler in (

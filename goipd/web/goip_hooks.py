@@ -21,6 +21,7 @@ from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.upstream.errors import ParseError
 from goipd.upstream.goip import parse_inbound_push, parse_status_push
 from goipd.upstream.http import read_capped
+from goipd.web.replies import json_reply
 
 log = structlog.get_logger("goipd.web.goip_hooks")
 
@@ -79,7 +80,7 @@ async def goip_status(request: web.Request) -> web.Response:
         raise Problem(400, f"malformed send report: {exc}") from None
     outcome = await apply_goip_report(ctx, server.name, report)
     ctx.children.get(ctx.metrics.push_reports, server.name, "status", outcome).inc()
-    return web.json_response({"status": outcome})
+    return json_reply({"status": outcome})
 
 
 async def goip_inbound(request: web.Request) -> web.Response:
@@ -98,7 +99,7 @@ async def goip_inbound(request: web.Request) -> web.Response:
         GoipInbound(server.name, sms.goip_line, sms.from_number, sms.content, sms.recv_time_raw),
     )
     ctx.metrics.push_reports.labels(server.name, "inbound", "ok").inc()
-    return web.json_response({"status": "ok" if new else "duplicate", "id": inbound_id})
+    return json_reply({"status": "ok" if new else "duplicate", "id": inbound_id})
 
 
 def add_routes(app: web.Application) -> None:

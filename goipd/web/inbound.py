@@ -10,6 +10,7 @@ from goipd.problem import Problem
 from goipd.web.body import query_limit
 from goipd.web.context import API_KEY
 from goipd.web.messages import iso_time
+from goipd.web.replies import json_reply
 
 
 async def list_inbound(request: web.Request) -> web.Response:
@@ -19,7 +20,7 @@ async def list_inbound(request: web.Request) -> web.Response:
     if before_raw is not None and not re.fullmatch(r"[0-9]{1,18}", before_raw):
         raise Problem(400, "before: expected an inbound id")
     records = await ctx.ledger.list_inbound(limit, int(before_raw) if before_raw else None)
-    return web.json_response(
+    return json_reply(
         {
             "inbound": [
                 {

@@ -13,6 +13,7 @@ from goipd.ledger.base import Store
 from goipd.metrics import exposition
 from goipd.metrics.catalog import Metrics
 from goipd.web.problems import problem_response
+from goipd.web.replies import json_reply
 
 READY_WRITE_TIMEOUT = 2.0
 
@@ -54,7 +55,7 @@ def _accepts_gzip(accept_encoding: str) -> bool:
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_reply({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -73,7 +74,7 @@ async def readyz(request: web.Request) -> web.Response:
         return problem_response(
             503, f"the ledger cannot store writes: {write_error}", title="Not ready"
         )
-    return web.json_response({"status": "ready"})
+    return json_reply({"status": "ready"})
 
 
 def add_routes(app: web.Application) -> None:

@@ -17,6 +17,7 @@ from goipd.web.lines import (
     put_quarantine,
 )
 from goipd.web.messages import delete_message, get_message, list_messages, post_message
+from goipd.web.replies import json_reply
 
 
 def add_routes(app: web.Application) -> None:
@@ -37,4 +38,4 @@ def add_routes(app: web.Application) -> None:
 
 
 async def get_openapi(_request: web.Request) -> web.Response:
-    return web.json_response(openapi.DOCUMENT)
+    return json_reply(openapi.DOCUMENT)
