@@ -101,12 +101,16 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_STATES = {state.value: state for state in State}
+"""A dict lookup instead of State(value): every recipient read goes through it."""
+
+
 def recipient_from_row(row: Sequence[Any]) -> Recipient:
     return Recipient(
         id=row[0],
         message_id=row[1],
         number=row[2],
-        state=State(row[3]),
+        state=_STATES[row[3]],
         attempts=row[4],
         next_attempt_at=row[5],
         route=row[6],
@@ -116,7 +120,7 @@ def recipient_from_row(row: Sequence[Any]) -> Recipient:
         upstream_id=row[10],
         error_code=row[11],
         error_meaning=row[12],
-        excluded_lines=tuple(json.loads(row[13])),
+        excluded_lines=() if row[13] == "[]" else tuple(json.loads(row[13])),
         created_at=row[14],
         updated_at=row[15],
         submitted_at=row[16],

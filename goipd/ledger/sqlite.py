@@ -902,21 +902,27 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
 def _recent_sends(
     conn: sqlite3.Connection, messages: Sequence[NewMessage], digests: Sequence[str]
 ) -> Latest:
-    """What the flood guard needs (`accepts.Latest`): one query per distinct text of the
-    batch, each an index seek per number (recipients_duplicate: number, text_hash,
-    created_at)."""
+    """What the flood guard needs (`accepts.Latest`): an index seek per (number, text hash)
+    (recipients_duplicate: number, text_hash, created_at), all of a batch in one query: a
+    batch of single-recipient messages with distinct texts took a query each."""
+    wanted = [
+        (number, digest, since)
+        for digest, (since, numbers) in guarded_numbers(messages, digests).items()
+        for number in sorted(numbers)
+    ]
     latest: Latest = {}
-    for digest, (since, numbers) in guarded_numbers(messages, digests).items():
-        ordered = sorted(numbers)
-        for chunk in range(0, len(ordered), VARIABLES_PER_QUERY):
-            part = ordered[chunk : chunk + VARIABLES_PER_QUERY]
-            for number, created_at, message_id in conn.execute(
-                "SELECT number, created_at, message_id FROM recipients WHERE text_hash = ? "
-                f"AND number IN ({','.join('?' * len(part))}) AND created_at >= ? "
-                "AND state NOT IN ('cancelled', 'failed')",
-                (digest, *part, since),
-            ):
-                note_latest(latest, number, digest, created_at, message_id)
+    step = VARIABLES_PER_QUERY // 3
+    for chunk in range(0, len(wanted), step):
+        part = wanted[chunk : chunk + step]
+        # CROSS JOIN keeps the wanted pairs the outer loop: one seek each, never a scan.
+        for number, digest, created_at, message_id in conn.execute(
+            f"WITH wanted(number, text_hash, since) AS (VALUES {','.join(['(?,?,?)'] * len(part))}) "
+            "SELECT r.number, r.text_hash, r.created_at, r.message_id FROM wanted w "
+            "CROSS JOIN recipients r ON r.number = w.number AND r.text_hash = w.text_hash "
+            "AND r.created_at >= w.since WHERE r.state NOT IN ('cancelled', 'failed')",
+            [value for pair in part for value in pair],
+        ):
+            note_latest(latest, number, digest, created_at, message_id)
     return latest
 
 

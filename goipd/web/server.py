@@ -3,6 +3,7 @@ route of goipd's HTTP listener."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +55,7 @@ def build_app(
             _refuse_while_stopping(stopping),
             token_middleware(lambda: settings().api_tokens),
             rate_limit_middleware(
-                lambda: RateLimit(settings().api.rate_limit, settings().api.rate_limit_burst),
+                lambda: _rate_limit(settings().api.rate_limit, settings().api.rate_limit_burst),
                 # Without tokens any Authorization header passes: keying buckets by it
                 # would let a client skip the limit with a new header per request.
                 lambda request: client_id(request) if settings().api_tokens else "",
@@ -76,6 +77,12 @@ def build_app(
     goip_hooks.add_routes(app)
     CloudHooks(parts.cloud, parts.provider_hook_tokens, parts.held_reports).add_routes(app)
     return app
+
+
+@functools.lru_cache(maxsize=8)
+def _rate_limit(per_second: float, burst: int) -> RateLimit:
+    # One object per setting, not per request: the limit is read on every API call.
+    return RateLimit(per_second, burst)
 
 
 def _refuse_while_stopping(stopping: Callable[[], bool]) -> Any:
