@@ -101,7 +101,7 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-_STATES = {state.value: state for state in State}
+STATE_OF = {state.value: state for state in State}
 """A dict lookup instead of State(value): every recipient read goes through it."""
 
 
@@ -110,7 +110,7 @@ def recipient_from_row(row: Sequence[Any]) -> Recipient:
         id=row[0],
         message_id=row[1],
         number=row[2],
-        state=_STATES[row[3]],
+        state=STATE_OF[row[3]],
         attempts=row[4],
         next_attempt_at=row[5],
         route=row[6],

@@ -43,6 +43,7 @@ from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
     RECIPIENT_COLUMNS,
+    STATE_OF,
     crockford26,
     message_from_row,
     new_message_id,
@@ -916,7 +917,8 @@ def _recent_sends(
         part = wanted[chunk : chunk + step]
         # CROSS JOIN keeps the wanted pairs the outer loop: one seek each, never a scan.
         for number, digest, created_at, message_id in conn.execute(
-            f"WITH wanted(number, text_hash, since) AS (VALUES {','.join(['(?,?,?)'] * len(part))}) "
+            "WITH wanted(number, text_hash, since) AS "
+            f"(VALUES {','.join(['(?,?,?)'] * len(part))}) "
             "SELECT r.number, r.text_hash, r.created_at, r.message_id FROM wanted w "
             "CROSS JOIN recipients r ON r.number = w.number AND r.text_hash = w.text_hash "
             "AND r.created_at >= w.since WHERE r.state NOT IN ('cancelled', 'failed')",
@@ -1003,7 +1005,7 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
             f"({','.join('?' * len(part))})",
             part,
         ):
-            current[rid] = (State(state), json.loads(excluded))
+            current[rid] = (STATE_OF[state], [] if excluded == "[]" else json.loads(excluded))
     by_columns = planned_updates(current, outcomes, now)
     for columns, rows in by_columns.items():
         assignments = ", ".join(
