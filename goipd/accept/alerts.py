@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import structlog
+from pydantic import ValidationError
 
+from goipd.accept.requests import AlertmanagerRequest, first_error, value_at
 from goipd.config import (
     AlertingSettings,
     AlertRateLimitSettings,
@@ -87,91 +89,77 @@ def _safe(text: str, limit: int = 40) -> str:
     return _SURROGATES.sub("\ufffd", text[:limit])
 
 
-def _string(value: object, where: str, *, required: bool = True) -> str:
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        raise NotificationError(f"{where}: expected a string, got {json_kind(value)}")
-    return value
-
-
-def _string_map(value: object, where: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise NotificationError(f"{where}: expected an object of strings, got {json_kind(value)}")
-    for key, item in value.items():
-        if not isinstance(item, str):
-            raise NotificationError(
-                f"{where}.{_safe(key)}: expected a string, got {json_kind(item)}"
-            )
-    return value
-
-
-def _status(value: object, where: str) -> Status:
-    if value == "firing":
-        return "firing"
-    if value == "resolved":
-        return "resolved"
-    shown = f"{_safe(value)!r}" if isinstance(value, str) else json_kind(value)
-    raise NotificationError(f'{where}: expected "firing" or "resolved", got {shown}')
-
-
 def parse_notification(body: Any) -> Notification:
-    """Alertmanager's webhook payload, version 4. Fields goipd does not use are not checked
-    beyond their type, and unknown fields are ignored: a newer Alertmanager may add some."""
+    """Alertmanager's webhook payload, version 4, as AlertmanagerRequest (accept/requests.py)
+    declares it. Fields goipd does not use are not checked beyond their type, and unknown
+    fields are ignored: a newer Alertmanager may add some."""
+    try:
+        request = AlertmanagerRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _refusal(exc, body) from None
+    return Notification(
+        receiver=request.receiver,
+        status=request.status,
+        group_key=request.group_key,
+        alerts=tuple(
+            Alert(
+                status=alert.status,
+                labels=alert.labels or {},
+                annotations=alert.annotations or {},
+                fingerprint=alert.fingerprint or "",
+            )
+            for alert in request.alerts
+        ),
+        group_labels=request.group_labels or {},
+        common_labels=request.common_labels or {},
+        common_annotations=request.common_annotations or {},
+        truncated_alerts=request.truncated_alerts or 0,
+    )
+
+
+_STRING_MAPS = frozenset(
+    {"labels", "annotations", "groupLabels", "commonLabels", "commonAnnotations"}
+)
+
+
+def _refusal(exc: ValidationError, body: Any) -> NotificationError:
+    """The model's first error in the words this receiver has always used."""
     if not isinstance(body, dict):
-        raise NotificationError(f"expected a JSON object, got {json_kind(body)}")
-    version = body.get("version")
-    if version != "4":
-        shown = f"{_safe(version)!r}" if isinstance(version, str) else json_kind(version)
-        raise NotificationError(
+        return NotificationError(f"expected a JSON object, got {json_kind(body)}")
+    error = first_error(exc)
+    loc = error["loc"]
+    # The field is the top-level one, or an alert's own: ("alerts", 0, "labels"). What follows
+    # it is a key of a string map.
+    depth = 3 if loc[0] == "alerts" and len(loc) >= 3 else 1
+    field = str(loc[depth - 1])
+    where = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{_safe(part)}" for part in loc
+    ).lstrip(".")
+    value = value_at(body, loc)
+    kind = json_kind(value)
+    shown = f"{_safe(value)!r}" if isinstance(value, str) else kind
+    if len(loc) > depth:
+        if field == "alerts":
+            return NotificationError(f"{where}: expected an object, got {kind}")
+        return NotificationError(f"{where}: expected a string, got {kind}")
+    if field == "version":
+        return NotificationError(
             f'version: expected "4" (Alertmanager webhook payload version 4), got {shown}'
         )
-    receiver = _string(body.get("receiver"), "receiver")
-    if not receiver:
-        raise NotificationError("receiver: must not be empty")
-    status = _status(body.get("status"), "status")
-    group_key = _string(body.get("groupKey"), "groupKey")
-    raw_alerts = body.get("alerts")
-    if not isinstance(raw_alerts, list) or not raw_alerts:
-        raise NotificationError(
-            f"alerts: expected a non-empty array of alerts, got {json_kind(raw_alerts)}"
-            if not isinstance(raw_alerts, list)
-            else "alerts: expected a non-empty array of alerts, got an empty one"
-        )
-    alerts = tuple(_alert(item, f"alerts[{index}]") for index, item in enumerate(raw_alerts))
-    truncated = body.get("truncatedAlerts", 0)
-    if truncated is None:
-        truncated = 0
-    if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
-        raise NotificationError("truncatedAlerts: expected an integer >= 0")
-    _string(body.get("externalURL"), "externalURL", required=False)
-    return Notification(
-        receiver=receiver,
-        status=status,
-        group_key=group_key,
-        alerts=alerts,
-        group_labels=_string_map(body.get("groupLabels"), "groupLabels"),
-        common_labels=_string_map(body.get("commonLabels"), "commonLabels"),
-        common_annotations=_string_map(body.get("commonAnnotations"), "commonAnnotations"),
-        truncated_alerts=truncated,
-    )
-
-
-def _alert(item: object, where: str) -> Alert:
-    if not isinstance(item, dict):
-        raise NotificationError(f"{where}: expected an object, got {json_kind(item)}")
-    if "labels" not in item:
-        raise NotificationError(f"{where}.labels: required")
-    for key in ("startsAt", "endsAt", "generatorURL"):
-        _string(item.get(key), f"{where}.{key}", required=False)
-    return Alert(
-        status=_status(item.get("status"), f"{where}.status"),
-        labels=_string_map(item.get("labels"), f"{where}.labels"),
-        annotations=_string_map(item.get("annotations"), f"{where}.annotations"),
-        fingerprint=_string(item.get("fingerprint"), f"{where}.fingerprint", required=False),
-    )
+    if field == "status":
+        return NotificationError(f'{where}: expected "firing" or "resolved", got {shown}')
+    if field == "alerts":
+        got = "an empty one" if isinstance(value, list) else kind
+        return NotificationError(f"alerts: expected a non-empty array of alerts, got {got}")
+    if field == "truncatedAlerts":
+        return NotificationError("truncatedAlerts: expected an integer >= 0")
+    if field in _STRING_MAPS:
+        if error["type"] == "missing":
+            return NotificationError(f"{where}: required")
+        return NotificationError(f"{where}: expected an object of strings, got {kind}")
+    if error["type"] == "string_too_short":
+        return NotificationError(f"{where}: must not be empty")
+    return NotificationError(f"{where}: expected a string, got {kind}")
 
 
 # --- rendering ----------------------------------------------------------------------------------

@@ -1,16 +1,28 @@
-"""A message request checked field by field into a NewMessage; every refusal names its field."""
+"""A message request checked into a NewMessage; every refusal names its field.
+
+The body's shape (fields, JSON types, lengths, enums) is MessageRequest's (accept/requests.py),
+which also documents it; what the model cannot know is checked here after it. A refusal of
+the model is put in the words the API has always used, naming the first failing field.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-import phonenumbers
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
+from goipd.accept.numbers import normalise_number
+from goipd.accept.requests import (
+    MESSAGE_FIELDS,
+    MESSAGE_REQUEST,
+    MessageRequest,
+    unknown_field,
+    value_at,
+)
 from goipd.callbacks.events import DEFAULT_EVENTS, EVENT_STATES
 from goipd.callbacks.targets import check_status_url
 from goipd.config import ApiSettings, RouteTarget, parse_duration
@@ -52,53 +64,104 @@ class Limits(Protocol):
     def private_callbacks(self) -> Callable[[], bool]: ...
 
 
-_MESSAGE_FIELDS = frozenset(
-    {
-        "to",
-        "text",
-        "route",
-        "idempotency_key",
-        "send_at",
-        "priority",
-        "expires_at",
-        "valid_for",
-        "status_url",
-        "status_events",
-    }
-)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_SCHEDULE_AHEAD = 30 * 86400.0
 MIN_VALIDITY = 10.0
 """Shorter than a dispatch pass and a send: nothing could be sent in time."""
 MAX_VALIDITY = 30 * 86400.0
+_validate_request = MESSAGE_REQUEST.validator.validate_python
+_FIELD_SET = frozenset(MESSAGE_FIELDS)
+_LABELS = tuple(f"to[{index}]" for index in range(1000))
+"""Each recipient's name in a refusal, made once rather than for every number of every
+message: only a refused number's is ever read."""
 
 
-def normalise_number(raw: object, region: str, where: str) -> str:
-    if not isinstance(raw, str):
-        raise Problem(422, f"{where}: expected a phone number as a string, got {json_kind(raw)}")
-    if len(raw) > 32:
-        raise Problem(422, f"{where}: a phone number has at most 32 characters")
+def validate_message(
+    body: Any,
+    ctx: Limits,
+    now: float,
+    *,
+    client: str = "",
+    duplicate_since: float | None = None,
+) -> NewMessage:
+    """The message `body` asks for, from the API token `client`, checked by the flood guard
+    back to `duplicate_since` (None: not checked)."""
+    settings = ctx.settings()
     try:
-        parsed = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        raise Problem(422, f"{where}: {raw!r} is not a phone number") from None
-    if not phonenumbers.is_valid_number(parsed):
-        raise Problem(422, f"{where}: {raw!r} is not a valid number (default region {region})")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _parse_route(value: object, ctx: Limits) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise Problem(422, f"route: expected an object, got {json_kind(value)}")
-    try:
-        target = RouteTarget.model_validate(value)
+        request: MessageRequest = _validate_request(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = str(first.get("ctx", {}).get("error", first["msg"]))
-        raise Problem(422, f"route{'.' + where if where else ''}: {message}") from None
+        raise _refusal(exc, body, settings) from None
+    to = request["to"]
+    numbers = (
+        [normalise_number(to, settings.default_region, "to[0]")]
+        if isinstance(to, str)
+        else _recipients(to, settings)
+    )
+    text = _text(request["text"], settings)
+    info = segments.analyse(text)
+    send_at_raw = request.get("send_at")
+    send_at = None if send_at_raw is None else _parse_send_at(send_at_raw, now)
+    defaults = ctx.caller_defaults(client)
+    status_url, status_events = _parse_status(request, ctx, defaults)
+    route = request.get("route")
+    priority = request.get("priority")
+    return NewMessage(
+        text=text,
+        recipients=numbers,
+        segments=info.segments,
+        encoding=info.encoding,
+        route=None if route is None else _parse_route(route, ctx),
+        idempotency_key=request.get("idempotency_key"),
+        send_at=send_at,
+        client=client,
+        duplicate_since=duplicate_since,
+        priority=NORMAL_PRIORITY if priority is None else priority,
+        expires_at=_parse_validity(
+            request,
+            send_at if send_at is not None else now,
+            now,
+            defaults.valid_for if defaults is not None else None,
+        ),
+        status_url=status_url,
+        status_events=status_events,
+    )
+
+
+def _recipients(to: object, settings: ApiSettings) -> list[str]:
+    """The E.164 numbers `to` names, de-duplicated in their order. Run on what the client sent
+    when the model refused `to`, it raises the refusal in phonenumbers' check's own words."""
+    items = [to] if isinstance(to, str) else to
+    if not isinstance(items, list) or not items:
+        raise Problem(422, "to: expected a phone number or a non-empty array of them")
+    if len(items) > settings.max_recipients:
+        raise Problem(
+            422,
+            f"to: at most {settings.max_recipients} recipients per message, got {len(items)}",
+        )
+    region = settings.default_region
+    labels = _LABELS if len(items) <= len(_LABELS) else [f"to[{i}]" for i in range(len(items))]
+    return list(
+        dict.fromkeys(
+            [
+                normalise_number(raw, region, label)
+                for raw, label in zip(items, labels, strict=False)
+            ]
+        )
+    )
+
+
+def _text(text: str, settings: ApiSettings) -> str:
+    """`text` past what the model checks (a string without control characters)."""
+    if not text.strip():
+        raise Problem(422, "text: must not be empty")
+    if text == "0":
+        # PHP's empty() holds for "0": the GoIP SMS Server refuses it as an empty text.
+        raise Problem(422, 'text: the GoIP SMS Server refuses the text "0" as empty')
+    if len(text) > settings.max_text_chars:
+        raise Problem(422, f"text: at most {settings.max_text_chars} characters, got {len(text)}")
+    return text
+
+
+def _parse_route(target: RouteTarget, ctx: Limits) -> str:
     if (
         target.server is not None
         and target.server != "*"
@@ -124,26 +187,11 @@ def _parse_time(value: object, field: str) -> float:
     return when.timestamp()
 
 
-def _parse_send_at(value: object, now: float) -> float | None:
-    if value is None:
-        return None
+def _parse_send_at(value: str, now: float) -> float | None:
     at = _parse_time(value, "send_at")
     if at > now + MAX_SCHEDULE_AHEAD:
         raise Problem(422, "send_at: at most 30 days ahead")
     return at if at > now else None
-
-
-def _parse_priority(value: object) -> int:
-    if value is None:
-        return NORMAL_PRIORITY
-    # bool is an int to Python, never a priority to a caller.
-    if not isinstance(value, int) or isinstance(value, bool) or value not in PRIORITIES:
-        raise Problem(
-            422,
-            f"priority: expected an integer from {PRIORITIES[0]} (bulk) to {PRIORITIES[-1]} "
-            f"(urgent), {NORMAL_PRIORITY} being normal; got {_shown(value)}",
-        )
-    return value
 
 
 def _shown(value: object) -> str:
@@ -151,11 +199,11 @@ def _shown(value: object) -> str:
 
 
 def _parse_validity(
-    body: dict[str, Any], start: float, now: float, default: float | None
+    request: MessageRequest, start: float, now: float, default: float | None
 ) -> float | None:
-    """The validity end the body asks for (`expires_at`, or `valid_for` counted from `start`,
-    when the message is due), else `default` counted from `start`; None: no end."""
-    expires_raw, valid_raw = body.get("expires_at"), body.get("valid_for")
+    """The validity end the request asks for (`expires_at`, or `valid_for` counted from
+    `start`, when the message is due), else `default` counted from `start`; None: no end."""
+    expires_raw, valid_raw = request.get("expires_at"), request.get("valid_for")
     if expires_raw is not None and valid_raw is not None:
         raise Problem(422, "expires_at, valid_for: give one of them, not both")
     if expires_raw is not None:
@@ -166,15 +214,8 @@ def _parse_validity(
             raise Problem(422, "expires_at: must be after send_at")
         return expires_at
     if valid_raw is not None:
-        if not isinstance(valid_raw, str):
-            raise Problem(
-                422,
-                f'valid_for: expected a duration like "5m" or "90s", got {json_kind(valid_raw)}',
-            )
-        try:
-            seconds = parse_duration(valid_raw)
-        except ValueError:
-            raise Problem(422, 'valid_for: expected a duration like "5m" or "90s"') from None
+        # The model's pattern is parse_duration's grammar: this cannot fail.
+        seconds = parse_duration(valid_raw)
         if not MIN_VALIDITY <= seconds <= MAX_VALIDITY:
             raise Problem(422, "valid_for: from 10s to 30d")
         return start + seconds
@@ -182,113 +223,91 @@ def _parse_validity(
 
 
 def _parse_status(
-    body: dict[str, Any], ctx: Limits, defaults: CallerDefaults | None
+    request: MessageRequest, ctx: Limits, defaults: CallerDefaults | None
 ) -> tuple[str | None, str | None]:
-    """(status_url, status_events as stored) the body or the caller's defaults ask for."""
-    url = body.get("status_url")
-    events = body.get("status_events")
+    """(status_url, status_events as stored) the request or the caller's defaults ask for."""
+    url = request.get("status_url")
+    events = request.get("status_events")
     if url is None:
         if events is not None and (defaults is None or defaults.status_url is None):
             raise Problem(422, "status_events: needs a status_url to send them to")
         url = defaults.status_url if defaults is not None else None
-    elif not isinstance(url, str):
-        raise Problem(422, f"status_url: expected a URL string, got {json_kind(url)}")
     else:
         problem = check_status_url(url, ctx.private_callbacks())
         if problem is not None:
             raise Problem(422, f"status_url: {problem}")
     if url is None:
         return None, None
-    if events is None:
-        chosen: Sequence[str] = (
-            defaults.status_events
-            if defaults is not None and defaults.status_events is not None
-            else DEFAULT_EVENTS
-        )
-    elif not isinstance(events, list) or not events:
-        raise Problem(422, "status_events: expected a non-empty array of states")
-    else:
-        for index, event in enumerate(events):
-            if event not in EVENT_STATES:
-                raise Problem(
-                    422,
-                    f"status_events[{index}]: expected one of {', '.join(EVENT_STATES)}, "
-                    f"got {_shown(event)}",
-                )
+    chosen: Sequence[str]
+    if events is not None:
         chosen = events
+    elif defaults is not None and defaults.status_events is not None:
+        chosen = defaults.status_events
+    else:
+        chosen = DEFAULT_EVENTS
     return url, ",".join(state for state in EVENT_STATES if state in chosen)
 
 
-def validate_message(
-    body: Any,
-    ctx: Limits,
-    now: float,
-    *,
-    client: str = "",
-    duplicate_since: float | None = None,
-) -> NewMessage:
-    """The message `body` asks for, from the API token `client`, checked by the flood guard
-    back to `duplicate_since` (None: not checked)."""
-    settings = ctx.settings()
+# --- refusals of the model, in the API's words ----------------------------------------------
+
+
+def _refusal(exc: ValidationError, body: Any, settings: ApiSettings) -> Problem:
+    """The first fault of a body the model refused, named as the API always named it: an
+    unknown field, then `to`, then the other fields in their order."""
     if not isinstance(body, dict):
-        raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
-    unknown = sorted(set(body) - _MESSAGE_FIELDS)
+        return Problem(400, f"expected a JSON object, got {json_kind(body)}")
+    unknown = [key for key in body if key not in _FIELD_SET]
     if unknown:
-        raise Problem(
-            422,
-            f"unknown field {unknown[0][:40]!r}; allowed: " + ", ".join(sorted(_MESSAGE_FIELDS)),
-        )
-    to = body.get("to")
-    if isinstance(to, str):
-        to = [to]
-    if not isinstance(to, list) or not to:
-        raise Problem(422, "to: expected a phone number or a non-empty array of them")
-    if len(to) > settings.max_recipients:
-        raise Problem(
-            422, f"to: at most {settings.max_recipients} recipients per message, got {len(to)}"
-        )
-    numbers = list(
-        dict.fromkeys(
-            normalise_number(raw, settings.default_region, f"to[{index}]")
-            for index, raw in enumerate(to)
-        )
-    )
-    text = body.get("text")
-    if not isinstance(text, str):
-        raise Problem(422, f"text: expected a string, got {json_kind(text)}")
-    if not text.strip():
-        raise Problem(422, "text: must not be empty")
-    if text == "0":
-        # PHP's empty() holds for "0": the GoIP SMS Server refuses it as an empty text.
-        raise Problem(422, 'text: the GoIP SMS Server refuses the text "0" as empty')
-    if len(text) > settings.max_text_chars:
-        raise Problem(422, f"text: at most {settings.max_text_chars} characters, got {len(text)}")
-    if _CONTROL.search(text):
-        raise Problem(422, "text: control characters are not allowed (newline and tab are)")
-    key = body.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 128):
-        raise Problem(422, "idempotency_key: expected a string of 1 to 128 characters")
-    info = segments.analyse(text)
-    send_at = _parse_send_at(body.get("send_at"), now)
-    defaults = ctx.caller_defaults(client)
-    status_url, status_events = _parse_status(body, ctx, defaults)
-    return NewMessage(
-        text=text,
-        recipients=numbers,
-        segments=info.segments,
-        encoding=info.encoding,
-        route=_parse_route(body.get("route"), ctx),
-        idempotency_key=key,
-        send_at=send_at,
-        client=client,
-        duplicate_since=duplicate_since,
-        priority=_parse_priority(body.get("priority")),
-        expires_at=_parse_validity(
-            body,
-            send_at if send_at is not None else now,
-            now,
-            defaults.valid_for if defaults is not None else None,
-        ),
-        status_url=status_url,
-        status_events=status_events,
-    )
+        return Problem(422, unknown_field(min(unknown), MESSAGE_FIELDS))
+    # Raises for whatever the model refuses of `to` (and for numbers it cannot judge), in the
+    # words of the checks every number passes, and without listing the faults of every item.
+    _recipients(body.get("to"), settings)
+    error = exc.errors(include_url=False)[0]
+    loc = error["loc"]
+    field = str(loc[0])
+    return Problem(422, _detail(field, error, body.get(field), loc[1:]))
+
+
+def _detail(field: str, error: ErrorDetails, value: object, rest: tuple[int | str, ...]) -> str:
+    """The words for the model's `error` at `field` (`rest`: where inside it), `value` being
+    what the client sent there."""
+    kind = json_kind(value)
+    match field:
+        case "text":
+            if error["type"] == "string_too_short":
+                return "text: must not be empty"
+            if error["type"] == "string_pattern_mismatch":
+                return "text: control characters are not allowed (newline and tab are)"
+            return f"text: expected a string, got {kind}"
+        case "idempotency_key":
+            return "idempotency_key: expected a string of 1 to 128 characters"
+        case "send_at" | "expires_at":
+            return f"{field}: expected an RFC 3339 time string, got {kind}"
+        case "status_url":
+            if error["type"] == "string_type":
+                return f"status_url: expected a URL string, got {kind}"
+            return f"status_url: {check_status_url(str(value), True)}"
+        case "status_events":
+            if rest and isinstance(value, list):
+                index = rest[0]
+                return (
+                    f"status_events[{index}]: expected one of {', '.join(EVENT_STATES)}, "
+                    f"got {_shown(value_at(value, rest[:1]))}"
+                )
+            return "status_events: expected a non-empty array of states"
+        case "route":
+            if not rest and error["type"] == "model_type":
+                return f"route: expected an object, got {kind}"
+            where = ".".join(str(part) for part in rest)
+            message = str(error.get("ctx", {}).get("error", error["msg"]))
+            return f"route{'.' + where if where else ''}: {message}"
+        case "priority":
+            return (
+                f"priority: expected an integer from {PRIORITIES[0]} (bulk) to {PRIORITIES[-1]} "
+                f"(urgent), {NORMAL_PRIORITY} being normal; got {_shown(value)}"
+            )
+        case "valid_for":
+            if error["type"] == "string_pattern_mismatch":
+                return 'valid_for: expected a duration like "5m" or "90s"'
+            return f'valid_for: expected a duration like "5m" or "90s", got {kind}'
+    return f"{field}: {error['msg']}"

@@ -8,7 +8,6 @@ from typing import Any
 
 from aiohttp import web
 
-from goipd.accept.validate import _CONTROL
 from goipd.fleet.actions import ActionRefused, ActionResult, LineActions
 from goipd.fleet.balances import BalanceChecker, LeaseHeld
 from goipd.fleet.devices import DeviceLine
@@ -16,13 +15,21 @@ from goipd.fleet.quarantine import QUARANTINE_KEY
 from goipd.fleet.registry import Line, LineRegistry, LineState, ManualQuarantine, ServerState
 from goipd.ledger.upkeep import LineBalance, Remediation
 from goipd.model import LedgerError
-from goipd.problem import Problem, json_kind
+from goipd.problem import Problem
 from goipd.upstream import cms
 from goipd.upstream.goip import SETUP_FIXES
 from goipd.web import overview
 from goipd.web.auth import client_id
 from goipd.web.body import json_body
 from goipd.web.context import API_KEY, REGISTRY_KEY
+from goipd.web.line_requests import (
+    BalanceRequest,
+    LineRequest,
+    QuarantineRequest,
+    RebootRequest,
+    UssdRequest,
+    parse_line_request,
+)
 
 
 def line_json(line: Line, now: float, registry: LineRegistry | None = None) -> dict[str, Any]:
@@ -202,9 +209,6 @@ async def get_status(request: web.Request) -> web.Response:
 _LINE_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.:-]{0,31}")
 
 
-_QUARANTINE_FIELDS = frozenset({"reason"})
-
-
 def _quarantine_target(request: web.Request) -> tuple[str, str]:
     registry = request.app[REGISTRY_KEY]
     server, line_id = request.match_info["server"], request.match_info["line"]
@@ -245,21 +249,11 @@ async def put_quarantine(request: web.Request) -> web.Response:
     """Take a line out of routing until an operator releases it. A line the server does not
     report right now may be named too: the quarantine applies as soon as it appears."""
     server, line_id = _quarantine_target(request)
-    body: Any = await json_body(request) if await request.read() else {}
-    if not isinstance(body, dict):
-        raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
-    unknown = sorted(set(body) - _QUARANTINE_FIELDS)
-    if unknown:
-        raise Problem(422, f"unknown field {unknown[0][:40]!r}; allowed: reason")
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise Problem(422, f"reason: expected a string, got {json_kind(reason)}")
-    if reason is not None and (len(reason) > 200 or _CONTROL.search(reason)):
-        raise Problem(422, "reason: at most 200 characters, no control characters")
+    body = await _body(request, QuarantineRequest)
     now = request.app[API_KEY].clock()
     try:
         await request.app[QUARANTINE_KEY].quarantine(
-            server, line_id, reason or None, now, client_id(request)
+            server, line_id, body.reason or None, now, client_id(request)
         )
     except LedgerError as exc:
         raise Problem(503, f"the ledger cannot store the quarantine right now: {exc}") from None
@@ -287,8 +281,6 @@ async def delete_quarantine(request: web.Request) -> web.Response:
 
 ACTIONS_KEY = web.AppKey("line_actions", LineActions)
 BALANCES_KEY = web.AppKey("balances", BalanceChecker)
-_REBOOT_FIELDS = frozenset({"device"})
-_USSD_FIELDS = frozenset({"code"})
 
 
 def _action_json(result: ActionResult) -> dict[str, Any]:
@@ -302,16 +294,10 @@ def _action_json(result: ActionResult) -> dict[str, Any]:
     }
 
 
-async def _action_body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+async def _body(request: web.Request, model: type[LineRequest]) -> LineRequest:
+    """The request's body as `model` declares it; no body at all is an empty object."""
     body: Any = await json_body(request) if await request.read() else {}
-    if not isinstance(body, dict):
-        raise Problem(400, f"expected a JSON object, got {json_kind(body)}")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise Problem(
-            422, f"unknown field {unknown[0][:40]!r}; allowed: {', '.join(sorted(allowed))}"
-        )
-    return body
+    return parse_line_request(body, model)
 
 
 def _action_target(request: web.Request) -> tuple[str, str]:
@@ -330,13 +316,10 @@ async def post_reboot(request: web.Request) -> web.Response:
     SMS Server's answer, or 502 when the server or device refused or did not answer; 409 while
     another action on the line runs."""
     server, line_id = _action_target(request)
-    body = await _action_body(request, _REBOOT_FIELDS)
-    device = body.get("device", False)
-    if not isinstance(device, bool):
-        raise Problem(422, f"device: expected true or false, got {json_kind(device)}")
+    body = await _body(request, RebootRequest)
     try:
         result = await request.app[ACTIONS_KEY].reboot(
-            server, line_id, device=device, asked_by=f"api:{client_id(request) or 'open'}"
+            server, line_id, device=body.device, asked_by=f"api:{client_id(request) or 'open'}"
         )
     except ActionRefused as exc:
         raise Problem(exc.status, exc.detail) from None
@@ -347,13 +330,10 @@ async def post_ussd(request: web.Request) -> web.Response:
     """Send a USSD code on the line and answer with the carrier's reply (this can take up to
     balances.answer_timeout, 130 s by default)."""
     server, line_id = _action_target(request)
-    body = await _action_body(request, _USSD_FIELDS)
-    code = body.get("code")
-    if not isinstance(code, str):
-        raise Problem(422, f"code: expected a USSD code like *101#, got {json_kind(code)}")
+    body = await _body(request, UssdRequest)
     try:
         result = await request.app[ACTIONS_KEY].ussd(
-            server, line_id, code, asked_by=f"api:{client_id(request) or 'open'}"
+            server, line_id, body.code, asked_by=f"api:{client_id(request) or 'open'}"
         )
     except ActionRefused as exc:
         raise Problem(
@@ -366,7 +346,7 @@ async def post_balance(request: web.Request) -> web.Response:
     """Read the line's balance now, with the balance check that applies to it; answers the
     line's balance as `GET /api/v1/lines` shows it (a failed read: 502, with its error)."""
     server, line_id = _action_target(request)
-    await _action_body(request, frozenset())
+    await _body(request, BalanceRequest)
     checker = request.app[BALANCES_KEY]
     target = checker.target(server, line_id)
     if target is None:
