@@ -15,6 +15,7 @@ from goipd.problem import Problem
 from goipd.web.auth import client_id
 from goipd.web.body import json_body
 from goipd.web.context import ALERTING_KEY, API_KEY
+from goipd.web.replies import json_reply
 
 
 async def post_alertmanager(request: web.Request) -> web.Response:
@@ -49,4 +50,4 @@ async def post_alertmanager(request: web.Request) -> web.Response:
         return (await accept_message(ctx, new, now)).message.id
 
     # Wall-clock time: the ledger compares pages stamped by other processes and instances.
-    return web.json_response(await relay.deliver(notification, receiver, text, ctx.clock(), submit))
+    return json_reply(await relay.deliver(notification, receiver, text, ctx.clock(), submit))

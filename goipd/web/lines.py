@@ -30,6 +30,7 @@ from goipd.web.line_requests import (
     UssdRequest,
     parse_line_request,
 )
+from goipd.web.replies import json_reply
 
 
 def line_json(line: Line, now: float, registry: LineRegistry | None = None) -> dict[str, Any]:
@@ -172,7 +173,7 @@ async def get_lines(request: web.Request) -> web.Response:
         if (state_filter is None or line.state == state_filter)
         and (healthy_filter is None or line.healthy == (healthy_filter == "true"))
     ]
-    return web.json_response({"servers": [server_json(s) for s in servers], "lines": lines})
+    return json_reply({"servers": [server_json(s) for s in servers], "lines": lines})
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -191,7 +192,7 @@ async def get_status(request: web.Request) -> web.Response:
         }
         for (server, line_id), quarantine in sorted(registry.manual.items())
     ]
-    return web.json_response(
+    return json_reply(
         {
             "time": now,
             "servers": [
@@ -257,7 +258,7 @@ async def put_quarantine(request: web.Request) -> web.Response:
         )
     except LedgerError as exc:
         raise Problem(503, f"the ledger cannot store the quarantine right now: {exc}") from None
-    return web.json_response(_quarantine_json(request.app[REGISTRY_KEY], server, line_id, now))
+    return json_reply(_quarantine_json(request.app[REGISTRY_KEY], server, line_id, now))
 
 
 async def delete_quarantine(request: web.Request) -> web.Response:
@@ -276,7 +277,7 @@ async def delete_quarantine(request: web.Request) -> web.Response:
     reply["released"] = [
         kind for kind, done in (("manual", released.manual), ("errors", released.auto)) if done
     ]
-    return web.json_response(reply)
+    return json_reply(reply)
 
 
 ACTIONS_KEY = web.AppKey("line_actions", LineActions)
@@ -323,7 +324,7 @@ async def post_reboot(request: web.Request) -> web.Response:
         )
     except ActionRefused as exc:
         raise Problem(exc.status, exc.detail) from None
-    return web.json_response(_action_json(result), status=200 if result.ok else 502)
+    return json_reply(_action_json(result), status=200 if result.ok else 502)
 
 
 async def post_ussd(request: web.Request) -> web.Response:
@@ -339,7 +340,7 @@ async def post_ussd(request: web.Request) -> web.Response:
         raise Problem(
             exc.status, f"code: {exc.detail}" if exc.status == 422 else exc.detail
         ) from None
-    return web.json_response(_action_json(result), status=200 if result.ok else 502)
+    return json_reply(_action_json(result), status=200 if result.ok else 502)
 
 
 async def post_balance(request: web.Request) -> web.Response:
@@ -362,4 +363,4 @@ async def post_balance(request: web.Request) -> web.Response:
         raise Problem(503, "the ledger cannot store the balance right now")
     registry = request.app[REGISTRY_KEY]
     reply = balance_json(balance, registry, (server, line_id))
-    return web.json_response(reply, status=502 if reply["error"] else 200)
+    return json_reply(reply, status=502 if reply["error"] else 200)

@@ -17,6 +17,7 @@ from goipd.problem import Problem
 from goipd.web.auth import client_id
 from goipd.web.body import json_body, query_limit
 from goipd.web.context import API_KEY
+from goipd.web.replies import json_reply
 
 
 def recipient_json(r: Recipient) -> dict[str, Any]:
@@ -104,10 +105,10 @@ async def post_message(request: web.Request) -> web.Response:
         )
     if not result.created:
         check_replay(result.message, new, now)
-        return web.json_response(
+        return json_reply(
             message_json(result.message), status=200, headers={"Idempotent-Replayed": "true"}
         )
-    return web.json_response(
+    return json_reply(
         message_json(result.message),
         status=202,
         headers={"Location": f"/api/v1/messages/{result.message.id}"},
@@ -126,7 +127,7 @@ async def get_message(request: web.Request) -> web.Response:
     message = await ctx.ledger.get_message(_message_id(request))
     if message is None:
         raise Problem(404, "no message with that id")
-    return web.json_response(message_json(message))
+    return json_reply(message_json(message))
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -146,7 +147,7 @@ async def list_messages(request: web.Request) -> web.Response:
         raise Problem(400, "after: not a message id")
     limit = query_limit(request)
     messages = await ctx.ledger.list_messages(state, since, limit, after)
-    return web.json_response(
+    return json_reply(
         {
             "messages": [message_json(m) for m in messages],
             "next": messages[-1].id if len(messages) == limit else None,
@@ -183,4 +184,4 @@ async def delete_message(request: web.Request) -> web.Response:
     except LedgerError as exc:
         raise Problem(503, f"the ledger cannot store changes right now: {exc}") from None
     assert after is not None
-    return web.json_response(message_json(after))
+    return json_reply(message_json(after))
