@@ -12,24 +12,21 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from goipd.problem import Problem
-from goipd.web.problems import Handler
 
 
-def token_middleware(tokens: Callable[[], Sequence[SecretStr]]) -> Any:
-    """Bearer-token check on /api/*; `tokens` is read per request so a reload takes effect."""
+def token_check(tokens: Callable[[], Sequence[SecretStr]]) -> Callable[[web.Request], None]:
+    """Bearer-token check of an /api/ request, raising 401; `tokens` is read per request so a
+    reload takes effect. No tokens configured: every request passes."""
     # The encoded tokens of the last token tuple seen: a reload brings a new tuple.
     cache: list[Any] = [None, ()]
 
-    @web.middleware
-    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/api/"):
-            return await handler(request)
+    def check_token(request: web.Request) -> None:
         current = tokens()
         if current is not cache[0]:
             cache[:] = [current, tuple(t.get_secret_value().encode() for t in current)]
         encoded: tuple[bytes, ...] = cache[1]
         if not encoded:
-            return await handler(request)
+            return
         header = request.headers.get("Authorization", "")
         scheme, _, presented = header.partition(" ")
         candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
@@ -40,7 +37,6 @@ def token_middleware(tokens: Callable[[], Sequence[SecretStr]]) -> Any:
         if not matched:
             detail = "missing bearer token" if not header else "invalid bearer token"
             raise Problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="goipd"'})
-        return await handler(request)
 
     return check_token
 

@@ -11,12 +11,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from goipd.problem import Problem
-from goipd.web.problems import Handler
 
 IDLE_EVICT = 600.0
 MAX_BUCKETS = 10_000
@@ -71,18 +69,16 @@ class RateLimiter:
             del self._buckets[client]
 
 
-def rate_limit_middleware(
+def rate_check(
     limit: Callable[[], RateLimit],
     client_of: Callable[[web.Request], str],
     limiter: RateLimiter | None = None,
-) -> Any:
-    """Runs after the token check: `client_of` names the (authenticated) caller."""
+) -> Callable[[web.Request], None]:
+    """The rate limit of an /api/ request, raising 429; checked after the token, so
+    `client_of` names an authenticated caller."""
     buckets = limiter or RateLimiter()
 
-    @web.middleware
-    async def limit_rate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/api/"):
-            return await handler(request)
+    def limit_rate(request: web.Request) -> None:
         current = limit()
         wait = buckets.take(client_of(request) or f"addr:{request.remote}", current)
         if wait > 0:
@@ -92,6 +88,5 @@ def rate_limit_middleware(
                 f"(burst {current.burst}); retry after {wait:.1f}s",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        return await handler(request)
 
     return limit_rate

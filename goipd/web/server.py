@@ -4,7 +4,7 @@ route of goipd's HTTP listener."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +20,12 @@ from goipd.fleet.registry import LineRegistry
 from goipd.reports.cloud import CloudContext, HeldReports
 from goipd.reports.goip import GoipContext
 from goipd.web import goip_hooks, probes, routes, statuspage
-from goipd.web.auth import client_id, token_middleware
+from goipd.web.auth import client_id, token_check
 from goipd.web.cloud_hooks import CloudHooks
 from goipd.web.context import ALERTING_KEY, API_KEY, REGISTRY_KEY, ApiContext
 from goipd.web.lines import ACTIONS_KEY, BALANCES_KEY
 from goipd.web.problems import Handler, problem_middleware, problem_response
-from goipd.web.ratelimit import RateLimit, rate_limit_middleware
+from goipd.web.ratelimit import RateLimit, rate_check
 
 
 @dataclass
@@ -52,13 +52,19 @@ def build_app(
     app = web.Application(
         middlewares=[
             problem_middleware,
-            _refuse_while_stopping(stopping),
-            token_middleware(lambda: settings().api_tokens),
-            rate_limit_middleware(
-                lambda: _rate_limit(settings().api.rate_limit, settings().api.rate_limit_burst),
-                # Without tokens any Authorization header passes: keying buckets by it
-                # would let a client skip the limit with a new header per request.
-                lambda request: client_id(request) if settings().api_tokens else "",
+            _api_gate(
+                stopping,
+                [
+                    token_check(lambda: settings().api_tokens),
+                    rate_check(
+                        lambda: _rate_limit(
+                            settings().api.rate_limit, settings().api.rate_limit_burst
+                        ),
+                        # Without tokens any Authorization header passes: keying buckets by it
+                        # would let a client skip the limit with a new header per request.
+                        lambda request: client_id(request) if settings().api_tokens else "",
+                    ),
+                ],
             ),
         ],
         client_max_size=settings().http.max_body_bytes,
@@ -85,15 +91,25 @@ def _rate_limit(per_second: float, burst: int) -> RateLimit:
     return RateLimit(per_second, burst)
 
 
-def _refuse_while_stopping(stopping: Callable[[], bool]) -> Any:
+def _api_gate(stopping: Callable[[], bool], checks: Sequence[Callable[[web.Request], None]]) -> Any:
+    """What every /api/ request passes before its handler, in order: goipd not stopping, then
+    `checks` (the token, then the rate limit), each raising its refusal. One middleware rather
+    than one per check: each layer costs every request, hooks included, a coroutine."""
+
     @web.middleware
-    async def refuse(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # During a graceful stop new work is refused (clients retry elsewhere or later), while
-        # hooks keep being applied: they finish sends that are already out.
-        if stopping() and request.path.startswith("/api/"):
-            return problem_response(
-                503, "goipd is shutting down", title="Shutting down", headers={"Retry-After": "5"}
-            )
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            if stopping():
+                # During a graceful stop new work is refused (clients retry elsewhere or
+                # later), while hooks keep being applied: they finish sends already out.
+                return problem_response(
+                    503,
+                    "goipd is shutting down",
+                    title="Shutting down",
+                    headers={"Retry-After": "5"},
+                )
+            for check in checks:
+                check(request)
         return await handler(request)
 
-    return refuse
+    return gate
