@@ -1,7 +1,8 @@
 """The ledger on PostgreSQL (asyncpg), for operators who run several goipd instances.
 
-Same shape as the SQLite backend: writes are group-committed on one writer connection (one
-transaction per batch, a SAVEPOINT per caller), reads use a small pool. Claims are
+Same shape as the SQLite backend: writes are group-committed (one transaction per batch, a
+SAVEPOINT per caller only once one caller's data was refused), accepts on a writer connection
+of their own and every other write on another; reads use a small pool. Claims are
 compare-and-set (`... WHERE state = 'queued'`), so two instances never both claim a recipient.
 Everything lives in one schema (default `goipd`), created and migrated at start under an
 advisory lock so instances starting together do not race.
@@ -40,6 +41,7 @@ from goipd.ledger.rows import (
     PENDING,
     RECIPIENT_COLUMNS,
     message_from_row,
+    queued_recipient,
     recipient_from_row,
     storable,
     storable_message,
@@ -51,7 +53,6 @@ from goipd.ledger.rules import (
     SENT_AT_IF_NULL,
     applied,
     planned_timed_updates,
-    planned_updates,
     transition,
 )
 from goipd.ledger.servers_postgres import PostgresServerRecords, insert_inbound
@@ -80,7 +81,9 @@ Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 MIGRATION_LOCK = 0x60_1D_00_01
 DEADLOCK_RETRIES = 3
 WRITER_NAME = "goipd-writer"
-"""application_name of the writer connection, so operators can tell it in pg_stat_activity."""
+"""application_name of the writer connections, so operators can tell them in pg_stat_activity."""
+ACCEPT_LANE = 1
+"""Which writer connection accepts are group-committed on (`PostgresLedger._acceptor`)."""
 CONNECT_TIMEOUT = 5.0
 """A reconnect holds up every queued write: better a quick error than a minute's wait."""
 WRITE_TIMEOUT = 30.0
@@ -387,6 +390,47 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX line_remediations_started ON line_remediations (server, started_at);
     """,
+    # 10: due recipients come in (next_attempt_at, id) order straight from the index, so a
+    # dispatch pass reads its batch and stops: with the id left out, every queued recipient
+    # due at one instant (a campaign's send_at) was read and sorted by each pass.
+    """
+    CREATE INDEX recipients_due_ordered ON recipients (state, priority, next_attempt_at, id);
+    DROP INDEX recipients_due;
+    ALTER INDEX recipients_due_ordered RENAME TO recipients_due;
+    """,
+    # 11: the status events of migration 8 made once per statement instead of once per row:
+    # the row trigger's function call and message lookup were most of what an UPDATE of a
+    # few hundred recipients cost the server, for each of them, though nearly no message asks
+    # for callbacks. The same events, in recipient id order within a statement; the message
+    # is still looked up by its key per changed recipient (LATERAL), never by a scan.
+    """
+    DROP TRIGGER recipients_status_event ON recipients;
+    DROP FUNCTION recipients_status_event();
+    CREATE FUNCTION recipients_status_events() RETURNS trigger
+    LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+    BEGIN
+        INSERT INTO status_events (recipient_id, message_id, url, receiver, client, state,
+            number, route, server, line, error_code, error_meaning, at, next_at)
+        SELECT n.id, m.id, m.status_url,
+            lower(substring(m.status_url FROM '^[^:]*://[^/?#]*')),
+            m.client, n.state, n.number, n.route, n.server, n.line,
+            n.error_code, n.error_meaning, n.updated_at, n.updated_at
+        FROM changed_new n JOIN changed_old o ON o.id = n.id
+        CROSS JOIN LATERAL (SELECT m.id, m.status_url, m.client FROM messages m
+            WHERE m.id = n.message_id AND m.status_url IS NOT NULL
+            AND position(',' || n.state || ',' IN ','
+                || coalesce(m.status_events, 'sent,delivered,failed,cancelled,expired') || ',')
+                > 0) AS m
+        WHERE n.state IS DISTINCT FROM o.state
+            AND n.state IN ('submitted', 'sent', 'delivered', 'failed', 'cancelled', 'expired')
+        ORDER BY n.id;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER recipients_status_events AFTER UPDATE ON recipients
+    REFERENCING OLD TABLE AS changed_old NEW TABLE AS changed_new
+    FOR EACH STATEMENT EXECUTE FUNCTION recipients_status_events();
+    """,
 )
 
 
@@ -424,13 +468,20 @@ class PostgresLedger(
         self.instance_id = instance_id
         self.write_timeout = write_timeout
         self._pool: asyncpg.Pool | None = None
-        self._writer: asyncpg.Connection | None = None
+        self._writers: list[asyncpg.Connection | None] = [None, None]
+        """Writer connections: every other write's, then the accepts' (ACCEPT_LANE)."""
         self._reconnect_delay = 0.0
         self._reconnect_at = 0.0
         """Monotonic time before which no reconnect is tried: a database that is down gets
         one attempt per delay, not one per queued write."""
-        self._committer: GroupCommitter[Op] = GroupCommitter(
-            self._run_batch, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError), _short
+        errors = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        self._committer: GroupCommitter[Op] = GroupCommitter(self._run_batch, errors, _short)
+        # Accepts have a writer of their own: a 202 then never waits for a dispatch pass's
+        # or a report's transaction, and the two commits' fsyncs overlap. Accepts only insert
+        # rows nobody else has seen, so the two writers never wait for each other's locks;
+        # every other write stays on one connection, in queue order.
+        self._acceptor: GroupCommitter[Op] = GroupCommitter(
+            lambda ops: self._run_batch(ops, ACCEPT_LANE), errors, _short
         )
 
     async def open(self) -> None:
@@ -452,11 +503,16 @@ class PostgresLedger(
                 server_settings=settings,
                 command_timeout=self.write_timeout,
             )
-            self._writer = await self._connect_writer()
+            self._writers = [await self._connect_writer() for _ in self._writers]
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise LedgerError(f"cannot open the PostgreSQL ledger: {_short(exc)}") from None
         log.info("ledger_opened", backend="postgresql", schema=self.schema, schema_version=version)
         self._committer.start()
+        self._acceptor.start()
+
+    @property
+    def _writer(self) -> asyncpg.Connection | None:
+        return self._writers[0]
 
     async def _connect_writer(self) -> asyncpg.Connection:
         return await asyncpg.connect(
@@ -466,11 +522,12 @@ class PostgresLedger(
         )
 
     async def close(self) -> None:
+        await self._acceptor.close()
         await self._committer.close()
-        if self._writer is not None:
-            if not self._writer.is_closed():
-                await self._writer.close()
-            self._writer = None
+        for lane, conn in enumerate(self._writers):
+            if conn is not None and not conn.is_closed():
+                await conn.close()
+            self._writers[lane] = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -487,7 +544,7 @@ class PostgresLedger(
 
     @property
     def commits(self) -> int:
-        return self._committer.commits
+        return self._committer.commits + self._acceptor.commits
 
     async def _write(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         result: T = await self._committer.submit(op)
@@ -495,18 +552,19 @@ class PostgresLedger(
 
     @property
     def write_error(self) -> str | None:
-        return self._committer.last_error
+        return self._committer.last_error or self._acceptor.last_error
 
     async def check_writes(self) -> str | None:
-        if self._committer.last_error is not None:
-            with contextlib.suppress(LedgerError):
-                # An xid makes the COMMIT a real one (a WAL record), which a read-only
-                # standby refuses: a live connection alone does not prove writes work.
-                await self._write(lambda conn: conn.fetchval("SELECT txid_current()"))
-        return self._committer.last_error
+        for committer in (self._committer, self._acceptor):
+            if committer.last_error is not None:
+                with contextlib.suppress(LedgerError):
+                    # An xid makes the COMMIT a real one (a WAL record), which a read-only
+                    # standby refuses: a live connection alone does not prove writes work.
+                    await committer.submit(lambda conn: conn.fetchval("SELECT txid_current()"))
+        return self.write_error
 
-    async def _run_batch(self, ops: list[Op]) -> list[Any]:
-        conn = await self._connected_writer()
+    async def _run_batch(self, ops: list[Op], lane: int = 0) -> list[Any]:
+        conn = await self._connected_writer(lane)
         try:
             async with asyncio.timeout(self.write_timeout):
                 return await self._run_batch_retrying(conn, ops)
@@ -527,8 +585,8 @@ class PostgresLedger(
                 self._drop_writer(conn, exc)
             raise
 
-    async def _connected_writer(self) -> asyncpg.Connection:
-        conn = self._writer
+    async def _connected_writer(self, lane: int) -> asyncpg.Connection:
+        conn = self._writers[lane]
         if conn is not None and not conn.is_closed():
             return conn
         if conn is not None:
@@ -539,7 +597,7 @@ class PostgresLedger(
         if wait > 0:
             raise LedgerError(f"no connection to PostgreSQL; next attempt in {wait:.1f}s")
         try:
-            self._writer = await self._connect_writer()
+            conn = self._writers[lane] = await self._connect_writer()
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             self._reconnect_delay = min(
                 max(self._reconnect_delay * 2, RECONNECT_FIRST_DELAY), RECONNECT_MAX_DELAY
@@ -551,13 +609,14 @@ class PostgresLedger(
             raise LedgerError(f"cannot reconnect to PostgreSQL: {_short(exc)}") from None
         self._reconnect_delay = self._reconnect_at = 0.0
         log.info("ledger_reconnected", backend="postgresql", schema=self.schema)
-        return self._writer
+        return conn
 
     def _drop_writer(
         self, conn: asyncpg.Connection, exc: BaseException | None, reason: str = ""
     ) -> None:
-        if self._writer is conn:
-            self._writer = None
+        for lane, writer in enumerate(self._writers):
+            if writer is conn:
+                self._writers[lane] = None
         conn.terminate()  # no goodbye to a server that may not answer
         if exc is not None:
             reason = _short(exc)
@@ -576,25 +635,25 @@ class PostgresLedger(
         raise AssertionError("unreachable")
 
     async def _run_batch_once(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
-        results: list[Any] = []
-        async with conn.transaction():
-            run: list[Any] = []  # queued ops of one kind that are written together
-            for op in ops:
-                if run and type(op) is not type(run[0]):
-                    results.extend(await _together(conn, run))
-                    run = []
-                if isinstance(op, _Accept | _ApplyToTask):
-                    run.append(op)
-                    continue
-                try:
-                    async with conn.transaction():  # a SAVEPOINT inside the batch
-                        results.append(await op(conn))
-                except ITEM_ERRORS as exc:
-                    log.warning("ledger_write_rejected", reason=_short(exc))
-                    results.append(LedgerError(_short(exc)))
-            if run:
-                results.extend(await _together(conn, run))
-        return results
+        # Under load a round trip to the server costs a millisecond or more (goipd's event
+        # loop and the server's backend each wait for a core), so a batch is written with as
+        # few statements as its callers allow: no savepoint per caller unless one caller's
+        # data is refused, and accepts alone need no BEGIN/COMMIT at all.
+        accepts = [op for op in ops if type(op) is _Accept]
+        if len(accepts) == len(ops):
+            try:
+                # A read and one INSERT, which commits by itself: a single statement is
+                # atomic, and it returns once the commit is durable, like COMMIT would.
+                return list(await _insert_accepts(conn, accepts))
+            except ITEM_ERRORS:
+                pass  # nothing was stored: again, each accept on its own
+        else:
+            try:
+                async with conn.transaction():
+                    return await _run_merged(conn, ops)
+            except ITEM_ERRORS:
+                pass  # the transaction is undone: again, each caller on its own
+        return await _run_isolated(conn, ops)
 
     async def _read(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._pool is None:
@@ -608,7 +667,7 @@ class PostgresLedger(
     # --- messages ----------------------------------------------------------------------------
 
     async def accept(self, message: NewMessage, now: float) -> AcceptResult:
-        result: AcceptResult = await self._committer.submit(_Accept(storable_message(message), now))
+        result: AcceptResult = await self._acceptor.submit(_Accept(storable_message(message), now))
         return result
 
     async def get_message(self, message_id: str) -> Message | None:
@@ -622,8 +681,12 @@ class PostgresLedger(
         self, message_ids: Collection[str]
     ) -> dict[str, tuple[str, str | None]]:
         async def op(conn: asyncpg.Connection) -> dict[str, tuple[str, str | None]]:
+            # A key lookup per id (LATERAL): with a pass's hundreds of ids, `id = ANY(...)`
+            # became a scan of every message while the table was young and never analysed.
             rows = await conn.fetch(
-                "SELECT id, text, route FROM messages WHERE id = ANY($1::text[])",
+                "SELECT m.id, m.text, m.route FROM unnest($1::text[]) AS k(id)"
+                " CROSS JOIN LATERAL (SELECT id, text, route FROM messages"
+                " WHERE id = k.id) AS m",
                 list(message_ids),
             )
             return {row[0]: (row[1], row[2]) for row in rows}
@@ -769,7 +832,7 @@ class PostgresLedger(
         await self._write(op)
 
     async def record(self, outcomes: Sequence[Outcome], now: float) -> None:
-        await self._write(lambda conn: _record(conn, outcomes, now))
+        await self._committer.submit(_Record(outcomes, now))
 
     async def find_by_task(self, server: str, task_id: str, number: str) -> Recipient | None:
         server, task_id, number, plus = task_key(server, task_id, number)
@@ -1030,7 +1093,7 @@ async def _migrate(conn: asyncpg.Connection) -> int:
 @dataclass(frozen=True, slots=True)
 class _Accept:
     """An accept waiting for the writer: accepts queued together are stored with a few
-    statements for all of them (`_together`); called alone it is a batch of one."""
+    statements for all of them (`_run_merged`); called alone it is a batch of one."""
 
     message: NewMessage
     now: float
@@ -1039,25 +1102,39 @@ class _Accept:
         return (await _insert_accepts(conn, [self]))[0]
 
 
-async def _together(conn: asyncpg.Connection, ops: list[_Accept] | list[_ApplyToTask]) -> list[Any]:
-    """Queued accepts, or queued reports, written with a few statements for all of them: each
-    round trip holds the writer as long as a whole accept's Python. Should one caller's data
-    fail, the run is undone and each op runs in a savepoint of its own, so only it fails."""
-    try:
-        async with conn.transaction():
-            if isinstance(ops[0], _Accept):
-                return list(await _insert_accepts(conn, ops))
-            return list(await _apply_to_tasks(conn, ops))
-    except ITEM_ERRORS:
-        results: list[Any] = []
+async def _run_merged(conn: asyncpg.Connection, ops: Sequence[Op]) -> list[Any]:
+    """Every op of a batch, inside its transaction and with no savepoint: queued accepts,
+    reports or outcomes that follow one another are written together (a few statements for
+    all of them, where each round trip holds the writer as long as a whole accept's Python),
+    anything else on its own. An error of any caller undoes the whole transaction."""
+    results: list[Any] = []
+    start = 0
+    while start < len(ops):
+        kind = type(ops[start])
+        end = start + 1
+        if kind in _MERGED:
+            while end < len(ops) and type(ops[end]) is kind:
+                end += 1
+            results.extend(await _MERGED[kind](conn, ops[start:end]))
+        else:
+            results.append(await ops[start](conn))
+        start = end
+    return results
+
+
+async def _run_isolated(conn: asyncpg.Connection, ops: Sequence[Op]) -> list[Any]:
+    """Every op of a batch in a savepoint of its own, in one transaction: one whose data
+    PostgreSQL refuses fails alone and the others commit."""
+    results: list[Any] = []
+    async with conn.transaction():
         for op in ops:
             try:
-                async with conn.transaction():
+                async with conn.transaction():  # a SAVEPOINT inside the batch
                     results.append(await op(conn))
             except ITEM_ERRORS as exc:
                 log.warning("ledger_write_rejected", reason=_short(exc))
                 results.append(LedgerError(_short(exc)))
-        return results
+    return results
 
 
 @dataclass(frozen=True, slots=True)
@@ -1075,9 +1152,6 @@ class _ApplyToTask:
         return (await _apply_to_tasks(conn, [self]))[0]
 
 
-_KEYED_COLUMNS = ", ".join(f"r.{column.strip()}" for column in RECIPIENT_COLUMNS.split(","))
-
-
 async def _apply_to_tasks(
     conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]
 ) -> list[tuple[Recipient, Any] | None]:
@@ -1089,11 +1163,15 @@ async def _apply_to_tasks(
     servers, task_ids, numbers, pluses = (
         list(column) for column in zip(*(a.key for a in applies), strict=True)
     )
+    # The ids first, an index seek per report (recipients_task) whatever the statistics say
+    # (see _ACCEPT_LOOKUPS), then those rows locked through the primary key. A row changed
+    # meanwhile is still judged by its columns as locked (`newest` below).
     rows = await conn.fetch(
-        f"SELECT {_KEYED_COLUMNS} FROM recipients r"
-        " JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(ks, kt, kn, kp)"
-        " ON r.server = k.ks AND r.task_id = k.kt AND r.number IN (k.kn, k.kp)"
-        " ORDER BY r.id FOR UPDATE OF r",
+        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id = ANY(ARRAY("
+        "SELECT f.id FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+        " AS k(ks, kt, kn, kp) CROSS JOIN LATERAL (SELECT r.id FROM recipients r"
+        " WHERE r.server = k.ks AND r.task_id = k.kt AND r.number IN (k.kn, k.kp)) AS f))"
+        " ORDER BY id FOR UPDATE",
         servers,
         task_ids,
         numbers,
@@ -1131,70 +1209,85 @@ async def _apply_to_tasks(
         results.append((recipient, extra))
     await _write_planned(conn, planned_timed_updates(read, decided))
     for outcome, now in elsewhere:
-        await _record(conn, [outcome], now)
+        await _record(conn, [outcome.recipient_id], [(outcome, now)])
     return results
+
+
+_ACCEPT_LOOKUPS = (
+    # One round trip for both: messages already holding an idempotency key of the batch, and
+    # what the flood guard needs (`accepts.Latest`) from the earliest window of the batch: the
+    # latest live recipient per pair. LATERAL ... ORDER BY created_at DESC LIMIT 1 keeps it an
+    # index seek per pair (recipients_duplicate is number, text_hash, created_at) whatever the
+    # statistics say: a join let PostgreSQL pick a hash join over a scan of every recipient
+    # while the table was young and never analysed, a scan that grew with each accept.
+    "SELECT id, idempotency_key, NULL::text, NULL::float8 FROM messages"
+    " WHERE idempotency_key = ANY($1::text[])"
+    " UNION ALL"
+    " SELECT l.message_id, w.number, w.text_hash, l.created_at"
+    " FROM unnest($2::text[], $3::text[]) AS w(number, text_hash)"
+    " CROSS JOIN LATERAL (SELECT r.message_id, r.created_at FROM recipients r"
+    " WHERE r.number = w.number AND r.text_hash = w.text_hash AND r.created_at >= $4"
+    " AND r.state NOT IN ('cancelled', 'failed') ORDER BY r.created_at DESC LIMIT 1) AS l"
+)
+_INSERT_ACCEPTED = (
+    # Messages and their recipients in one statement (its foreign key checks run at its end,
+    # when the messages are there), returning only the ids it assigned: the rest is known.
+    f"WITH m AS (INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT * FROM unnest($1::text[],"
+    " $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::float8[], $8::float8[],"
+    " $9::text[], $10::int[], $11::float8[], $12::text[], $13::text[]))"
+    " INSERT INTO recipients (message_id, number, state, attempts, next_attempt_at,"
+    " excluded_lines, text_hash, created_at, updated_at, priority, expires_at)"
+    " SELECT m, n, 'queued', 0, s, '[]', h, c, c, p, e FROM unnest($14::text[], $15::text[],"
+    " $16::float8[], $17::text[], $18::float8[], $19::int[], $20::float8[])"
+    " AS r(m, n, s, h, c, p, e) RETURNING id, message_id, number"
+)
 
 
 async def _insert_accepts(
     conn: asyncpg.Connection, accepts: Sequence[_Accept]
 ) -> list[AcceptResult]:
-    keys = list({a.message.idempotency_key for a in accepts} - {None})
+    messages = [a.message for a in accepts]
+    digests = [text_hash(m.text) for m in messages]
+    keys = list({m.idempotency_key for m in messages} - {None})
+    wanted = guarded_numbers(messages, digests)
     stored: dict[str, str] = {}  # idempotency key → id of the message already in the ledger
-    if keys:
-        stored.update(
-            await conn.fetch(
-                "SELECT idempotency_key, id FROM messages WHERE idempotency_key = ANY($1::text[])",
-                keys,
-            )
-        )
-    digests = [text_hash(a.message.text) for a in accepts]
-    latest = await _recent_sends(conn, [a.message for a in accepts], digests)
+    latest: Latest = {}
+    if keys or wanted:
+        pairs = [(number, digest) for digest, (_, numbers) in wanted.items() for number in numbers]
+        since = min((since for since, _ in wanted.values()), default=0.0)
+        for message_id, key_or_number, digest, created_at in await conn.fetch(
+            _ACCEPT_LOOKUPS,
+            keys,
+            [number for number, _ in pairs],
+            [digest for _, digest in pairs],
+            since,
+        ):
+            if digest is None:
+                stored[key_or_number] = message_id
+            else:
+                note_latest(latest, key_or_number, digest, created_at, message_id)
     plan = plan_accepts([(a.message, a.now) for a in accepts], digests, stored, latest)
     made: dict[str, list[Recipient]] = {row[0]: [] for row in plan.message_rows}
     if plan.message_rows:
-        await conn.execute(
-            f"INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT * FROM unnest($1::text[],"
-            " $2::text[], $3::int[], $4::text[], $5::text[], $6::text[], $7::float8[],"
-            " $8::float8[], $9::text[], $10::int[], $11::float8[], $12::text[], $13::text[])",
-            *(list(column) for column in zip(*plan.message_rows, strict=True)),
-        )
         rows = await conn.fetch(
-            f"INSERT INTO recipients (message_id, number, state, attempts, next_attempt_at,"
-            f" excluded_lines, text_hash, created_at, updated_at, priority, expires_at)"
-            f" SELECT m, n, 'queued', 0, s, '[]', h, c, c, p, e"
-            f" FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::float8[],"
-            f" $6::int[], $7::float8[]) AS r(m, n, s, h, c, p, e) RETURNING {RECIPIENT_COLUMNS}",
+            _INSERT_ACCEPTED,
+            *(list(column) for column in zip(*plan.message_rows, strict=True)),
             *(list(column) for column in zip(*plan.recipient_rows, strict=True)),
         )
-        for row in sorted(rows, key=lambda row: int(row[0])):  # RETURNING keeps no order
-            made[row[1]].append(recipient_from_row(row))
-    messages = {row[0]: message_from_row(row, made[row[0]]) for row in plan.message_rows}
-    messages.update((m.id, m) for m in await _load_messages(conn, earlier_ids(plan)))
-    return accept_results(plan, messages)
-
-
-async def _recent_sends(
-    conn: asyncpg.Connection, messages: Sequence[NewMessage], digests: Sequence[str]
-) -> Latest:
-    """What the flood guard needs (`accepts.Latest`), in one query from the earliest window
-    of the batch (an index seek per pair: recipients_duplicate is number, text_hash,
-    created_at)."""
-    wanted = guarded_numbers(messages, digests)
-    latest: Latest = {}
-    if not wanted:
-        return latest
-    pairs = [(number, digest) for digest, (_, numbers) in wanted.items() for number in numbers]
-    for number, digest, created_at, message_id in await conn.fetch(
-        "SELECT r.number, r.text_hash, r.created_at, r.message_id FROM recipients r"
-        " JOIN unnest($1::text[], $2::text[]) AS w(number, text_hash)"
-        " ON r.number = w.number AND r.text_hash = w.text_hash"
-        " WHERE r.created_at >= $3 AND r.state NOT IN ('cancelled', 'failed')",
-        [number for number, _ in pairs],
-        [digest for _, digest in pairs],
-        min(since for since, _ in wanted.values()),
-    ):
-        note_latest(latest, number, digest, created_at, message_id)
-    return latest
+        # RETURNING promises no order: each id by its row's key (a message's numbers are
+        # distinct), recipients then in id order as a read would list them.
+        ids = {(row[1], row[2]): int(row[0]) for row in rows}
+        for message_id, number, start, _, now, priority, expires_at in sorted(
+            plan.recipient_rows, key=lambda row: ids[(row[0], row[1])]
+        ):
+            made[message_id].append(
+                queued_recipient(
+                    ids[(message_id, number)], message_id, number, start, now, priority, expires_at
+                )
+            )
+    found = {row[0]: message_from_row(row, made[row[0]]) for row in plan.message_rows}
+    found.update((m.id, m) for m in await _load_messages(conn, earlier_ids(plan)))
+    return accept_results(plan, found)
 
 
 async def _load_messages(conn: asyncpg.Connection, ids: Sequence[str]) -> list[Message]:
@@ -1215,20 +1308,67 @@ async def _load_messages(conn: asyncpg.Connection, ids: Sequence[str]) -> list[M
     return sorted(messages, key=lambda m: order[m.id])
 
 
-async def _record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], now: float) -> None:
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """Outcomes waiting for the writer (`Ledger.record`): those queued together are locked
+    and written with a few statements for all of them; called alone it is a batch of one."""
+
+    outcomes: Sequence[Outcome]
+    now: float
+
+    async def __call__(self, conn: asyncpg.Connection) -> None:
+        await _records(conn, [self])
+
+
+async def _records(conn: asyncpg.Connection, records: Sequence[_Record]) -> list[None]:
     """One locking read and one pipelined UPDATE per set of changed columns, however many
-    outcomes: a dispatch pass records hundreds at a time, and every round trip holds the
-    writer."""
+    outcomes of however many callers: a dispatch pass records hundreds at a time, its sends'
+    replies come back a few at a time, and every round trip holds the writer. Applied in
+    queue order, as one call each would."""
+    ids = list({o.recipient_id for record in records for o in record.outcomes})
+    if ids:
+        await _record(conn, ids, [(o, record.now) for record in records for o in record.outcomes])
+    return [None] * len(records)
+
+
+async def _record(
+    conn: asyncpg.Connection, ids: list[int], outcomes: Sequence[tuple[Outcome, float]]
+) -> None:
     # FOR UPDATE: another instance applying a report for one of these recipients waits here,
     # so each transition is decided on the state it will actually change; in id order, so two
     # instances' batches lock alike (no deadlock between them).
     rows = await conn.fetch(
         "SELECT id, state, excluded_lines FROM recipients WHERE id = ANY($1::bigint[]) "
         "ORDER BY id FOR UPDATE",
-        list({o.recipient_id for o in outcomes}),
+        ids,
     )
     current = {row[0]: (State(row[1]), json.loads(row[2])) for row in rows}
-    await _write_planned(conn, planned_updates(current, outcomes, now))
+    await _write_planned(conn, planned_timed_updates(current, outcomes))
+
+
+_MERGED: dict[type, Callable[[asyncpg.Connection, Any], Awaitable[Sequence[Any]]]] = {
+    _Accept: _insert_accepts,
+    _ApplyToTask: _apply_to_tasks,
+    _Record: _records,
+}
+"""Ops that queued one after another are run together by these (one result each)."""
+
+
+_PLANNED_TYPES = {
+    "state": "text",
+    "next_attempt_at": "float8",
+    "excluded_lines": "text",
+    "updated_at": "float8",
+    "task_id": "text",
+    "upstream_id": "text",
+    "error_code": "text",
+    "error_meaning": "text",
+    "submitted_at": "float8",
+    "sent_at": "float8",
+    "delivered_at": "float8",
+    SENT_AT_IF_NULL: "float8",
+}
+"""Columns `rules.transition` may set, by their PostgreSQL type (arrays of them are sent)."""
 
 
 async def _write_planned(
@@ -1236,14 +1376,33 @@ async def _write_planned(
 ) -> None:
     """The UPDATEs of `rules.planned_updates`: one statement per set of columns."""
     for columns, values in planned.items():
+        if len(values) == 1:
+            assignments = ", ".join(
+                f"sent_at = COALESCE(sent_at, ${index})"
+                if column == SENT_AT_IF_NULL
+                else f"{column} = ${index}"
+                for index, column in enumerate(columns, 1)
+            )
+            await conn.execute(
+                f"UPDATE recipients SET {assignments} WHERE id = ${len(columns) + 1}", *values[0]
+            )
+            continue
+        # One statement for every row, its values as arrays: a row each (executemany) costs
+        # the server an executor start per row, half the time of these UPDATEs. The rows are
+        # found through the primary key (id = ANY), whatever the statistics say.
         assignments = ", ".join(
-            f"sent_at = COALESCE(sent_at, ${index})"
+            f"sent_at = COALESCE(r.sent_at, u.c{index})"
             if column == SENT_AT_IF_NULL
-            else f"{column} = ${index}"
+            else f"{column} = u.c{index}"
             for index, column in enumerate(columns, 1)
         )
-        statement = f"UPDATE recipients SET {assignments} WHERE id = ${len(columns) + 1}"
-        if len(values) == 1:
-            await conn.execute(statement, *values[0])  # one round trip, where many pipeline
-        else:
-            await conn.executemany(statement, values)
+        arrays = ", ".join(
+            f"${index}::{_PLANNED_TYPES[column]}[]" for index, column in enumerate(columns, 1)
+        )
+        names = ", ".join(f"c{index}" for index in range(1, len(columns) + 1))
+        ids = f"${len(columns) + 1}::bigint[]"
+        await conn.execute(
+            f"UPDATE recipients AS r SET {assignments} FROM unnest({arrays}, {ids})"
+            f" AS u({names}, id) WHERE r.id = ANY({ids}) AND r.id = u.id",
+            *(list(column) for column in zip(*values, strict=True)),
+        )

@@ -131,6 +131,42 @@ def recipient_from_row(row: Sequence[Any]) -> Recipient:
     )
 
 
+def queued_recipient(
+    recipient_id: int,
+    message_id: str,
+    number: str,
+    start: float,
+    now: float,
+    priority: int,
+    expires_at: float | None,
+) -> Recipient:
+    """A recipient as an accept stores it, made without reading it back (`recipient_from_row`
+    would read it so)."""
+    return Recipient(
+        id=recipient_id,
+        message_id=message_id,
+        number=number,
+        state=State.QUEUED,
+        attempts=0,
+        next_attempt_at=start,
+        route=None,
+        server=None,
+        line=None,
+        task_id=None,
+        upstream_id=None,
+        error_code=None,
+        error_meaning=None,
+        excluded_lines=(),
+        created_at=now,
+        updated_at=now,
+        submitted_at=None,
+        sent_at=None,
+        delivered_at=None,
+        expires_at=expires_at,
+        priority=priority,
+    )
+
+
 def message_from_row(row: Sequence[Any], recipients: Sequence[Recipient]) -> Message:
     return Message(
         id=row[0],

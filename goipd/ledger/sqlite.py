@@ -47,6 +47,7 @@ from goipd.ledger.rows import (
     crockford26,
     message_from_row,
     new_message_id,
+    queued_recipient,
     recipient_from_row,
     storable,
     storable_message,
@@ -884,7 +885,9 @@ def _insert_accepts(conn: sqlite3.Connection, accepts: Sequence[_Accept]) -> lis
     for rid, (message_id, number, start, _, now, priority, expires_at) in enumerate(
         plan.recipient_rows, first_id
     ):
-        made[message_id].append(_queued(rid, message_id, number, start, now, priority, expires_at))
+        made[message_id].append(
+            queued_recipient(rid, message_id, number, start, now, priority, expires_at)
+        )
     conn.executemany(INSERT_MESSAGE, plan.message_rows)
     conn.executemany(
         INSERT_RECIPIENT,
@@ -926,40 +929,6 @@ def _recent_sends(
         ):
             note_latest(latest, number, digest, created_at, message_id)
     return latest
-
-
-def _queued(
-    recipient_id: int,
-    message_id: str,
-    number: str,
-    start: float,
-    now: float,
-    priority: int,
-    expires_at: float | None,
-) -> Recipient:
-    return Recipient(
-        id=recipient_id,
-        message_id=message_id,
-        number=number,
-        state=State.QUEUED,
-        attempts=0,
-        next_attempt_at=start,
-        route=None,
-        server=None,
-        line=None,
-        task_id=None,
-        upstream_id=None,
-        error_code=None,
-        error_meaning=None,
-        excluded_lines=(),
-        created_at=now,
-        updated_at=now,
-        submitted_at=None,
-        sent_at=None,
-        delivered_at=None,
-        expires_at=expires_at,
-        priority=priority,
-    )
 
 
 def _load_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Message]:

@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from goipd.app import Daemon
-from goipd.ledger.postgres import WRITER_NAME, PostgresLedger
+from goipd.ledger.postgres import ACCEPT_LANE, WRITER_NAME, PostgresLedger
 from goipd.model import LedgerError, NewMessage, State
 from goipd.sim.goip import RunningSimulator
 from tests.helpers.checks import eventually
@@ -138,8 +138,10 @@ async def admin() -> AsyncIterator[asyncpg.Connection]:
 
 
 def writer_pid(ledger: PostgresLedger) -> int:
-    assert ledger._writer is not None
-    pid: int = ledger._writer.get_server_pid()
+    """The backend of the connection accepts are written on."""
+    writer = ledger._writers[ACCEPT_LANE]
+    assert writer is not None
+    pid: int = writer.get_server_pid()
     return pid
 
 
@@ -193,7 +195,7 @@ async def test_connection_lost_inside_a_batch_fails_its_callers_then_reconnects(
     async def kill_own_backend(conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
-    committer = ledger._committer
+    committer = ledger._acceptor  # the writer accepts go to, which runs any write as well
     first = asyncio.create_task(committer.submit(slow))
     await asyncio.sleep(0.1)  # the slow batch is running: what follows forms the next one
     doomed = [
