@@ -515,11 +515,24 @@ class Dispatcher:
         send_at: float | None = None,
         opened: float = 0.0,
     ) -> None:
+        released = False
+
+        def answered() -> None:
+            # The slot bounds upstream calls open at once, not writes: freed as soon as the
+            # call is over, the next send starts while this outcome waits for the ledger's
+            # next commit (a crash before it leaves the claim, as during the call).
+            nonlocal released
+            if not released:
+                released = True
+                self._slots.release()
+                if isinstance(choice, LineChoice):
+                    self._send_closed(choice.server, opened)
+
         try:
             if isinstance(choice, CloudChoice):
                 await self._send_cloud(choice, body, recipients, send_at)
             else:
-                await self._send_goip(choice, body, recipients)
+                await self._send_goip(choice, body, recipients, answered)
         except LedgerError as exc:
             log.error("dispatch_record_failed", reason=str(exc), recipients=len(recipients))
         except Exception:
@@ -527,9 +540,7 @@ class Dispatcher:
             # reconciled like a crash.
             log.exception("dispatch_send_crashed", route=choice.key)
         finally:
-            self._slots.release()
-            if isinstance(choice, LineChoice):
-                self._send_closed(choice.server, opened)
+            answered()
 
     def _send_closed(self, server: str, opened: float) -> None:
         was_full = self._full(server, len(self._open_sends.get(server, ())))
@@ -543,9 +554,16 @@ class Dispatcher:
             # Recipients left queued for this server can go now.
             self.wake()
 
-    async def _send_goip(self, choice: LineChoice, body: Body, batch: Sequence[Recipient]) -> None:
+    async def _send_goip(
+        self,
+        choice: LineChoice,
+        body: Body,
+        batch: Sequence[Recipient],
+        answered: Callable[[], None] = lambda: None,
+    ) -> None:
         client = self.clients(choice.server)
         if client is None:
+            answered()
             await self._requeue(batch, choice, "server_removed", "server no longer configured", 0)
             return
         labels = ("goip", choice.server, choice.line or "")
@@ -558,6 +576,7 @@ class Dispatcher:
                 provider=choice.provider,
             )
         except UpstreamError as exc:
+            answered()
             ambiguous = exc.reason in AMBIGUOUS_REASONS
             if ambiguous and self.unconfirmed is not None:
                 # The server may have stored the task before the failure: the claims stay and
@@ -585,6 +604,7 @@ class Dispatcher:
             )
             await self._requeue(batch, choice, f"upstream_{exc.reason.value}", exc.detail, 1)
             return
+        answered()
         if isinstance(reply, SendAccepted):
             outcomes = [
                 Outcome(
