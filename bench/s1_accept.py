@@ -21,7 +21,11 @@ from bench.harness import (
 from bench.ledgers import BenchLedger, pg_settings
 from bench.results import Row, ScenarioResult
 
-TARGET_RATIO = 0.6
+FLOOR_TARGET = 0.6
+"""Issue #21: accept at >= 0.60x of the durable floor."""
+POSTGRES_TARGET = 0.6
+"""Issue #21: accept on PostgreSQL at >= 0.6x of goipd on SQLite, p99 < 25 ms."""
+POSTGRES_P99_MS = 25.0
 TARGET_P99_MS = 25.0
 
 
@@ -136,8 +140,6 @@ async def run(ctx: Ctx) -> ScenarioResult:
             rate(stats["rps"]),
             rate(base_rps),
             ratio(stats["rps"], base_rps),
-            f">= {TARGET_RATIO:.2f}x baseline",
-            stats["rps"] >= TARGET_RATIO * base_rps,
         )
     )
     result.add(
@@ -163,7 +165,7 @@ async def run(ctx: Ctx) -> ScenarioResult:
             met=answered and stored == stats["total_ok"],
         )
     )
-    for row in floor_rows(stats, floor, base_rps, "req/s"):
+    for row in floor_rows(stats, floor, base_rps, "req/s", FLOOR_TARGET):
         result.add(row)
     result.add(
         Row(
@@ -173,7 +175,9 @@ async def run(ctx: Ctx) -> ScenarioResult:
             ratio(floor["p99_ms"], base_p99),
         )
     )
-    for row in postgres_rows(postgres, base_rps, base_p50, base_p99, "req/s"):
+    for row in postgres_rows(
+        postgres, stats, base_rps, base_p50, base_p99, "req/s", POSTGRES_TARGET, POSTGRES_P99_MS
+    ):
         result.add(row)
     pg_answered = postgres["total_ok"] == postgres["total"] and not postgres["errors"]
     result.add(
