@@ -1267,6 +1267,10 @@ async def _insert_accepts(
             else:
                 note_latest(latest, key_or_number, digest, created_at, message_id)
     plan = plan_accepts([(a.message, a.now) for a in accepts], digests, stored, latest)
+    # Read before the INSERT: on the accept writer it commits by itself, so nothing that can
+    # fail (a timeout, a lost connection) may come after it and tell a stored message's
+    # client to send it again.
+    found = {m.id: m for m in await _load_messages(conn, earlier_ids(plan))}
     made: dict[str, list[Recipient]] = {row[0]: [] for row in plan.message_rows}
     if plan.message_rows:
         rows = await conn.fetch(
@@ -1285,8 +1289,7 @@ async def _insert_accepts(
                     ids[(message_id, number)], message_id, number, start, now, priority, expires_at
                 )
             )
-    found = {row[0]: message_from_row(row, made[row[0]]) for row in plan.message_rows}
-    found.update((m.id, m) for m in await _load_messages(conn, earlier_ids(plan)))
+    found.update((row[0], message_from_row(row, made[row[0]])) for row in plan.message_rows)
     return accept_results(plan, found)
 
 
@@ -1324,10 +1327,20 @@ async def _records(conn: asyncpg.Connection, records: Sequence[_Record]) -> list
     """One locking read and one pipelined UPDATE per set of changed columns, however many
     outcomes of however many callers: a dispatch pass records hundreds at a time, its sends'
     replies come back a few at a time, and every round trip holds the writer. Applied in
-    queue order, as one call each would."""
-    ids = list({o.recipient_id for record in records for o in record.outcomes})
+    queue order, as one call each would: a caller that changes a recipient an earlier caller
+    of the run changed starts a new write, so each state change is its own UPDATE and has its
+    status event (one write per recipient would report only the last state)."""
+    ids: set[int] = set()
+    outcomes: list[tuple[Outcome, float]] = []
+    for record in records:
+        mine = {o.recipient_id for o in record.outcomes}
+        if mine & ids:
+            await _record(conn, list(ids), outcomes)
+            ids, outcomes = set(), []
+        ids |= mine
+        outcomes.extend((o, record.now) for o in record.outcomes)
     if ids:
-        await _record(conn, ids, [(o, record.now) for record in records for o in record.outcomes])
+        await _record(conn, list(ids), outcomes)
     return [None] * len(records)
 
 

@@ -86,6 +86,27 @@ async def test_each_public_state_change_asked_for_is_one_event(
         assert len({e.id for e in events}) == 3
 
 
+async def test_state_changes_recorded_together_are_one_event_each(
+    backend: str, tmp_path: Path
+) -> None:
+    # Callers whose writes share a group commit: each change is still its own event, not only
+    # the last state of the recipient.
+    async with open_backend(backend, tmp_path) as store:
+        [rid] = await accept(store, message())
+        await store.claim([Claim(rid, "goip", "taipei", "3")], NOW + 1)
+        await asyncio.gather(
+            store.record([Outcome(rid, State.SUBMITTED, task_id="7")], NOW + 2),
+            store.record([Outcome(rid, State.SENT)], NOW + 3),
+            store.record([Outcome(rid, State.DELIVERED)], NOW + 4),
+        )
+        events = await all_events(store)
+        assert [(e.state, e.at) for e in events] == [
+            ("submitted", NOW + 2),
+            ("sent", NOW + 3),
+            ("delivered", NOW + 4),
+        ]
+
+
 async def test_failed_cancelled_and_expired_come_from_every_path(
     backend: str, tmp_path: Path
 ) -> None:
