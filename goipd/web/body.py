@@ -47,12 +47,13 @@ async def json_body(request: web.Request) -> Any:
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
-_SURROGATE_ESCAPE_BYTES = re.compile(_SURROGATE_ESCAPE.pattern.encode())
-_HUGE_INTEGER = re.compile(rb"[0-9]{20}")
-"""Twenty digits in a row may be an integer past 64 bits, which orjson reads as a float and
-json as an int (a priority of 10**30 must be refused as the integer it is)."""
 """JSON's only way to a lone UTF-16 surrogate: a \\uD800-\\uDFFF escape (a valid pair of them
 decodes to one character)."""
+_SURROGATE_ESCAPE_BYTES = re.compile(_SURROGATE_ESCAPE.pattern.encode())
+_HUGE_INTEGER = re.compile(rb"[0-9]{19}")
+"""Nineteen digits in a row may be an integer past 64 bits (-2**63 - 1 has nineteen), which
+orjson reads as a float and json as an int: a priority of 10**30 must be refused as the
+integer it is."""
 
 
 def _refuse_lone_surrogates(value: Any, where: str) -> None:

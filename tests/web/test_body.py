@@ -18,6 +18,12 @@ BIG = "123456789012345678901234567890"
             "priority: expected an integer from 0 (bulk) to 3 (urgent), 1 being normal; "
             f"got {BIG[:40]}",
         ),
+        # Below -2**63 an integer may have only nineteen digits.
+        (
+            '{"to": "+886912345678", "text": "x", "priority": -9223372036854775809}',
+            "priority: expected an integer from 0 (bulk) to 3 (urgent), 1 being normal; "
+            "got -9223372036854775809",
+        ),
         # json takes NaN and Infinity, orjson refuses them: the caller still hears about
         # the field, not a parse error.
         (
