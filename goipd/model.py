@@ -172,6 +172,10 @@ class Outcome:
     exclude_line: str | None = None
     """For state=QUEUED after a line error: `server/line` to avoid next time (whole_server:
     every line of the server)."""
+    if_state: State | None = None
+    """Apply only while the recipient is still in this state, the one it was decided on: a
+    recipient parked as queued must not undo another instance's claim made meanwhile. None:
+    the state rules alone decide."""
 
 
 def whole_server(server: str) -> str:

@@ -396,6 +396,8 @@ class Dispatcher:
             error_code="no_route",
             error_meaning="no usable line or provider for this destination right now",
             retry_at=retry_at,
+            # Read as queued this pass; another instance may have claimed it since.
+            if_state=State.QUEUED,
         )
 
     def _held_for_higher(self, key: RouteKey, priority: int, now: float) -> bool:

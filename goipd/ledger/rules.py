@@ -19,6 +19,8 @@ def transition(
     new = outcome.state
     if current in FINAL_STATES or new is State.CANCELLED:
         return None  # cancelling goes through Ledger.cancel
+    if outcome.if_state is not None and current is not outcome.if_state:
+        return None  # decided on a state that has changed since
     sets: dict[str, Any] = {"updated_at": now}
     if new is State.QUEUED:
         if current not in (State.QUEUED, State.DISPATCHING, State.SUBMITTED):

@@ -12,6 +12,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,23 @@ async def test_claim_is_compare_and_set(ledger: Ledger) -> None:
     recipient = await only_recipient(ledger, message.id)
     assert (recipient.state, recipient.line, recipient.attempts) == (State.DISPATCHING, "G101", 1)
     assert (recipient.route, recipient.server) == ("goip", "hq")
+
+
+async def test_an_outcome_decided_on_a_state_changes_nothing_once_it_changed(
+    ledger: Ledger,
+) -> None:
+    # A dispatch pass read the recipient queued and parks it; another instance claimed it
+    # meanwhile: the park must not make it queued again (it would be sent twice).
+    message = (await ledger.accept(new(), NOW)).message
+    rid = message.recipients[0].id
+    assert await ledger.claim([Claim(rid, "goip", "hq", "G101")], NOW) == [rid]
+    park = Outcome(rid, State.QUEUED, error_code="no_route", retry_at=NOW + 60)
+    await ledger.record([replace(park, if_state=State.QUEUED)], NOW + 1)
+    assert (await only_recipient(ledger, message.id)).state is State.DISPATCHING
+    # Without it, a requeue of the claim (a send that failed) applies as before.
+    await ledger.record([park], NOW + 2)
+    recipient = await only_recipient(ledger, message.id)
+    assert (recipient.state, recipient.error_code) == (State.QUEUED, "no_route")
 
 
 async def test_concurrent_claims_of_one_recipient_win_once(ledger: Ledger) -> None:
