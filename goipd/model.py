@@ -52,6 +52,7 @@ PRIORITIES = range(4)
 """Message priorities, lowest first: 0 bulk, 1 normal (the default), 2 high, 3 urgent."""
 NORMAL_PRIORITY = 1
 USSD_CODE = re.compile(r"[0-9*#+]{1,64}")
+USSD_CODE_RULE = "a USSD code is 1 to 64 of 0-9 * # +"
 """What a USSD code is made of (config and the USSD client agree on it): `$` and `?` would start
 the SMS Server's recharge-card feature."""
 EXPIRED_CODE = "validity"

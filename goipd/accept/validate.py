@@ -20,6 +20,7 @@ from goipd.accept.requests import (
     MESSAGE_FIELDS,
     MESSAGE_REQUEST,
     MessageRequest,
+    first_error,
     unknown_field,
     value_at,
 )
@@ -69,7 +70,6 @@ MIN_VALIDITY = 10.0
 """Shorter than a dispatch pass and a send: nothing could be sent in time."""
 MAX_VALIDITY = 30 * 86400.0
 _validate_request = MESSAGE_REQUEST.validator.validate_python
-_FIELD_SET = frozenset(MESSAGE_FIELDS)
 _LABELS = tuple(f"to[{index}]" for index in range(1000))
 """Each recipient's name in a refusal, made once rather than for every number of every
 message: only a refused number's is ever read."""
@@ -256,13 +256,12 @@ def _refusal(exc: ValidationError, body: Any, settings: ApiSettings) -> Problem:
     unknown field, then `to`, then the other fields in their order."""
     if not isinstance(body, dict):
         return Problem(400, f"expected a JSON object, got {json_kind(body)}")
-    unknown = [key for key in body if key not in _FIELD_SET]
-    if unknown:
-        return Problem(422, unknown_field(min(unknown), MESSAGE_FIELDS))
+    error = first_error(exc)
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+        return Problem(422, unknown_field(error["loc"][0], MESSAGE_FIELDS))
     # Raises for whatever the model refuses of `to` (and for numbers it cannot judge), in the
     # words of the checks every number passes, and without listing the faults of every item.
     _recipients(body.get("to"), settings)
-    error = exc.errors(include_url=False)[0]
     loc = error["loc"]
     field = str(loc[0])
     return Problem(422, _detail(field, error, body.get(field), loc[1:]))

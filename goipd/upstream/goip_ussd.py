@@ -36,7 +36,7 @@ import aiohttp
 import structlog
 from pydantic import SecretStr
 
-from goipd.model import USSD_CODE
+from goipd.model import USSD_CODE, USSD_CODE_RULE
 from goipd.upstream.errors import ErrorReason, ParseError, UpstreamError
 from goipd.upstream.goip import DatabaseFault, escape_for_sql, read_reply
 from goipd.upstream.http import read_capped
@@ -436,7 +436,7 @@ class UssdClient:
         """Send `code` on `line` and wait for the carrier's answer."""
         check_line(line)
         if not USSD_CODE.fullmatch(code):
-            raise ValueError("a USSD code is 1 to 64 of 0-9 * # +")
+            raise ValueError(USSD_CODE_RULE)
         what = f"ussd {line} {code}"
         params = {
             "USERNAME": self._username,

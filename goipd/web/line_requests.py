@@ -16,7 +16,7 @@ from goipd.accept.requests import (
     unknown_field,
     value_at,
 )
-from goipd.model import USSD_CODE
+from goipd.model import USSD_CODE, USSD_CODE_RULE
 from goipd.problem import Problem, json_kind
 
 
@@ -74,7 +74,7 @@ def _refusal(exc: ValidationError, body: Any, model: type[Body]) -> Problem:
     if field == "device":
         return Problem(422, f"device: expected true or false, got {kind}")
     if field == "code" and not wrong_type:
-        # The words of the USSD client's own check (upstream/goip_ussd.py), which this model's
-        # pattern now runs before any lease is taken.
-        return Problem(422, "code: a USSD code is 1 to 64 of 0-9 * # +")
+        # The words of the USSD client's own check, which this model's pattern now runs
+        # before any lease is taken.
+        return Problem(422, f"code: {USSD_CODE_RULE}")
     return Problem(422, f"code: expected a USSD code like *101#, got {kind}")
