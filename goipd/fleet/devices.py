@@ -36,7 +36,7 @@ from goipd.fleet.registry import LineRegistry
 from goipd.metrics.catalog import Metrics
 from goipd.runtime.wakeup import Wakeup
 from goipd.upstream.errors import UpstreamError
-from goipd.upstream.goip_device import DeviceClient, DeviceStatus
+from goipd.upstream.goip_device import DeviceClient, DeviceStatus, csq_dbm
 
 log = structlog.get_logger("goipd.fleet.devices")
 
@@ -92,8 +92,7 @@ class DeviceLine:
 
     @property
     def signal_dbm(self) -> int | None:
-        """2 x CSQ - 113: -113 to -51 dBm."""
-        return None if self.csq is None else 2 * self.csq - 113
+        return csq_dbm(self.csq)
 
     def fresh(self, now: float) -> bool:
         """The readings are recent enough to export and alert on."""
@@ -270,6 +269,8 @@ class DevicePoller:
                     if slot.task is None and now >= slot.due:
                         jitter = 1 + self._rng.uniform(-RUN_JITTER, RUN_JITTER)
                         slot.due = now + slot.device.poll_interval * jitter
+                        if not self.polls(slot.server):
+                            continue  # another instance polls it: no task to spawn and end
                         slot.task = asyncio.create_task(
                             self._scheduled(key, slot), name=f"device:{key[0]}/{key[1]}"
                         )

@@ -34,10 +34,10 @@ from goipd.model import LedgerError
 
 log = structlog.get_logger("goipd.fleet.remediation")
 INTERVAL = 2.0
+"""How often lines are looked at: a fraction of any sensible unregistered_for."""
 IDLE_INTERVAL = 60.0
 """With remediation off and nothing pending, only the history shown on the lines is refreshed:
 a ledger read every two seconds on every goipd would buy nothing."""
-"""How often lines are looked at: a fraction of any sensible unregistered_for."""
 HISTORY = 7 * 86400.0
 """Remediations shown on their line (API, status page) this long after they began."""
 ACTION = "reboot_module"

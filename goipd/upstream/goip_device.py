@@ -39,6 +39,11 @@ DEFAULT_DEVICE_TIMEOUT: Final = 10.0
 UNKNOWN_CSQ: Final = 99
 
 
+def csq_dbm(csq: int | None) -> int | None:
+    """A CSQ reading in dBm (2 x CSQ - 113): -113 to -51; None when unknown."""
+    return None if csq is None else 2 * csq - 113
+
+
 @dataclass(frozen=True, slots=True)
 class PortStatus:
     """One port (`lN_`) as the device shows it; None where it shows nothing usable."""
@@ -69,8 +74,7 @@ class PortStatus:
 
     @property
     def signal_dbm(self) -> int | None:
-        """The signal in dBm (2 x CSQ - 113): -113 to -51."""
-        return None if self.csq is None else 2 * self.csq - 113
+        return csq_dbm(self.csq)
 
 
 @dataclass(frozen=True, slots=True)
