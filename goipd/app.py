@@ -120,6 +120,7 @@ class Daemon:
             self.hooks,
             self.poller.clients.get,
             lambda: self.settings.reconcile,
+            self.ledger,
             owned=lambda: [name for name, s in self.registry.servers.items() if s.owned],
         )
         self.dispatcher.unconfirmed = self.reconciler.unconfirmed

@@ -38,6 +38,8 @@ from typing import Literal
 import structlog
 
 from goipd.config import ReconcileSettings
+from goipd.dispatch.dispatcher import HANDOVER_RETRIES, HANDOVER_RETRY_KEEP
+from goipd.ledger.base import HeldStore
 from goipd.model import LedgerError, Outcome, Recipient, State, whole_server
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.reports.outcomes import retry_delay
@@ -62,6 +64,8 @@ DEADLINE_MEANINGS = {
 Search = Literal["proven", "no_anchor", "unanswered"]
 """How a search for interrupted sends' tasks ended: the rest provably absent; no task id of the
 server known to say where to look; the server did not answer querysms."""
+LOST_CLAIM_RETRY = 1.0
+"""Seconds at most before a claim lost to a restart is tried again (retry_delay if shorter)."""
 VERIFY_RETRY = 5.0
 """Seconds at least between searches while the server does not answer."""
 VERIFY_AFTER = (1.0, 0.5, 1.0, 2.0)
@@ -76,6 +80,7 @@ class Reconciler:
         ctx: GoipContext,
         clients: Callable[[str], GoipClient | None],
         settings: Callable[[], ReconcileSettings],
+        handovers: HeldStore,
         *,
         stale_claim_after: float = 300.0,
         owned: Callable[[], Collection[str]] | None = None,
@@ -83,6 +88,8 @@ class Reconciler:
         self.ctx = ctx
         self.clients = clients
         self.settings = settings
+        self.handovers = handovers
+        """Where the retry times of interrupted hand-overs go (the ledger)."""
         self.stale_claim_after = stale_claim_after
         self.owned = owned or (lambda: list(ctx.servers()))
         """The servers this instance polls, and so asks about submitted sends."""
@@ -283,12 +290,31 @@ class Reconciler:
                     )
                     for r in lost
                 ]
+                await self._retry_handovers(lost, settings.max_attempts, now)
                 await self.ctx.ledger.record(outcomes, now)
                 self.ctx.metrics.dispatch_ambiguous.inc(len(lost))
                 log.warning("claims_requeued", recipients=len(lost))
                 self.ctx.wake_dispatch()
             if len(stale) < BATCH:
                 return
+
+    async def _retry_handovers(self, lost: list[Recipient], max_attempts: int, now: float) -> None:
+        """Interrupted hand-overs are handed over again soon, as a refused one is after its
+        retry time (Dispatcher._requeue): the time is stored before they are queued again."""
+        retries = {
+            r.id: (r.attempts, now + LOST_CLAIM_RETRY)
+            for r in lost
+            if _handover(r, now) and r.attempts + 1 < max_attempts
+        }
+        if not retries:
+            return
+        try:
+            await self.handovers.set_handover_retries(
+                retries, now, HANDOVER_RETRY_KEEP, HANDOVER_RETRIES
+            )
+        except LedgerError as exc:
+            # They still wait for their send_at, and are sent then.
+            log.warning("handover_retry_store_failed", reason=str(exc), recipients=len(retries))
 
     async def _task_window(
         self, server: str, client: GoipClient, recipients: list[Recipient]
@@ -480,8 +506,17 @@ def _match_task(
     return matched
 
 
+def _handover(recipient: Recipient, now: float) -> bool:
+    """Only a hand-over to a provider that schedules sends is claimed before its time (its
+    next_attempt_at, which a claim leaves alone, is its send_at)."""
+    return recipient.next_attempt_at > now
+
+
 def _after_lost_claim(recipient: Recipient, max_attempts: int, now: float, delay: float) -> Outcome:
-    if recipient.attempts >= max_attempts:
+    handover = _handover(recipient, now)
+    # An interrupted hand-over is not failed before its time: the pass at its send_at still
+    # has its own try (as after a refused hand-over).
+    if recipient.attempts >= max_attempts and not handover:
         return Outcome(
             recipient.id,
             State.FAILED,
@@ -493,5 +528,7 @@ def _after_lost_claim(recipient: Recipient, max_attempts: int, now: float, delay
         State.QUEUED,
         error_code="claim_lost",
         error_meaning="send interrupted by a restart; sent again",
-        retry_at=now + min(delay, 1.0),
+        # A hand-over keeps its send_at: queued for now, it would be sent at once, without
+        # the provider's schedule.
+        retry_at=max(now + min(delay, LOST_CLAIM_RETRY), recipient.next_attempt_at),
     )

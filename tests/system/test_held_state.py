@@ -5,7 +5,9 @@ simulators over loopback:
   killed while it is held, and the restarted goipd (on PostgreSQL: the other instance) applies it
   exactly once when the send is recorded: the recipient delivered once, the counters once;
 - a scheduled send whose hand-over to the provider failed is tried again at its retry time by the
-  restarted goipd: not earlier, and not only at its send_at.
+  restarted goipd: not earlier, and not only at its send_at;
+- a scheduled send killed in the middle of its hand-over is handed over again by the restarted
+  goipd, still for its send_at: never sent at once as if it were due.
 """
 
 from __future__ import annotations
@@ -199,6 +201,54 @@ async def test_the_other_instance_applies_a_report_held_by_one_that_died(
     assert held == 0
 
 
+async def test_a_handover_cut_by_a_sigkill_is_handed_over_again_for_its_time(
+    sim: RunningSimulator,
+    clouds: Clouds,
+    http: aiohttp.ClientSession,
+    started: list[Goipd],
+    tmp_path: Path,
+) -> None:
+    storage = {"url": f"sqlite:///{tmp_path / 'goipd.db'}"}
+    daemon = goipd(sim, clouds, storage, tmp_path, routing={"retry_delay": f"{RETRY:g}s"})
+    started.append(daemon)
+    daemon.start()
+    await daemon.ready(http)
+    # c123 sits on the hand-over: goipd is killed while it waits for the answer.
+    clouds.c123.sim.set_fault("timeout", 60.0)
+    message_id = await send(http, daemon, {"to": [CN], "text": "定时", "send_at": _in(90)})
+
+    async def in_flight() -> bool:
+        # Claimed (the API shows a claim as submitted) while c123 has nothing yet.
+        found = await recipient(http, daemon, message_id)
+        return found["state"] == "submitted" and found["attempts"] == 1
+
+    await eventually(in_flight, 5, "the hand-over under way")
+    await asyncio.sleep(0.3)
+    daemon.kill()
+    assert not clouds.c123.sim.sent
+    clouds.c123.sim.set_fault("none")
+
+    daemon.start()
+    await daemon.ready(http)
+
+    async def handed_over() -> bool:
+        return bool(clouds.c123.sim.sent)
+
+    await eventually(handed_over, RETRY + 5, "the hand-over made again")
+    # As a hand-over, with c123's `time`: not a plain send, 85 seconds early.
+    [sent] = clouds.c123.sim.sent
+    assert sent["time"] and sent["mobiles"] == ["13800138000"]
+
+    async def recorded() -> bool:
+        found = await recipient(http, daemon, message_id)
+        return (found["route"], found["attempts"], found["state"]) == ("c123", 2, "submitted")
+
+    await eventually(recorded, 5, "the hand-over recorded")
+    await asyncio.sleep(1.5)
+    assert len(clouds.c123.sim.sent) == 1
+    assert daemon.stop() == 0
+
+
 def _in(seconds: float) -> str:
     return datetime.fromtimestamp(time.time() + seconds, UTC).isoformat()
 
@@ -221,7 +271,10 @@ async def test_a_failed_handover_is_retried_at_its_time_after_a_sigkill(
     message_id = await send(http, daemon, {"to": [CN], "text": "定时", "send_at": _in(90)})
 
     async def refused() -> bool:
-        return bool((await recipient(http, daemon, message_id))["attempts"])
+        # Queued again with c123's error: the refusal and its retry time are stored (attempts
+        # alone counts the claim, made before c123 answered).
+        found = await recipient(http, daemon, message_id)
+        return found["state"] == "queued" and found["error"] is not None
 
     await eventually(refused, 5, "the hand-over refused by c123")
     refused_by = time.time()
