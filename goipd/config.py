@@ -218,6 +218,16 @@ def _check_base_url(value: str) -> str:
         raise ValueError(f"expected an http:// or https:// URL, got {_show(value)}")
     if parts.username or parts.password:
         raise ValueError("credentials belong in username/password, not in the URL")
+    # goipd appends its own paths and queries to it: a query or fragment here would be lost
+    # or end up in the middle of them.
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError(f"expected no query or fragment in the URL, got {_show(value)}")
+    try:
+        port = parts.port  # urlsplit checks it only when it is read
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"expected a port from 1 to 65535 in the URL, got {_show(value)}")
     return value.rstrip("/")
 
 

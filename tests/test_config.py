@@ -164,6 +164,21 @@ def test_example_config_documents_every_key() -> None:
             "servers:\n- {name: a, url: 'http://u:pw@h', username: u, password: p}",
             "goipd.yaml: servers[0].url: credentials belong in username/password",
         ),
+        # 12b query, fragment or port a base URL cannot have
+        (
+            "servers:\n- {name: a, url: 'http://h/x?y=1', username: u, password: p}",
+            "goipd.yaml: servers[0].url: expected no query or fragment in the URL, got "
+            '"http://h/x?y=1"',
+        ),
+        (
+            "servers:\n- {name: a, url: 'http://h#top', username: u, password: p}",
+            'goipd.yaml: servers[0].url: expected no query or fragment in the URL, got "http://h#top"',
+        ),
+        (
+            "servers:\n- {name: a, url: 'http://h:99999', username: u, password: p}",
+            "goipd.yaml: servers[0].url: expected a port from 1 to 65535 in the URL, got "
+            '"http://h:99999"',
+        ),
         # 13 bad listen address
         (
             "http:\n  listen: localhost",

@@ -161,7 +161,7 @@ class StatusSource(Protocol):
 
 
 def device_client(device: Device) -> StatusSource:
-    """The device's web status client. Raises ValueError for a URL it cannot use."""
+    """The device's web status client (config.BaseUrl admits only URLs it can use)."""
     return DeviceClient(
         device.name, device.url, device.username, device.password, timeout=device.timeout
     )
@@ -221,18 +221,10 @@ class DevicePoller:
         for key, (server, device) in wanted.items():
             if key in self._slots:
                 continue
-            try:
-                client = self._client_for(device)
-            except ValueError as exc:
-                # The config admits a query or fragment in the URL; the client does not.
-                log.error(
-                    "device_config_invalid", server=server.name, device=device.name, detail=str(exc)
-                )
-                continue
             self._slots[key] = _Slot(
                 server.name,
                 device,
-                client,
+                self._client_for(device),
                 now + self._rng.uniform(0, device.poll_interval),
                 DevicePoll(device.name),
             )
