@@ -20,7 +20,7 @@ import pytest
 
 from goipd.app import Daemon
 from goipd.sim.goip import RunningSimulator
-from tests.helpers.checks import eventually
+from tests.helpers.checks import eventually, sample
 from tests.helpers.cloud import PAASOO_HOOK, SMSGO_HOOK, Clouds, providers
 from tests.helpers.daemons import API_TOKEN, daemon_config, fleet_spec
 from tests.helpers.pipeline import send
@@ -91,6 +91,36 @@ async def test_every_api_route_needs_the_token(secured: tuple[Daemon, dict[str, 
                         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
                         checked += 1
     assert checked >= 2 * 8
+
+
+async def test_a_push_body_over_64_kib_is_refused_unread(
+    secured: tuple[Daemon, dict[str, Any]],
+) -> None:
+    """With a Content-Length or chunked: 413 either way, counted as malformed; a body of
+    exactly 64 KiB is read whole (and refused only as the report it is not)."""
+    daemon, _ = secured
+    url = f"http://127.0.0.1:{daemon.port}/hooks/goip/hq/status?token={SERVER_HOOK}"
+    limit = 64 * 1024
+
+    async def chunked(size: int) -> Any:
+        for _ in range(size // 1024):
+            yield b"x" * 1024
+        yield b"x" * (size % 1024)
+
+    async with aiohttp.ClientSession() as session:
+        for body in (b"x" * (limit + 1), chunked(limit + 1)):
+            async with session.post(url, data=body) as resp:
+                assert resp.status == 413
+                assert "push body larger than 65536 bytes" in (await resp.json())["detail"]
+        async with session.post(url, data=b"x" * limit) as resp:
+            assert resp.status == 400
+            assert "malformed send report" in (await resp.json())["detail"]
+        async with session.get(f"http://127.0.0.1:{daemon.port}/metrics") as resp:
+            text = await resp.text()
+    assert (
+        sample(text, "goipd_push_reports_total", source="hq", kind="status", outcome="malformed")
+        == 3
+    )
 
 
 @pytest.mark.parametrize(
