@@ -12,9 +12,6 @@ from typing import Any
 
 from goipd.cli.client import add_connection_arguments, call
 
-WEAK_SIGNAL_DBM = -103
-"""CSQ 5 and below: GoipdLineSignalWeak's threshold (prometheus/alerts.yml)."""
-
 
 def add_lines_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="only this SMS Server")
@@ -103,7 +100,7 @@ def _signal(device: dict[str, Any] | None) -> str:
     elif dbm is None:
         text = "?"
     else:
-        text = f"{dbm} dBm" + (" WEAK" if dbm <= WEAK_SIGNAL_DBM else "")
+        text = f"{dbm} dBm" + (" WEAK" if device.get("weak_signal") else "")
     if device.get("stale"):
         text += " (stale)"
     if device.get("error"):

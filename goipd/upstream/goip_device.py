@@ -39,6 +39,12 @@ DEFAULT_DEVICE_TIMEOUT: Final = 10.0
 UNKNOWN_CSQ: Final = 99
 
 
+WEAK_SIGNAL_DBM: Final = -103
+"""CSQ 5 and below: where SMS start to fail and modules drop off the network. The API's
+`weak_signal`, the CLI and the status page show it; prometheus/alerts.yml's GoipdLineSignalWeak
+has the same threshold (a test keeps them equal)."""
+
+
 def csq_dbm(csq: int | None) -> int | None:
     """A CSQ reading in dBm (2 x CSQ - 113): -113 to -51; None when unknown."""
     return None if csq is None else 2 * csq - 113

@@ -295,6 +295,9 @@ class LineDeviceDocument(TypedDict):
     sim_present: bool | None
     module_on: bool | None
     gsm_registered: bool | None
+    weak_signal: Annotated[
+        bool, Field(description="signal_dbm is -103 (CSQ 5) or below: the alert's threshold")
+    ]
     seen_at: Annotated[float | None, Field(description="when the device last showed this port")]
     stale: Annotated[bool, Field(description="the readings are older than 3 poll intervals")]
     error: LineDeviceError | None

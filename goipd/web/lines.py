@@ -18,6 +18,7 @@ from goipd.model import LedgerError
 from goipd.problem import Problem
 from goipd.upstream import cms
 from goipd.upstream.goip import SETUP_FIXES
+from goipd.upstream.goip_device import WEAK_SIGNAL_DBM
 from goipd.web import overview
 from goipd.web.auth import client_id
 from goipd.web.body import json_body
@@ -97,6 +98,7 @@ def device_json(device: DeviceLine, now: float) -> dict[str, Any]:
         "device": device.device,
         "port": device.port,
         "signal_dbm": device.signal_dbm,
+        "weak_signal": device.signal_dbm is not None and device.signal_dbm <= WEAK_SIGNAL_DBM,
         "csq": device.csq,
         "operator": device.operator,
         "sim_present": device.sim_present,

@@ -31,7 +31,7 @@ from goipd.metrics.catalog import Metrics
 from goipd.upstream.errors import ErrorReason, UpstreamError
 from goipd.upstream.goip import LineStatus
 from goipd.upstream.goip_device import DeviceStatus, parse_status_xml
-from goipd.web.lines import line_json
+from goipd.web.lines import device_json, line_json
 from tests.helpers.checks import sample
 
 RED_N = '<font color="#FF0000">N</font>'
@@ -268,6 +268,7 @@ async def test_a_poll_stores_each_ports_readings_on_its_line() -> None:
         "device": "goip-a",
         "port": 1,
         "signal_dbm": -105,
+        "weak_signal": True,
         "csq": 4,
         "operator": "FarEasTone",
         "sim_present": True,
@@ -421,3 +422,11 @@ async def test_the_loop_polls_each_device_and_a_crash_reaches_the_supervisor() -
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("csq", "weak"), [(None, False), (4, True), (5, True), (6, False), (31, False)]
+)
+def test_weak_signal_is_csq_5_and_below(csq: int | None, weak: bool) -> None:
+    line = DeviceLine("hq", "G101", "goip-a", 1, 60.0, DevicePoll("goip-a"), csq=csq)
+    assert device_json(line, 0.0)["weak_signal"] is weak

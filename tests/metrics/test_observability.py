@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from goipd.upstream.goip_device import WEAK_SIGNAL_DBM
 from tests.helpers.repo import REPO
 
 ALERTS = REPO / "prometheus" / "alerts.yml"
@@ -449,3 +450,11 @@ def test_dashboard_queries_compute_line_states(tmp_path: Path) -> None:
     path = tmp_path / "dashboard_test.yml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     assert_ok(promtool("test", "rules", str(path)))
+
+
+def test_the_weak_signal_alert_has_the_apis_threshold() -> None:
+    """GoipdLineSignalWeak fires where the API, the CLI and the status page say WEAK."""
+    [rule] = [r for r in alert_rules() if r["alert"] == "GoipdLineSignalWeak"]
+    found = re.search(r"goipd_line_signal_dbm\)\s*<=\s*(-\d+)", rule["expr"])
+    assert found is not None, rule["expr"]
+    assert int(found.group(1)) == WEAK_SIGNAL_DBM

@@ -129,6 +129,7 @@ async def test_signal_and_sim_from_the_devices_status_page(
     device = lines["G101"]["device"]
     assert device["device"] == "goip-a" and device["port"] == 1
     assert (device["signal_dbm"], device["csq"], device["operator"]) == (-51, 31, "AT&T")
+    assert device["weak_signal"] is False
     assert (device["sim_present"], device["module_on"], device["gsm_registered"]) == (
         True,
         True,
@@ -151,6 +152,7 @@ async def test_signal_and_sim_from_the_devices_status_page(
     await eventually(followed, WITHIN_A_POLL, "the metrics follow the device within a poll")
     lines = await lines_of(http, process)
     assert lines["G101"]["device"]["signal_dbm"] == -107
+    assert lines["G101"]["device"]["weak_signal"] is True
     assert lines["G102"]["device"]["sim_present"] is False
     token = tmp_path / "token"
     token.write_text(API_TOKEN)
