@@ -1157,7 +1157,7 @@ async def _apply_to_tasks(
 ) -> list[tuple[Recipient, Any] | None]:
     """Find each report's recipient (the newest of its server, task id and number), decide in
     queue order (a later report of the same recipient sees what an earlier one did) and write
-    every change once. FOR UPDATE: another instance applying a report for one of these
+    the changes with one UPDATE per set of columns, a recipient's second change in a later one. FOR UPDATE: another instance applying a report for one of these
     recipients waits, so each is decided on the state it changes; in id order, so two
     instances lock alike."""
     servers, task_ids, numbers, pluses = (
@@ -1187,6 +1187,7 @@ async def _apply_to_tasks(
     read = {rid: (r.state, list(r.excluded_lines)) for rid, r in current.items()}
     results: list[tuple[Recipient, Any] | None] = []
     decided: list[tuple[Outcome, float]] = []
+    changed: set[int] = set()  # the recipients `decided` changes
     elsewhere: list[tuple[Outcome, float]] = []
     for apply in applies:
         server, task_id, number, plus = apply.key
@@ -1202,6 +1203,14 @@ async def _apply_to_tasks(
             target = current[outcome.recipient_id]
             sets = transition(target.state, list(target.excluded_lines), outcome, apply.now)
             if sets is not None:
+                if target.id in changed:
+                    # A second change of one recipient (a send result, then its receipt):
+                    # written apart, so that each change is an UPDATE of its own and has its
+                    # status event (one write would report only the last state).
+                    await _write_planned(conn, planned_timed_updates(read, decided))
+                    read = {rid: (r.state, list(r.excluded_lines)) for rid, r in current.items()}
+                    decided, changed = [], set()
+                changed.add(target.id)
                 current[target.id] = applied(target, sets)
             decided.append((outcome, apply.now))
         elif outcome is not None:

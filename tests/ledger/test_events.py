@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from goipd.callbacks.targets import receiver_key
 from goipd.ledger.events import StatusEvent
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.sqlite import SqliteLedger
-from goipd.model import Claim, NewMessage, Outcome, State
+from goipd.model import Claim, NewMessage, Outcome, Recipient, State
 from tests.helpers.ledgers import BACKENDS, NOW, PG_URL, open_backend
 
 Ledger = SqliteLedger | PostgresLedger
@@ -104,6 +105,32 @@ async def test_state_changes_recorded_together_are_one_event_each(
             ("submitted", NOW + 2),
             ("sent", NOW + 3),
             ("delivered", NOW + 4),
+        ]
+
+
+async def test_reports_on_one_recipient_applied_together_are_one_event_each(
+    backend: str, tmp_path: Path
+) -> None:
+    # A send result and then its receipt for one task, in one group commit (PostgreSQL merges
+    # the reports of a batch into one UPDATE per set of columns).
+    async with open_backend(backend, tmp_path) as store:
+        [rid] = await accept(store, message())
+        await store.claim([Claim(rid, "goip", "taipei", "3")], NOW + 1)
+        await store.record([Outcome(rid, State.SUBMITTED, task_id="7")], NOW + 2)
+
+        def to(state: State) -> Callable[[Recipient], tuple[Outcome | None, None]]:
+            return lambda recipient: (Outcome(recipient.id, state), None)
+
+        await asyncio.gather(
+            store.apply_to_task("taipei", "7", "+886912345678", NOW + 3, to(State.SENT)),
+            store.apply_to_task("taipei", "7", "+886912345678", NOW + 4, to(State.SENT)),
+            store.apply_to_task("taipei", "7", "+886912345678", NOW + 5, to(State.DELIVERED)),
+        )
+        events = await all_events(store)
+        assert [(e.state, e.at) for e in events] == [
+            ("submitted", NOW + 2),
+            ("sent", NOW + 3),
+            ("delivered", NOW + 5),
         ]
 
 
