@@ -1157,9 +1157,9 @@ async def _apply_to_tasks(
 ) -> list[tuple[Recipient, Any] | None]:
     """Find each report's recipient (the newest of its server, task id and number), decide in
     queue order (a later report of the same recipient sees what an earlier one did) and write
-    the changes with one UPDATE per set of columns, a recipient's second change in a later one. FOR UPDATE: another instance applying a report for one of these
-    recipients waits, so each is decided on the state it changes; in id order, so two
-    instances lock alike."""
+    the changes with one UPDATE per set of columns, a recipient's second change in a later
+    one. FOR UPDATE: another instance applying a report for one of these recipients waits, so
+    each is decided on the state it changes; in id order, so two instances lock alike."""
     servers, task_ids, numbers, pluses = (
         list(column) for column in zip(*(a.key for a in applies), strict=True)
     )
