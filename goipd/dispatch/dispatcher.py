@@ -22,6 +22,7 @@ from goipd.dispatch import shared_rate
 from goipd.dispatch.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Dispatching, HeldStore
+from goipd.ledger.held import HANDOVER_RETRIES, HANDOVER_RETRY_KEEP
 from goipd.metrics.catalog import Metrics
 from goipd.model import (
     EXPIRED_CODE,
@@ -46,13 +47,6 @@ SLOW_SEND = 1.0
 milliseconds; a v1.28.4 server waiting for its engine takes up to 15 s)."""
 BODY_CACHE = 10_000
 """Messages whose text and route are kept for later passes (big messages span many)."""
-HANDOVER_RETRIES = 10_000
-"""Failed hand-overs whose retry time is kept (table `handover_retries`, for all instances
-together; beyond, those with the earliest retry times go, and wait in goipd until due), and
-entries of each dispatcher's cache of them."""
-HANDOVER_RETRY_KEEP = 86400.0
-"""Seconds a passed retry time is kept at most: by then the hand-over was tried again, or the
-recipient went another way (its row is void once it is claimed again)."""
 AMBIGUOUS_CODES = frozenset(reason.value for reason in AMBIGUOUS_REASONS)
 EXPIRY_SWEEP = 1.0
 """Seconds between two looks for recipients whose validity ended while not due."""

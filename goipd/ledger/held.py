@@ -4,8 +4,8 @@ what both backends store and return.
 Bounds are the callers': `held_reports` holds at most `limit` rows (goipd/reports/cloud.py
 HELD_LIMIT; the oldest give way) and none older than `keep_for` (HELD_FOR) once a retry round
 has run (every instance runs one a second). `handover_retries` holds at most `limit` rows
-(goipd/dispatch/dispatcher.py HANDOVER_RETRIES), rows are written only by failed hand-overs,
-and each write deletes those of no more use: retry times over `keep_for` past
+(HANDOVER_RETRIES below), rows are written only for failed or interrupted hand-overs, and
+each write deletes those of no more use: retry times over `keep_for` past
 (HANDOVER_RETRY_KEEP), and passed ones whose recipient was claimed again or left the queue.
 """
 
@@ -14,6 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from goipd.model import State
+
+HANDOVER_RETRIES = 10_000
+"""Failed hand-overs whose retry time is kept (table `handover_retries`, for all instances
+together; beyond, those with the earliest retry times go, and wait in goipd until due), and
+entries of each dispatcher's cache of them (goipd/dispatch/dispatcher.py). The reconciler
+writes them too, for hand-overs a crash cut."""
+HANDOVER_RETRY_KEEP = 86400.0
+"""Seconds a passed retry time is kept at most: by then the hand-over was tried again, or the
+recipient went another way (its row is void once it is claimed again)."""
 
 HeldKey = tuple[str, str, str | None]
 """(provider, provider message id, number as the report gave it or None): one held report. A

@@ -38,8 +38,8 @@ from typing import Literal
 import structlog
 
 from goipd.config import ReconcileSettings
-from goipd.dispatch.dispatcher import HANDOVER_RETRIES, HANDOVER_RETRY_KEEP
 from goipd.ledger.base import HeldStore
+from goipd.ledger.held import HANDOVER_RETRIES, HANDOVER_RETRY_KEEP
 from goipd.model import LedgerError, Outcome, Recipient, State, whole_server
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.reports.outcomes import retry_delay

@@ -209,7 +209,9 @@ async def run(
     assert took_over <= 2 * POLL, f"survivor became leader {took_over:.2f}s after the kill"
     after = [t for t in polls if t > first_after]
     gaps = [b - a for a, b in itertools.pairwise([first_after, *after])]
-    assert after and max(gaps) <= 1.5 * POLL, f"survivor polls irregularly: {max(gaps):.2f}s"
+    # A poll skipped would leave a gap of two intervals; a loaded machine (the survivor takes
+    # over dispatch at the same time) has started one 0.51 interval late.
+    assert after and max(gaps) <= 1.75 * POLL, f"survivor polls irregularly: {max(gaps):.2f}s"
 
     log = survivor.log.read_text()
     print(

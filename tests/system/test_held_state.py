@@ -201,18 +201,28 @@ async def test_the_other_instance_applies_a_report_held_by_one_that_died(
     assert held == 0
 
 
-async def test_a_handover_cut_by_a_sigkill_is_handed_over_again_for_its_time(
+@pytest.fixture
+async def scheduling(
     sim: RunningSimulator,
     clouds: Clouds,
     http: aiohttp.ClientSession,
     started: list[Goipd],
     tmp_path: Path,
-) -> None:
+) -> Goipd:
+    """goipd on SQLite (tmp_path/goipd.db), started, trying a failed hand-over again RETRY
+    seconds after it failed."""
     storage = {"url": f"sqlite:///{tmp_path / 'goipd.db'}"}
     daemon = goipd(sim, clouds, storage, tmp_path, routing={"retry_delay": f"{RETRY:g}s"})
     started.append(daemon)
     daemon.start()
     await daemon.ready(http)
+    return daemon
+
+
+async def test_a_handover_cut_by_a_sigkill_is_handed_over_again_for_its_time(
+    scheduling: Goipd, clouds: Clouds, http: aiohttp.ClientSession
+) -> None:
+    daemon = scheduling
     # c123 sits on the hand-over: goipd is killed while it waits for the answer.
     clouds.c123.sim.set_fault("timeout", 60.0)
     message_id = await send(http, daemon, {"to": [CN], "text": "定时", "send_at": _in(90)})
@@ -254,17 +264,9 @@ def _in(seconds: float) -> str:
 
 
 async def test_a_failed_handover_is_retried_at_its_time_after_a_sigkill(
-    sim: RunningSimulator,
-    clouds: Clouds,
-    http: aiohttp.ClientSession,
-    started: list[Goipd],
-    tmp_path: Path,
+    scheduling: Goipd, clouds: Clouds, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    storage = {"url": f"sqlite:///{tmp_path / 'goipd.db'}"}
-    daemon = goipd(sim, clouds, storage, tmp_path, routing={"retry_delay": f"{RETRY:g}s"})
-    started.append(daemon)
-    daemon.start()
-    await daemon.ready(http)
+    daemon = scheduling
     clouds.c123.sim.set_fault("http_500")
     submitted = time.time()
     # Due in 90 s: handed over now (schedule_ahead 1h), with c123's `time`.
