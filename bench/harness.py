@@ -31,6 +31,10 @@ class Params:
     accept_duration: float = 8.0
     accept_requests: int = 0
     """0: closed loop for warm-up + duration; else exactly this many requests."""
+    accept_pairs: int = 3
+    """Back-to-back (floor, goipd accepting alone) pairs the floor target is judged on."""
+    accept_pair_warmup: float = 1.0
+    accept_pair_duration: float = 4.0
     accept_bulk_size: int = 1000
     accept_bulk_connections: int = 8
     accept_bulk_duration: float = 6.0
@@ -70,6 +74,7 @@ QUICK = Params(
     accept_warmup=0.0,
     accept_duration=0.0,
     accept_requests=200,
+    accept_pairs=1,
     accept_bulk_size=50,
     accept_bulk_connections=4,
     accept_bulk_duration=0.0,

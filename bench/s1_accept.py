@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +13,6 @@ from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd
 from bench.harness import (
     Ctx,
     baseline_run,
-    floor_rows,
     loadgen,
     ms,
     pct,
@@ -126,17 +127,35 @@ async def run(ctx: Ctx) -> ScenarioResult:
     def postgres(name: str) -> BenchLedger:
         return BenchLedger.postgres(ctx.workdir, name)
 
-    # The floor and the bare handler are each measured before and after goipd's SQLite runs
-    # and averaged: a neighbour's burst during one of them moved a single floor by 30%.
+    def paired(ctx: Ctx, port: int, base: int, tag: str, scheduled: bool = False) -> dict[str, Any]:
+        spec = accept_spec(ctx, port, base, tag, scheduled)
+        if not p.quick:
+            spec.update(warmup=p.accept_pair_warmup, duration=p.accept_pair_duration)
+        return spec
+
     before = await baseline_run(ctx, "baseline-1a", plain(0, "base-a"))
-    floor_a = await baseline_run(ctx, "floor-1a", plain(30_000_000, "floor-a"), durable=True)
-    # The flood guard stays on (default 10m window) and is consulted for every recipient, as
-    # in production; numbers and texts are distinct so it never refuses.
-    alone, cpu, stored = await measure_goipd(ctx, "goipd", 10_000_000, sqlite("goipd"))
+    # The floor and goipd accepting alone in back-to-back pairs, the target judged on the
+    # median pair: the machine's speed drifts over tens of seconds (one goipd run against one
+    # floor run gave 0.62x, 0.54x and 0.42x for the same code within an hour), a pair's ratio
+    # much less. The flood guard stays on (default 10m window) and is consulted for every
+    # recipient, as in production; numbers and texts are distinct so it never refuses.
+    pairs: list[tuple[dict[str, Any], dict[str, Any], float, int]] = []
+    for index in range(p.accept_pairs):
+        floor_i = await baseline_run(
+            ctx,
+            f"floor-1-{index}",
+            functools.partial(
+                paired, ctx, base=30_000_000 + index * 1_000_000, tag=f"floor-{index}"
+            ),
+            durable=True,
+        )
+        alone_i, cpu_i, stored_i = await measure_goipd(
+            ctx, f"goipd-{index}", 10_000_000 + index * 1_000_000, sqlite(f"goipd-{index}"), paired
+        )
+        pairs.append((floor_i, alone_i, cpu_i, stored_i))
     parking, park_cpu, park_stored = await measure_goipd(
         ctx, "goipd-park", 15_000_000, sqlite("goipd-park"), scheduled=False
     )
-    floor_b = await baseline_run(ctx, "floor-1b", plain(35_000_000, "floor-b"), durable=True)
     after = await baseline_run(ctx, "baseline-1b", plain(20_000_000, "base-b"))
     pg, pg_cpu, pg_stored = await measure_goipd(ctx, "goipd-pg", 40_000_000, postgres("pg"))
     pg_park, _, pg_park_stored = await measure_goipd(
@@ -156,10 +175,17 @@ async def run(ctx: Ctx) -> ScenarioResult:
     base_rps = (before["rps"] + after["rps"]) / 2
     base_p50 = (before["p50_ms"] + after["p50_ms"]) / 2
     base_p99 = (before["p99_ms"] + after["p99_ms"]) / 2
+    floors = [pair[0] for pair in pairs]
+    runs = [pair[1] for pair in pairs]
     floor = {
-        "rps": (floor_a["rps"] + floor_b["rps"]) / 2,
-        "p99_ms": (floor_a["p99_ms"] + floor_b["p99_ms"]) / 2,
+        "rps": statistics.mean(f["rps"] for f in floors),
+        "p99_ms": statistics.mean(f["p99_ms"] for f in floors),
     }
+    alone = merged(runs)
+    cpu = statistics.mean(pair[2] for pair in pairs)
+    stored = sum(pair[3] for pair in pairs)
+    pair_ratios = [a["rps"] / f["rps"] for f, a in zip(floors, runs, strict=True)]
+    median_ratio = statistics.median(pair_ratios)
     result.add(Row("throughput", rate(alone["rps"]), rate(base_rps), ratio(alone["rps"], base_rps)))
     result.add(
         Row("latency p50", ms(alone["p50_ms"]), ms(base_p50), ratio(alone["p50_ms"], base_p50))
@@ -176,8 +202,25 @@ async def run(ctx: Ctx) -> ScenarioResult:
     )
     result.add(Row("latency max", ms(alone["max_ms"]), ms(max(before["max_ms"], after["max_ms"]))))
     result.add(_stored_row("answered 202 / stored in ledger", alone, stored))
-    for row in floor_rows(alone, floor, base_rps, "req/s", FLOOR_TARGET):
-        result.add(row)
+    result.add(
+        Row(
+            "durable floor: bare handler + group-committed SQLite write",
+            rate(floor["rps"]),
+            rate(base_rps),
+            ratio(floor["rps"], base_rps),
+        )
+    )
+    result.add(
+        Row(
+            f"throughput against the durable floor, median of {len(pairs)} back-to-back pairs "
+            "(baseline column: the floor)",
+            rate(alone["rps"]),
+            rate(floor["rps"]),
+            f"{median_ratio:.2f}x",
+            f">= {FLOOR_TARGET:.2f}x the floor",
+            median_ratio >= FLOOR_TARGET,
+        )
+    )
     result.add(
         Row(
             "latency p99 of the durable floor",
@@ -259,12 +302,20 @@ async def run(ctx: Ctx) -> ScenarioResult:
         "does not make, shown for what a goipd without a usable route pays."
     )
     result.notes.append(
-        f"Durable floor (bench/baseline.py --store), measured before and after goipd's SQLite "
-        f"runs ({rate(floor_a['rps'])} / {rate(floor_b['rps'])}) and averaged: the bare handler "
-        "that also writes each recipient as one SQLite row (id, number, text) through a "
-        "group-committing writer thread with the ledger's settings (WAL, synchronous=FULL) "
-        "before answering; no validation, flood guard or dispatch. Its ratio is the most any "
-        "handler that stores what it acknowledges can reach on this stack."
+        "Durable floor (bench/baseline.py --store): the bare handler that also writes each "
+        "recipient as one SQLite row (id, number, text) through a group-committing writer thread "
+        "with the ledger's settings (WAL, synchronous=FULL) before answering; no validation, "
+        "flood guard or dispatch. Its ratio is the most any handler that stores what it "
+        "acknowledges can reach on this stack."
+    )
+    result.notes.append(
+        f"Pairs (floor, then goipd accepting alone, {p.accept_pair_warmup:g}s warm-up + "
+        f"{p.accept_pair_duration:g}s measured each): "
+        + "; ".join(
+            f"{rate(f['rps'])} / {rate(a['rps'])} = {a['rps'] / f['rps']:.2f}x"
+            for f, a in zip(floors, runs, strict=True)
+        )
+        + ". The accept-alone rows show their mean (latency p99 and max: the worst pair)."
     )
     result.notes.append(
         "PostgreSQL ledger: the same goipd and loads with storage.url on the PostgreSQL above "
@@ -277,10 +328,26 @@ async def run(ctx: Ctx) -> ScenarioResult:
         "the durable floor posting the same messages and writing one row per recipient in the "
         "same group commit; the ratio is goipd's messages/s over the floor's."
     )
-    for stats in (alone, parking, pg, pg_park, bulk):
+    for stats in (*runs, parking, pg, pg_park, bulk):
         for sample in stats["error_samples"]:
             result.notes.append(f"goipd error sample: {sample}")
     return result
+
+
+def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Load figures of several runs as one: rates and CPU the mean, p50 the median, p99 and
+    max the worst, counts the sum."""
+    return {
+        "rps": statistics.mean(r["rps"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "max_ms": max(r["max_ms"] for r in runs),
+        "total": sum(r["total"] for r in runs),
+        "total_ok": sum(r["total_ok"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "cpu": statistics.mean(r["cpu"] for r in runs),
+        "error_samples": [],
+    }
 
 
 def _stored_row(label: str, stats: dict[str, Any], stored: int, per_message: int = 1) -> Row:
