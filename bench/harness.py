@@ -159,12 +159,7 @@ def floor_rows(
     """The durable floor beside the bare handler, and goipd against the floor (`target`: the
     least ratio the issue asks for)."""
     return [
-        Row(
-            "durable floor: bare handler + group-committed SQLite write",
-            rate(floor["rps"], unit),
-            rate(base_rps, unit),
-            ratio(floor["rps"], base_rps),
-        ),
+        floor_row(floor, base_rps, unit),
         Row(
             "throughput against the durable floor (baseline column: the floor)",
             rate(stats["rps"], unit),
@@ -174,6 +169,16 @@ def floor_rows(
             stats["rps"] >= target * floor["rps"],
         ),
     ]
+
+
+def floor_row(floor: dict[str, Any], base_rps: float, unit: str) -> Row:
+    """The durable floor beside the bare handler."""
+    return Row(
+        "durable floor: bare handler + group-committed SQLite write",
+        rate(floor["rps"], unit),
+        rate(base_rps, unit),
+        ratio(floor["rps"], base_rps),
+    )
 
 
 def postgres_rows(

@@ -13,6 +13,7 @@ from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd
 from bench.harness import (
     Ctx,
     baseline_run,
+    floor_row,
     loadgen,
     ms,
     pct,
@@ -202,14 +203,7 @@ async def run(ctx: Ctx) -> ScenarioResult:
     )
     result.add(Row("latency max", ms(alone["max_ms"]), ms(max(before["max_ms"], after["max_ms"]))))
     result.add(_stored_row("answered 202 / stored in ledger", alone, stored))
-    result.add(
-        Row(
-            "durable floor: bare handler + group-committed SQLite write",
-            rate(floor["rps"]),
-            rate(base_rps),
-            ratio(floor["rps"], base_rps),
-        )
-    )
+    result.add(floor_row(floor, base_rps, "req/s"))
     result.add(
         Row(
             f"throughput against the durable floor, median of {len(pairs)} back-to-back pairs "

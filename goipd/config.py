@@ -36,7 +36,9 @@ from pydantic import (
 
 from goipd.model import USSD_CODE
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+"""One number and unit of a duration (`parse_duration`; the API's `valid_for` pattern is built
+from it, so ASCII digits: a JSON Schema validator reads `\\d` as 0-9 only)."""
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,32}$")
 
@@ -48,7 +50,7 @@ def parse_duration(value: object) -> float:
         pos = 0
         total = 0.0
         while pos < len(text):
-            match = _DURATION_PART.match(text, pos)
+            match = DURATION_PART.match(text, pos)
             if match is None:
                 break
             total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]

@@ -36,6 +36,8 @@ class State(StrEnum):
     EXPIRED = "expired"
 
 
+PUBLIC_STATES = tuple(state.value for state in State if state is not State.DISPATCHING)
+"""A recipient's states as the API shows them: dispatching is shown as submitted."""
 FINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.CANCELLED, State.EXPIRED})
 # `sent` is final for dispatch (no more sending) but a receipt may still move it to delivered.
 RANK = {
@@ -52,9 +54,9 @@ PRIORITIES = range(4)
 """Message priorities, lowest first: 0 bulk, 1 normal (the default), 2 high, 3 urgent."""
 NORMAL_PRIORITY = 1
 USSD_CODE = re.compile(r"[0-9*#+]{1,64}")
-USSD_CODE_RULE = "a USSD code is 1 to 64 of 0-9 * # +"
 """What a USSD code is made of (config and the USSD client agree on it): `$` and `?` would start
 the SMS Server's recharge-card feature."""
+USSD_CODE_RULE = "a USSD code is 1 to 64 of 0-9 * # +"
 EXPIRED_CODE = "validity"
 EXPIRED_MEANING = "not handed to an upstream before the message's validity ended"
 

@@ -23,7 +23,7 @@ from typing_extensions import TypedDict
 from goipd.accept.numbers import MAX_LENGTH as NUMBER_MAX_LENGTH
 from goipd.callbacks.events import DEFAULT_EVENTS, EVENT_STATES
 from goipd.callbacks.targets import STATUS_URL_MAX
-from goipd.config import RouteTarget
+from goipd.config import DURATION_PART, RouteTarget
 from goipd.model import NORMAL_PRIORITY, PRIORITIES
 
 if TYPE_CHECKING:
@@ -35,8 +35,9 @@ else:
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 """Text an SMS, a log line and the ledger carry as it is: newline, carriage return and tab
 are allowed, no other C0 control character nor DEL."""
-DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
-"""A duration as config.parse_duration reads it, written without spaces: 90s, 5m, 1h30m."""
+DURATION = rf"^(?:{DURATION_PART.pattern})+$"
+"""A duration as config.parse_duration reads it, built from its grammar, written without
+spaces: 90s, 5m, 1h30m."""
 
 StringMap = dict[str, str]
 PhoneNumber = Annotated[str, Field(max_length=NUMBER_MAX_LENGTH)]

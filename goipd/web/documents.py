@@ -13,26 +13,22 @@ from pydantic import ConfigDict, Field, with_config
 # pydantic reads TypedDicts from typing_extensions only, before Python 3.12.
 from typing_extensions import TypedDict
 
-from goipd.callbacks.events import EVENT_STATES
+from goipd.accept.requests import EventState
 from goipd.config import RouteTarget
 from goipd.fleet.actions import Action
 from goipd.fleet.registry import LineState
-from goipd.model import PRIORITIES, State
+from goipd.model import PRIORITIES, PUBLIC_STATES
 from goipd.upstream.goip import SETUP_FIXES
+from goipd.upstream.goip_device import WEAK_SIGNAL_DBM
 from goipd.upstream.segments import Encoding
-
-PUBLIC_STATES = tuple(state.value for state in State if state is not State.DISPATCHING)
-"""A recipient's states as the API shows them: dispatching is shown as submitted."""
 
 if TYPE_CHECKING:
     PublicState = str
-    EventState = str
     LineStateName = str
     SetupProblemKey = str
 else:
     # Enums taken from the lists the code works with, so a new state is documented as it comes.
     PublicState = Literal[PUBLIC_STATES]
-    EventState = Literal[EVENT_STATES]
     LineStateName = Literal[tuple(state.value for state in LineState)]
     SetupProblemKey = Literal[tuple(SETUP_FIXES)]
 
@@ -296,7 +292,8 @@ class LineDeviceDocument(TypedDict):
     module_on: bool | None
     gsm_registered: bool | None
     weak_signal: Annotated[
-        bool, Field(description="signal_dbm is -103 (CSQ 5) or below: the alert's threshold")
+        bool,
+        Field(description=f"signal_dbm is {WEAK_SIGNAL_DBM} or below: the alert's threshold"),
     ]
     seen_at: Annotated[float | None, Field(description="when the device last showed this port")]
     stale: Annotated[bool, Field(description="the readings are older than 3 poll intervals")]

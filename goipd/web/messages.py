@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from goipd.accept.acceptor import accept_message, check_replay
-from goipd.accept.validate import _parse_time, validate_message
+from goipd.accept.validate import parse_time, validate_message
 from goipd.config import format_duration
-from goipd.model import LedgerError, Message, Recipient, State
+from goipd.model import PUBLIC_STATES, LedgerError, Message, Recipient, State
 from goipd.problem import Problem
 from goipd.web.auth import client_id
 from goipd.web.body import json_body, query_limit
@@ -135,13 +135,12 @@ async def list_messages(request: web.Request) -> web.Response:
     state_raw = request.query.get("state")
     state = None
     if state_raw is not None:
-        public = [s.value for s in State if s is not State.DISPATCHING]
-        if state_raw not in public:
-            raise Problem(400, f"state: expected one of {', '.join(public)}")
+        if state_raw not in PUBLIC_STATES:
+            raise Problem(400, f"state: expected one of {', '.join(PUBLIC_STATES)}")
         state = State(state_raw)
     since = None
     if "since" in request.query:
-        since = _parse_time(request.query["since"], "since")
+        since = parse_time(request.query["since"], "since")
     after = request.query.get("after")
     if after is not None and not re.fullmatch(r"[0-9A-Za-z]{1,40}", after):
         raise Problem(400, "after: not a message id")

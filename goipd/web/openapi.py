@@ -21,6 +21,7 @@ from pydantic_core import core_schema
 from goipd import __version__
 from goipd.accept.requests import AlertmanagerRequest, MessageRequest
 from goipd.fleet.registry import LineState
+from goipd.model import PUBLIC_STATES
 from goipd.web import documents
 from goipd.web.line_requests import BalanceRequest, QuarantineRequest, RebootRequest, UssdRequest
 
@@ -268,7 +269,7 @@ DOCUMENT: dict[str, Any] = {
                     {
                         "name": "state",
                         "in": "query",
-                        "schema": {"type": "string", "enum": list(documents.PUBLIC_STATES)},
+                        "schema": {"type": "string", "enum": list(PUBLIC_STATES)},
                     },
                     {
                         "name": "since",

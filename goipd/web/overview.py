@@ -12,7 +12,7 @@ from prometheus_client import Gauge
 
 from goipd.fleet.registry import LineRegistry, LineState
 from goipd.metrics.catalog import Metrics
-from goipd.model import State
+from goipd.model import PUBLIC_STATES, State
 
 
 def _samples(gauge: Gauge) -> list[tuple[dict[str, str], float]]:
@@ -31,7 +31,7 @@ def server_counts(registry: LineRegistry, name: str, now: float) -> dict[str, in
 
 
 def queue(metrics: Metrics) -> dict[str, Any]:
-    figures: dict[str, Any] = {s.value: 0 for s in State if s is not State.DISPATCHING}
+    figures: dict[str, Any] = dict.fromkeys(PUBLIC_STATES, 0)
     for labels, value in _samples(metrics.queue_messages):
         # The API shows dispatching as submitted (see api.recipient_json).
         state = State.SUBMITTED.value if labels["state"] == State.DISPATCHING else labels["state"]
