@@ -22,7 +22,7 @@ from goipd.dispatch import shared_rate
 from goipd.dispatch.routing import Choice, CloudChoice, LineChoice, Router
 from goipd.fleet.registry import LineRegistry
 from goipd.ledger.base import Dispatching, HeldStore
-from goipd.ledger.held import HANDOVER_RETRIES, HANDOVER_RETRY_KEEP
+from goipd.ledger.held import HANDOVER_RETRIES, store_handover_retries
 from goipd.metrics.catalog import Metrics
 from goipd.model import (
     EXPIRED_CODE,
@@ -555,7 +555,7 @@ class Dispatcher:
         choice: LineChoice,
         body: Body,
         batch: Sequence[Recipient],
-        answered: Callable[[], None] = lambda: None,
+        answered: Callable[[], None],
     ) -> None:
         client = self.clients(choice.server)
         if client is None:
@@ -813,14 +813,7 @@ class Dispatcher:
         queued again: a pass (of any instance) that finds one queued then finds its time."""
         for rid, (attempts, retry_at) in retries.items():
             self._remember_handover((rid, attempts), retry_at)
-        try:
-            await self.ledger.set_handover_retries(
-                retries, now, HANDOVER_RETRY_KEEP, HANDOVER_RETRIES
-            )
-        except LedgerError as exc:
-            # This instance still tries them again on time; a restart or another instance
-            # would leave them waiting in goipd until their send_at.
-            log.warning("handover_retry_store_failed", reason=str(exc), recipients=len(retries))
+        await store_handover_retries(self.ledger, retries, now)
 
     async def _forget_handover_retries(
         self, batch: Sequence[Recipient], outcomes: Sequence[Outcome]

@@ -11,9 +11,18 @@ each write deletes those of no more use: retry times over `keep_for` past
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from goipd.model import State
+import structlog
+
+from goipd.model import LedgerError, State
+
+if TYPE_CHECKING:
+    from goipd.ledger.base import HeldStore
+
+log = structlog.get_logger("goipd.ledger.held")
 
 HANDOVER_RETRIES = 10_000
 """Failed hand-overs whose retry time is kept (table `handover_retries`, for all instances
@@ -23,6 +32,19 @@ writes them too, for hand-overs a crash cut."""
 HANDOVER_RETRY_KEEP = 86400.0
 """Seconds a passed retry time is kept at most: by then the hand-over was tried again, or the
 recipient went another way (its row is void once it is claimed again)."""
+
+
+async def store_handover_retries(
+    store: HeldStore, retries: Mapping[int, tuple[int, float]], now: float
+) -> None:
+    """Keep recipient id → (attempts, retry time) of failed or interrupted hand-overs for every
+    instance, before those recipients are queued again. A refusal is logged, not raised: the
+    hand-overs then wait in goipd until their send_at (unless an instance remembers the time)."""
+    try:
+        await store.set_handover_retries(retries, now, HANDOVER_RETRY_KEEP, HANDOVER_RETRIES)
+    except LedgerError as exc:
+        log.warning("handover_retry_store_failed", reason=str(exc), recipients=len(retries))
+
 
 HeldKey = tuple[str, str, str | None]
 """(provider, provider message id, number as the report gave it or None): one held report. A

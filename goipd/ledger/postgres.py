@@ -51,6 +51,7 @@ from goipd.ledger.rows import (
 )
 from goipd.ledger.rules import (
     SENT_AT_IF_NULL,
+    Planned,
     applied,
     planned_timed_updates,
     transition,
@@ -509,10 +510,6 @@ class PostgresLedger(
         log.info("ledger_opened", backend="postgresql", schema=self.schema, schema_version=version)
         self._committer.start()
         self._acceptor.start()
-
-    @property
-    def _writer(self) -> asyncpg.Connection | None:
-        return self._writers[0]
 
     async def _connect_writer(self) -> asyncpg.Connection:
         return await asyncpg.connect(
@@ -1157,9 +1154,9 @@ async def _apply_to_tasks(
 ) -> list[tuple[Recipient, Any] | None]:
     """Find each report's recipient (the newest of its server, task id and number), decide in
     queue order (a later report of the same recipient sees what an earlier one did) and write
-    the changes with one UPDATE per set of columns, a recipient's second change in a later
-    one. FOR UPDATE: another instance applying a report for one of these recipients waits, so
-    each is decided on the state it changes; in id order, so two instances lock alike."""
+    the changes in `rules.planned_updates`' rounds. FOR UPDATE: another instance applying a
+    report for one of these recipients waits, so each is decided on the state it changes; in
+    id order, so two instances lock alike."""
     servers, task_ids, numbers, pluses = (
         list(column) for column in zip(*(a.key for a in applies), strict=True)
     )
@@ -1187,7 +1184,6 @@ async def _apply_to_tasks(
     read = {rid: (r.state, list(r.excluded_lines)) for rid, r in current.items()}
     results: list[tuple[Recipient, Any] | None] = []
     decided: list[tuple[Outcome, float]] = []
-    changed: set[int] = set()  # the recipients `decided` changes
     elsewhere: list[tuple[Outcome, float]] = []
     for apply in applies:
         server, task_id, number, plus = apply.key
@@ -1203,14 +1199,6 @@ async def _apply_to_tasks(
             target = current[outcome.recipient_id]
             sets = transition(target.state, list(target.excluded_lines), outcome, apply.now)
             if sets is not None:
-                if target.id in changed:
-                    # A second change of one recipient (a send result, then its receipt):
-                    # written apart, so that each change is an UPDATE of its own and has its
-                    # status event (one write would report only the last state).
-                    await _write_planned(conn, planned_timed_updates(read, decided))
-                    read = {rid: (r.state, list(r.excluded_lines)) for rid, r in current.items()}
-                    decided, changed = [], set()
-                changed.add(target.id)
                 current[target.id] = applied(target, sets)
             decided.append((outcome, apply.now))
         elif outcome is not None:
@@ -1333,23 +1321,13 @@ class _Record:
 
 
 async def _records(conn: asyncpg.Connection, records: Sequence[_Record]) -> list[None]:
-    """One locking read and one pipelined UPDATE per set of changed columns, however many
-    outcomes of however many callers: a dispatch pass records hundreds at a time, its sends'
-    replies come back a few at a time, and every round trip holds the writer. Applied in
-    queue order, as one call each would: a caller that changes a recipient an earlier caller
-    of the run changed starts a new write, so each state change is its own UPDATE and has its
-    status event (one write per recipient would report only the last state)."""
-    ids: set[int] = set()
-    outcomes: list[tuple[Outcome, float]] = []
-    for record in records:
-        mine = {o.recipient_id for o in record.outcomes}
-        if mine & ids:
-            await _record(conn, list(ids), outcomes)
-            ids, outcomes = set(), []
-        ids |= mine
-        outcomes.extend((o, record.now) for o in record.outcomes)
-    if ids:
-        await _record(conn, list(ids), outcomes)
+    """One locking read and one UPDATE per set of changed columns (and round: see
+    `rules.planned_updates`), however many outcomes of however many callers: a dispatch pass
+    records hundreds at a time, its sends' replies come back a few at a time, and every round
+    trip holds the writer. Applied in queue order, as one call each would."""
+    outcomes = [(o, record.now) for record in records for o in record.outcomes]
+    if outcomes:
+        await _record(conn, list({o.recipient_id for o, _ in outcomes}), outcomes)
     return [None] * len(records)
 
 
@@ -1393,11 +1371,10 @@ _PLANNED_TYPES = {
 """Columns `rules.transition` may set, by their PostgreSQL type (arrays of them are sent)."""
 
 
-async def _write_planned(
-    conn: asyncpg.Connection, planned: dict[tuple[str, ...], list[tuple[Any, ...]]]
-) -> None:
-    """The UPDATEs of `rules.planned_updates`: one statement per set of columns."""
-    for columns, values in planned.items():
+async def _write_planned(conn: asyncpg.Connection, rounds: list[Planned]) -> None:
+    """The UPDATEs of `rules.planned_updates`, round by round: one statement per set of
+    columns."""
+    for columns, values in (item for planned in rounds for item in planned.items()):
         if len(values) == 1:
             assignments = ", ".join(
                 f"sent_at = COALESCE(sent_at, ${index})"

@@ -58,22 +58,30 @@ SENT_AT_IF_NULL = "sent_at IS NULL"
 """Pseudo-column of `planned_updates`: set sent_at (to `now`) only where it is not set yet."""
 
 
+Planned = dict[tuple[str, ...], list[tuple[Any, ...]]]
+"""UPDATEs of one round: per set of changed columns (sorted), one row of values per recipient,
+its id last."""
+
+
 def planned_updates(
     current: Mapping[int, tuple[State, list[str]]], outcomes: Sequence[Outcome], now: float
-) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+) -> list[Planned]:
     """The UPDATEs that apply `outcomes`, in order (a later one sees what an earlier one did),
-    to recipients whose (state, excluded lines) are `current`: per set of changed columns
-    (sorted), one row of values per recipient, its id last. Each recipient is written once;
-    outcomes for a recipient not in `current` (one this ledger never had) change nothing."""
+    to recipients whose (state, excluded lines) are `current`, in rounds to run in order. A
+    recipient is written once per round: its changes are merged, except that a second change
+    of its state starts its next round, so that each change of state is an UPDATE of its own
+    and has its status event (one UPDATE would report only the last state). Outcomes for a
+    recipient not in `current` (one this ledger never had) change nothing."""
     return planned_timed_updates(current, [(outcome, now) for outcome in outcomes])
 
 
 def planned_timed_updates(
     current: Mapping[int, tuple[State, list[str]]], outcomes: Iterable[tuple[Outcome, float]]
-) -> dict[tuple[str, ...], list[tuple[Any, ...]]]:
+) -> list[Planned]:
     """`planned_updates` for outcomes that each came at their own time."""
     states = dict(current)
-    changes: dict[int, dict[str, Any]] = {}
+    rounds: list[dict[int, dict[str, Any]]] = []
+    latest: dict[int, tuple[int, bool]] = {}  # recipient → its round, and if it moved there
     for outcome, now in outcomes:
         rid = outcome.recipient_id
         found = states.get(rid)
@@ -82,13 +90,25 @@ def planned_timed_updates(
         sets = transition(found[0], found[1], outcome, now)
         if sets is None:
             continue
-        states[rid] = (State(sets.get("state", found[0])), sets.get("excluded_lines", found[1]))
-        merged = changes.setdefault(rid, {})
+        state = State(sets.get("state", found[0]))
+        moves = state is not found[0]
+        states[rid] = (state, sets.get("excluded_lines", found[1]))
+        index, moved = latest.get(rid, (0, False))
+        if moved and moves:
+            index, moved = index + 1, False
+        if index == len(rounds):
+            rounds.append({})
+        merged = rounds[index].setdefault(rid, {})
         merged.update(sets)
+        latest[rid] = (index, moved or moves)
         if "delivered_at" in sets and "sent_at" not in merged:
             # A receipt may come before the "succeeded" report: delivered implies sent.
             merged[SENT_AT_IF_NULL] = now
-    by_columns: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    return [_by_columns(changes) for changes in rounds]
+
+
+def _by_columns(changes: Mapping[int, dict[str, Any]]) -> Planned:
+    by_columns: Planned = {}
     for rid, sets in changes.items():
         if "excluded_lines" in sets:
             sets["excluded_lines"] = json.dumps(sets["excluded_lines"])

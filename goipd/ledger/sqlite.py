@@ -963,8 +963,9 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
         if row is not None:  # else a report for a recipient this ledger never had
             _apply(conn, outcome, State(row[0]), json.loads(row[1]), now)
         return
-    # Reads every recipient once and writes each changed one once, with one executemany per
-    # set of changed columns: a dispatch pass records hundreds of outcomes at a time.
+    # Reads every recipient once and writes each changed one once (a second change of state
+    # in a later round), with one executemany per set of changed columns: a dispatch pass
+    # records hundreds of outcomes at a time.
     ids = list(dict.fromkeys(o.recipient_id for o in outcomes))
     current: dict[int, tuple[State, list[str]]] = {}
     for chunk in range(0, len(ids), VARIABLES_PER_QUERY):
@@ -975,13 +976,13 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
             part,
         ):
             current[rid] = (STATE_OF[state], [] if excluded == "[]" else json.loads(excluded))
-    by_columns = planned_updates(current, outcomes, now)
-    for columns, rows in by_columns.items():
-        assignments = ", ".join(
-            "sent_at = COALESCE(sent_at, ?)" if c == SENT_AT_IF_NULL else f"{c} = ?"
-            for c in columns
-        )
-        conn.executemany(f"UPDATE recipients SET {assignments} WHERE id = ?", rows)
+    for planned in planned_updates(current, outcomes, now):
+        for columns, rows in planned.items():
+            assignments = ", ".join(
+                "sent_at = COALESCE(sent_at, ?)" if c == SENT_AT_IF_NULL else f"{c} = ?"
+                for c in columns
+            )
+            conn.executemany(f"UPDATE recipients SET {assignments} WHERE id = ?", rows)
 
 
 def _apply(

@@ -39,7 +39,7 @@ import structlog
 
 from goipd.config import ReconcileSettings
 from goipd.ledger.base import HeldStore
-from goipd.ledger.held import HANDOVER_RETRIES, HANDOVER_RETRY_KEEP
+from goipd.ledger.held import store_handover_retries
 from goipd.model import LedgerError, Outcome, Recipient, State, whole_server
 from goipd.reports.goip import GoipContext, apply_goip_report
 from goipd.reports.outcomes import retry_delay
@@ -306,15 +306,8 @@ class Reconciler:
             for r in lost
             if _handover(r, now) and r.attempts + 1 < max_attempts
         }
-        if not retries:
-            return
-        try:
-            await self.handovers.set_handover_retries(
-                retries, now, HANDOVER_RETRY_KEEP, HANDOVER_RETRIES
-            )
-        except LedgerError as exc:
-            # They still wait for their send_at, and are sent then.
-            log.warning("handover_retry_store_failed", reason=str(exc), recipients=len(retries))
+        if retries:
+            await store_handover_retries(self.handovers, retries, now)
 
     async def _task_window(
         self, server: str, client: GoipClient, recipients: list[Recipient]

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 import asyncpg
 
 from goipd.ledger import postgres
 from goipd.ledger.postgres import PostgresLedger
-from goipd.model import AcceptResult, LedgerError, State
+from goipd.ledger.rules import planned_updates
+from goipd.model import AcceptResult, LedgerError, Outcome, State
 from tests.helpers.ledgers import NOW, PG_URL, new
 
 
@@ -91,3 +93,24 @@ async def test_postgres_ledger_of_the_previous_schema_gets_the_table() -> None:
     finally:
         await ledger.close()
         await ledger.drop_schema()
+
+
+def test_every_column_an_outcome_may_set_has_its_array_type() -> None:
+    """A column `rules.transition` sets that _PLANNED_TYPES lacks fails, as a KeyError, every
+    batch that writes it for two recipients or more."""
+    columns: set[str] = set()
+    for index, (current, wanted) in enumerate(product(State, State)):
+        outcome = Outcome(
+            index,
+            wanted,
+            task_id="7",
+            upstream_id="u",
+            error_code="c",
+            error_meaning="m",
+            retry_at=NOW + 60,
+            exclude_line="hq/G101",
+        )
+        for planned in planned_updates({index: (current, [])}, [outcome], NOW):
+            columns.update(name for names in planned for name in names)
+    assert columns, "no outcome changed anything"
+    assert columns <= set(postgres._PLANNED_TYPES)
