@@ -1,10 +1,11 @@
 """Group commit: whatever writes callers queue while a transaction is being written go into the
-next transaction together, so N concurrent callers cost one commit (one fsync), not N."""
+next transaction together, so N concurrent callers cost one commit (one fsync), not N. With
+several runners, as many batches are in flight at once (each runner its own connection)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -16,21 +17,30 @@ Op = TypeVar("Op")
 T = TypeVar("T")
 
 
+Runner = Callable[[list[Any]], Awaitable[list[Any]]]
+
+
 class GroupCommitter(Generic[Op]):
-    """Runs queued ops in batches through `run_batch`, which executes them in one transaction
-    and returns one result (or exception, for that caller alone) per op."""
+    """Runs queued ops in batches through a runner, which executes them in one transaction and
+    returns one result (or exception, for that caller alone) per op.
+
+    One runner: batches one after another, in queue order. Several: each takes the next batch
+    as soon as it is free, so a batch is written while another waits for its commit; only ops
+    that are safe in concurrent transactions (as with another instance's) may be queued."""
 
     def __init__(
         self,
-        run_batch: Callable[[list[Op]], Awaitable[list[Any]]],
+        runners: Sequence[Runner],
         errors: tuple[type[BaseException], ...],
         describe: Callable[[BaseException], str],
     ) -> None:
-        self._run_batch = run_batch
+        if not runners:
+            raise ValueError("a group committer needs a runner")
+        self._runners = tuple(runners)
         self._errors = errors
         self._describe = describe
         self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.commits = 0
         self.last_error: str | None = None
         """Why the last batch failed as a whole (the store, not one caller's data); None
@@ -38,7 +48,9 @@ class GroupCommitter(Generic[Op]):
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._loop(), name="ledger-commit")
+        self._tasks = [
+            asyncio.create_task(self._loop(run), name="ledger-commit") for run in self._runners
+        ]
 
     async def submit(self, op: Op) -> Any:
         if self._queue is None:
@@ -49,19 +61,21 @@ class GroupCommitter(Generic[Op]):
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
-        if self._task is not None and self._queue is not None:
+        if self._tasks and self._queue is not None:
             await self._queue.join()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._task = self._queue = None
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._queue = None
 
-    async def _loop(self) -> None:
+    async def _loop(self, run_batch: Runner) -> None:
         assert self._queue is not None
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            results = await self._run([op for op, _ in batch])
+            results = await self._run(run_batch, [op for op, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     if isinstance(result, BaseException):
@@ -70,9 +84,9 @@ class GroupCommitter(Generic[Op]):
                         future.set_result(result)
                 self._queue.task_done()
 
-    async def _run(self, ops: list[Op]) -> list[Any]:
+    async def _run(self, run_batch: Runner, ops: list[Op]) -> list[Any]:
         try:
-            results = await self._run_batch(ops)
+            results = await run_batch(ops)
         except LedgerError as exc:
             # The backend already knows why (e.g. no connection to the database yet).
             return self._failed(exc, len(ops))

@@ -189,7 +189,7 @@ class SqliteLedger(
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter[Op] = GroupCommitter(
-            self._run_batch_in_thread, (sqlite3.Error, OSError), _reason
+            [self._run_batch_in_thread], (sqlite3.Error, OSError), _reason
         )
         self._checkpoint: Future[None] | None = None
         self._commits_at_checkpoint = 0

@@ -14,7 +14,7 @@ import asyncpg
 from goipd.ledger import postgres
 from goipd.ledger.postgres import PostgresLedger
 from goipd.ledger.rules import planned_updates
-from goipd.model import AcceptResult, LedgerError, Outcome, State
+from goipd.model import AcceptResult, Claim, LedgerError, Outcome, Recipient, State
 from tests.helpers.ledgers import NOW, PG_URL, new
 
 
@@ -114,3 +114,42 @@ def test_every_column_an_outcome_may_set_has_its_array_type() -> None:
             columns.update(name for names in planned for name in names)
     assert columns, "no outcome changed anything"
     assert columns <= set(postgres._PLANNED_TYPES)
+
+
+async def test_a_report_waiting_for_its_recipient_does_not_hold_up_reports_of_others() -> None:
+    # Reports are written on two connections at once: one whose recipient another
+    # transaction holds (another instance's report, a cancel) waits alone.
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+    holder = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
+    try:
+        message = (await store.accept(new(("+886912340001", "+886912340002")), NOW)).message
+        held, free = (r.id for r in message.recipients)
+        for task_id, rid in (("1", held), ("2", free)):
+            await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+            await store.record([Outcome(rid, State.SUBMITTED, task_id=task_id)], NOW)
+
+        def sent(recipient: Recipient) -> tuple[Outcome | None, None]:
+            return Outcome(recipient.id, State.SENT), None
+
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM recipients WHERE id = $1 FOR UPDATE", held)
+        waiting = asyncio.create_task(store.apply_to_task("hq", "1", "+886912340001", NOW, sent))
+        await asyncio.sleep(0.2)
+        found = await asyncio.wait_for(
+            store.apply_to_task("hq", "2", "+886912340002", NOW, sent), timeout=5
+        )
+        assert found is not None and found[0].id == free
+        assert not waiting.done()
+        await lock.rollback()
+        found = await asyncio.wait_for(waiting, timeout=5)
+        assert found is not None and found[0].id == held
+        stored = await store.get_message(message.id)
+        assert stored is not None
+        states = {r.id: r.state for r in stored.recipients}
+        assert states == {held: State.SENT, free: State.SENT}
+    finally:
+        await holder.close()
+        await store.close()
+        await store.drop_schema()
