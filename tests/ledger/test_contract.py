@@ -1067,6 +1067,72 @@ async def test_reports_written_together_each_see_the_ones_before(ledger: Ledger)
     assert (failed.state, failed.updated_at, failed.sent_at) == (State.FAILED, NOW + 4, None)
 
 
+async def test_reports_of_one_batch_with_different_columns_each_set_their_own(
+    ledger: Ledger,
+) -> None:
+    # One round, four sets of columns (PostgreSQL: one UPDATE writing the rest back as is).
+    numbers = tuple(f"+88691234567{i}" for i in range(5))
+    message = (await ledger.accept(new(numbers), NOW)).message
+    ids = [r.id for r in message.recipients]
+    await ledger.claim([Claim(rid, "goip", "hq", "G101") for rid in ids], NOW)
+    await ledger.record(
+        [Outcome(rid, State.SUBMITTED, task_id=str(90 + i)) for i, rid in enumerate(ids)], NOW
+    )
+    outcomes = [
+        Outcome(ids[0], State.SENT),
+        Outcome(ids[1], State.DELIVERED),
+        Outcome(ids[2], State.QUEUED, error_code="500", retry_at=NOW + 60, exclude_line="hq/G1"),
+        Outcome(ids[3], State.FAILED, error_code="38", error_meaning="Network out of order"),
+    ]
+
+    def decide(outcome: Outcome) -> Callable[[Recipient], tuple[Outcome | None, None]]:
+        return lambda recipient: (outcome, None)
+
+    await asyncio.gather(
+        *(
+            ledger.apply_to_task("hq", str(90 + i), numbers[i], NOW + 1 + i, decide(outcome))
+            for i, outcome in enumerate(outcomes)
+        )
+    )
+    stored = await ledger.get_message(message.id)
+    assert stored is not None
+    sent, delivered, queued, failed, untouched = stored.recipients
+    assert (sent.state, sent.sent_at, sent.delivered_at, sent.updated_at) == (
+        State.SENT,
+        NOW + 1,
+        None,
+        NOW + 1,
+    )
+    assert (delivered.state, delivered.sent_at, delivered.delivered_at) == (
+        State.DELIVERED,
+        NOW + 2,
+        NOW + 2,
+    )
+    assert (queued.state, queued.next_attempt_at, queued.excluded_lines) == (
+        State.QUEUED,
+        NOW + 60,
+        ("hq/G1",),
+    )
+    assert (queued.error_code, queued.error_meaning, queued.task_id) == ("500", None, "92")
+    assert (failed.state, failed.error_code, failed.error_meaning, failed.sent_at) == (
+        State.FAILED,
+        "38",
+        "Network out of order",
+        None,
+    )
+    for recipient in (sent, delivered, failed):
+        assert (recipient.excluded_lines, recipient.error_code is None) == (
+            (),
+            recipient is not failed,
+        )
+    assert (untouched.state, untouched.updated_at, untouched.task_id, untouched.sent_at) == (
+        State.SUBMITTED,
+        NOW,
+        "94",
+        None,
+    )
+
+
 async def test_inbound_without_forwarding_and_paging(ledger: Ledger) -> None:
     ids = [
         await ledger.add_inbound("hq", None, f"1008{i}", "+886900000000", f"m{i}", "", NOW + i)

@@ -10,6 +10,7 @@ from itertools import product
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from goipd.ledger import postgres
 from goipd.ledger.postgres import PostgresLedger
@@ -149,6 +150,57 @@ async def test_a_report_waiting_for_its_recipient_does_not_hold_up_reports_of_ot
         assert stored is not None
         states = {r.id: r.state for r in stored.recipients}
         assert states == {held: State.SENT, free: State.SENT}
+    finally:
+        await holder.close()
+        await store.close()
+        await store.drop_schema()
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "expected"),
+    [
+        # Cancelled after the report's read: decided again, on the state as it is now.
+        ("state = 'cancelled'", State.CANCELLED),
+        # Claimed and sent again under the same state: the report's task is no longer its.
+        ("attempts = attempts + 1, task_id = '99'", None),
+    ],
+)
+async def test_a_report_whose_recipient_changed_after_its_read_is_decided_again(
+    meanwhile: str, expected: State | None
+) -> None:
+    # Reports read their recipients without a lock and write them only if unchanged; the
+    # change here commits while the report's write waits for the row.
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+    holder = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
+    try:
+        message = (await store.accept(new(("+886912340001",)), NOW)).message
+        [rid] = (r.id for r in message.recipients)
+        await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+        await store.record([Outcome(rid, State.SUBMITTED, task_id="1")], NOW)
+        decided_on: list[State] = []
+
+        def sent(recipient: Recipient) -> tuple[Outcome | None, None]:
+            decided_on.append(recipient.state)
+            return Outcome(recipient.id, State.SENT), None
+
+        change = holder.transaction()
+        await change.start()
+        await holder.execute(f"UPDATE recipients SET {meanwhile} WHERE id = $1", rid)
+        report = asyncio.create_task(store.apply_to_task("hq", "1", "+886912340001", NOW, sent))
+        await asyncio.sleep(0.3)
+        assert decided_on == [State.SUBMITTED] and not report.done()
+        await change.commit()
+        found = await asyncio.wait_for(report, timeout=5)
+        stored = await store.get_message(message.id)
+        assert stored is not None
+        if expected is None:
+            assert found is None and decided_on == [State.SUBMITTED]
+            assert stored.recipients[0].state is State.SUBMITTED
+        else:
+            assert found is not None and found[0].state is expected
+            assert decided_on == [State.SUBMITTED, expected]
+            assert stored.recipients[0].state is expected
     finally:
         await holder.close()
         await store.close()
