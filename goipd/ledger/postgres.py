@@ -88,11 +88,14 @@ ACCEPT_LANE = 1
 """Which writer connection accepts are group-committed on (`PostgresLedger._acceptor`)."""
 REPORT_LANES = (2, 3)
 """The writer connections send reports are group-committed on (`PostgresLedger._reporter`),
-a batch on each at once. Push ingestion waits on round trips (each answered only when goipd's
-busy event loop comes round: 1-2 ms under load, see `_apply_to_tasks`), not on CPU: with one
-batch in flight goipd sat at 55% of its core and PostgreSQL spent 80 us per report. A second
-batch in flight gave +15% reports/s (bench scenario 2, 6 interleaved rounds); a third, nothing
-more."""
+a batch on each at once, whichever is free taking what has queued. Push ingestion waits on
+round trips (each answered only when goipd's busy event loop comes round: 1-2 ms under load,
+see `_apply_to_tasks`), not on CPU: with one batch in flight goipd sat at 55% of its core and
+PostgreSQL spent 80 us per report. A second batch in flight gave +15% reports/s (bench
+scenario 2, 6 interleaved rounds); a third, nothing more. A free writer taking the next batch
+beat each task's reports keeping to one writer by 10% (3 rounds); the order is not worth it:
+the SMS Server sends each push from a process of its own, so they arrive in any order, and the
+state rules take them in any order."""
 CONNECT_TIMEOUT = 5.0
 """A reconnect holds up every queued write: better a quick error than a minute's wait."""
 WRITE_TIMEOUT = 30.0
@@ -492,8 +495,8 @@ class PostgresLedger(
         self._acceptor: GroupCommitter[Op] = GroupCommitter(
             [functools.partial(self._run_batch, lane=ACCEPT_LANE)], errors, _short
         )
-        # Send reports lock their recipients in id order, as another instance's reports and
-        # records do (`_apply_to_tasks`), so batches of them may be written side by side;
+        # Send reports write only recipients whose state is still as read (`_apply_to_tasks`),
+        # as another instance's reports may, so batches of them may be written side by side;
         # every other write stays on one connection, in queue order.
         self._reporter: GroupCommitter[Op] = GroupCommitter(
             [functools.partial(self._run_batch, lane=lane) for lane in REPORT_LANES],
@@ -638,16 +641,7 @@ class PostgresLedger(
         log.warning("ledger_connection_lost", reason=reason or "closed while idle")
 
     async def _run_batch_retrying(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
-        for attempt in range(1, DEADLOCK_RETRIES + 1):
-            try:
-                return await self._run_batch_once(conn, ops)
-            except asyncpg.DeadlockDetectedError:
-                # Another instance's batch locked the same recipients in the other order and
-                # PostgreSQL rolled this one back: nothing of it happened, so it runs again.
-                if attempt == DEADLOCK_RETRIES:
-                    raise
-                log.warning("ledger_deadlock_retried", writes=len(ops), attempt=attempt)
-        raise AssertionError("unreachable")
+        return await _retrying_deadlocks(lambda: self._run_batch_once(conn, ops), len(ops))
 
     async def _run_batch_once(self, conn: asyncpg.Connection, ops: list[Op]) -> list[Any]:
         # Under load a round trip to the server costs a millisecond or more (goipd's event
@@ -1205,15 +1199,40 @@ async def _apply_to_tasks(
     results = await _apply_unlocked(conn, applies)
     again = [index for index, result in enumerate(results) if result is _CHANGED_MEANWHILE]
     if again:
+        # What the UPDATE wrote is stored: from here on an error is the redone reports'
+        # alone (a lost connection still fails them all, as a COMMIT whose answer is lost).
         redo = [applies[index] for index in again]
+        redone: list[Any]
         try:
-            async with conn.transaction():
-                redone = await _apply_locked(conn, redo)
+            redone = await _retrying_deadlocks(lambda: _apply_locked_alone(conn, redo), len(redo))
         except ITEM_ERRORS:
-            redone = await _run_isolated(conn, redo)  # what was written above stays
+            redone = await _run_isolated(conn, redo)
+        except asyncpg.DeadlockDetectedError as exc:
+            redone = [LedgerError(_short(exc))] * len(redo)
         for index, result in zip(again, redone, strict=True):
             results[index] = result
     return results
+
+
+async def _apply_locked_alone(
+    conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]
+) -> list[Applied]:
+    async with conn.transaction():
+        return await _apply_locked(conn, applies)
+
+
+async def _retrying_deadlocks(run: Callable[[], Awaitable[T]], writes: int) -> T:
+    """`run` (one transaction, or one statement) again when PostgreSQL broke a deadlock by
+    rolling it back: another writer locked the same recipients in the other order, and
+    nothing of `run` happened."""
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
+        try:
+            return await run()
+        except asyncpg.DeadlockDetectedError:
+            if attempt == DEADLOCK_RETRIES:
+                raise
+            log.warning("ledger_deadlock_retried", writes=writes, attempt=attempt)
+    raise AssertionError("unreachable")
 
 
 async def _apply_unlocked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]) -> list[Any]:
@@ -1232,16 +1251,17 @@ async def _apply_unlocked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTa
     missed = {row[-1] for planned in decisions.rounds for rows in planned.values() for row in rows}
     missed -= written
     return [
-        _CHANGED_MEANWHILE if target in missed else result
-        for result, target in zip(decisions.results, decisions.targets, strict=True)
+        _CHANGED_MEANWHILE if missed.intersection(read_from) else result
+        for result, read_from in zip(decisions.results, decisions.read_from, strict=True)
     ]
 
 
 async def _apply_locked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]) -> list[Applied]:
     """`_apply_to_tasks` in the caller's transaction. FOR UPDATE: another writer applying a
     report or an outcome to one of these recipients waits, so each is decided on the state it
-    changes; in id order, as every writer locks recipients, so none deadlock. A row changed
-    between the lookup and the lock is still judged by its columns as locked (`_decide`)."""
+    changes; in id order, as outcomes are recorded (`_record`), so those two never deadlock.
+    A row changed between the lookup and the lock is still judged by its columns as locked
+    (`_decide`)."""
     rows = await conn.fetch(f"{_REPORTED_RECIPIENTS} FOR UPDATE", *_key_arrays(applies))
     decisions = _decide(rows, applies)
     await _write_planned(conn, decisions.rounds)
@@ -1258,8 +1278,9 @@ def _key_arrays(applies: Sequence[_ApplyToTask]) -> list[list[str]]:
 @dataclass
 class _Decisions:
     results: list[Applied]
-    targets: list[int | None]
-    """The recipient each report's outcome is for (None: no outcome)."""
+    read_from: list[tuple[int, ...]]
+    """The recipients each report's result was decided on: the one found, and the one its
+    outcome is for (the same one unless decide names another)."""
     rounds: list[Planned]
     elsewhere: list[tuple[Outcome, float]]
     """Outcomes for recipients not among those read (decide may name another)."""
@@ -1283,7 +1304,7 @@ def _decide(rows: Sequence[Any], applies: Sequence[_ApplyToTask]) -> _Decisions:
         )
         if not found:
             decisions.results.append(None)
-            decisions.targets.append(None)
+            decisions.read_from.append(())
             continue
         recipient = current[found]
         outcome, extra = apply.decide(recipient)
@@ -1296,7 +1317,7 @@ def _decide(rows: Sequence[Any], applies: Sequence[_ApplyToTask]) -> _Decisions:
         elif outcome is not None:
             decisions.elsewhere.append((outcome, apply.now))
         decisions.results.append((recipient, extra))
-        decisions.targets.append(None if outcome is None else outcome.recipient_id)
+        decisions.read_from.append((found,) if outcome is None else (found, outcome.recipient_id))
     decisions.rounds = planned_timed_updates(read, decided)
     return decisions
 
@@ -1468,8 +1489,9 @@ async def _compare_and_set(
     """One round of `rules.planned_updates` as one UPDATE, whatever its sets of columns (a
     column a row does not change is written back as it is), each row only if its recipient
     still has the state, attempts and excluded lines it was decided on. The ids written."""
-    # In id order, the order every writer locks recipients in: this one UPDATE and another
-    # writer's batch never wait for each other crosswise (a deadlock).
+    # Sorted by id: a plan that follows the arrays (or the index of `id = ANY`) then locks
+    # in id order, as recorded outcomes and locked reports do. A deadlock with a writer that
+    # locks otherwise (a cancel, an expiry) undoes this one statement whole; it runs again.
     changes = sorted(
         (row[-1], dict(zip(columns, row[:-1], strict=True)))
         for columns, rows in planned.items()

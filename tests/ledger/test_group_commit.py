@@ -43,7 +43,8 @@ async def test_with_two_runners_a_batch_is_written_while_another_waits() -> None
     committer.start()
     try:
         first = asyncio.create_task(committer.submit("first"))
-        await asyncio.sleep(0)  # the first runner takes it
+        while not started:  # the first runner has taken it
+            await asyncio.sleep(0)
         assert await asyncio.wait_for(committer.submit("second"), 5) == "second"
         assert not first.done()
         release.set()
@@ -66,7 +67,8 @@ async def test_with_one_runner_batches_are_written_one_after_another() -> None:
     committer.start()
     try:
         first = asyncio.create_task(committer.submit("first"))
-        await asyncio.sleep(0)
+        while not batches:  # the runner has taken it
+            await asyncio.sleep(0)
         second = asyncio.create_task(committer.submit("second"))
         third = asyncio.create_task(committer.submit("third"))
         await asyncio.sleep(0.05)

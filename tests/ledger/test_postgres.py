@@ -205,3 +205,38 @@ async def test_a_report_whose_recipient_changed_after_its_read_is_decided_again(
         await holder.close()
         await store.close()
         await store.drop_schema()
+
+
+async def test_every_report_decided_on_a_changed_recipient_is_decided_again() -> None:
+    # The second report decides nothing on what the first would have written; once the
+    # first's write finds the recipient claimed again, neither result may stand.
+    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    await store.open()
+    holder = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
+    try:
+        message = (await store.accept(new(("+886912340001",)), NOW)).message
+        [rid] = (r.id for r in message.recipients)
+        await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+        await store.record([Outcome(rid, State.SUBMITTED, task_id="1")], NOW)
+
+        def sent(recipient: Recipient) -> tuple[Outcome | None, State]:
+            if recipient.state is State.SENT:
+                return None, recipient.state
+            return Outcome(recipient.id, State.SENT), recipient.state
+
+        change = holder.transaction()
+        await change.start()
+        await holder.execute(
+            "UPDATE recipients SET attempts = attempts + 1, task_id = '99' WHERE id = $1", rid
+        )
+        both = asyncio.gather(
+            store.apply_to_task("hq", "1", "+886912340001", NOW, sent),
+            store.apply_to_task("hq", "1", "+886912340001", NOW + 1, sent),
+        )
+        await asyncio.sleep(0.3)
+        await change.commit()
+        assert await asyncio.wait_for(both, timeout=5) == [None, None]
+    finally:
+        await holder.close()
+        await store.close()
+        await store.drop_schema()
