@@ -1,10 +1,13 @@
 """What only the PostgreSQL ledger does: an accept or a write it cannot store fails alone, not its
-whole batch. Real PostgreSQL on 127.0.0.1:5432, one schema per test."""
+whole batch; send reports are written by two writers at once, each only on the recipient it
+read, or decided again. Real PostgreSQL on 127.0.0.1:5432, one schema per test."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -117,18 +120,37 @@ def test_every_column_an_outcome_may_set_has_its_array_type() -> None:
     assert columns <= set(postgres._PLANNED_TYPES)
 
 
-async def test_a_report_waiting_for_its_recipient_does_not_hold_up_reports_of_others() -> None:
-    # Reports are written on two connections at once: one whose recipient another
-    # transaction holds (another instance's report, a cancel) waits alone.
+@contextlib.asynccontextmanager
+async def ledger_and_holder() -> AsyncIterator[tuple[PostgresLedger, asyncpg.Connection]]:
+    """A ledger, and a connection of its schema to change or hold its rows from outside (as
+    another instance would)."""
     store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
     await store.open()
     holder = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
     try:
-        message = (await store.accept(new(("+886912340001", "+886912340002")), NOW)).message
-        held, free = (r.id for r in message.recipients)
-        for task_id, rid in (("1", held), ("2", free)):
-            await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
-            await store.record([Outcome(rid, State.SUBMITTED, task_id=task_id)], NOW)
+        yield store, holder
+    finally:
+        await holder.close()
+        await store.close()
+        await store.drop_schema()
+
+
+async def submitted(store: PostgresLedger, count: int) -> tuple[str, list[int]]:
+    """A message to +88691234000{i}, its recipients submitted to "hq" as tasks "1" and on."""
+    numbers = tuple(f"+88691234000{i}" for i in range(1, count + 1))
+    message = (await store.accept(new(numbers), NOW)).message
+    ids = [r.id for r in message.recipients]
+    for task_id, rid in enumerate(ids, 1):
+        await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
+        await store.record([Outcome(rid, State.SUBMITTED, task_id=str(task_id))], NOW)
+    return message.id, ids
+
+
+async def test_a_report_waiting_for_its_recipient_does_not_hold_up_reports_of_others() -> None:
+    # Reports are written on two connections at once: one whose recipient another
+    # transaction holds (another instance's report, a cancel) waits alone.
+    async with ledger_and_holder() as (store, holder):
+        message_id, (held, free) = await submitted(store, 2)
 
         def sent(recipient: Recipient) -> tuple[Outcome | None, None]:
             return Outcome(recipient.id, State.SENT), None
@@ -146,14 +168,10 @@ async def test_a_report_waiting_for_its_recipient_does_not_hold_up_reports_of_ot
         await lock.rollback()
         found = await asyncio.wait_for(waiting, timeout=5)
         assert found is not None and found[0].id == held
-        stored = await store.get_message(message.id)
+        stored = await store.get_message(message_id)
         assert stored is not None
         states = {r.id: r.state for r in stored.recipients}
         assert states == {held: State.SENT, free: State.SENT}
-    finally:
-        await holder.close()
-        await store.close()
-        await store.drop_schema()
 
 
 @pytest.mark.parametrize(
@@ -170,14 +188,8 @@ async def test_a_report_whose_recipient_changed_after_its_read_is_decided_again(
 ) -> None:
     # Reports read their recipients without a lock and write them only if unchanged; the
     # change here commits while the report's write waits for the row.
-    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
-    await store.open()
-    holder = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
-    try:
-        message = (await store.accept(new(("+886912340001",)), NOW)).message
-        [rid] = (r.id for r in message.recipients)
-        await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
-        await store.record([Outcome(rid, State.SUBMITTED, task_id="1")], NOW)
+    async with ledger_and_holder() as (store, holder):
+        message_id, [rid] = await submitted(store, 1)
         decided_on: list[State] = []
 
         def sent(recipient: Recipient) -> tuple[Outcome | None, None]:
@@ -192,7 +204,7 @@ async def test_a_report_whose_recipient_changed_after_its_read_is_decided_again(
         assert decided_on == [State.SUBMITTED] and not report.done()
         await change.commit()
         found = await asyncio.wait_for(report, timeout=5)
-        stored = await store.get_message(message.id)
+        stored = await store.get_message(message_id)
         assert stored is not None
         if expected is None:
             assert found is None and decided_on == [State.SUBMITTED]
@@ -201,23 +213,13 @@ async def test_a_report_whose_recipient_changed_after_its_read_is_decided_again(
             assert found is not None and found[0].state is expected
             assert decided_on == [State.SUBMITTED, expected]
             assert stored.recipients[0].state is expected
-    finally:
-        await holder.close()
-        await store.close()
-        await store.drop_schema()
 
 
 async def test_every_report_decided_on_a_changed_recipient_is_decided_again() -> None:
     # The second report decides nothing on what the first would have written; once the
     # first's write finds the recipient claimed again, neither result may stand.
-    store = PostgresLedger(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
-    await store.open()
-    holder = await asyncpg.connect(PG_URL, server_settings={"search_path": store.schema})
-    try:
-        message = (await store.accept(new(("+886912340001",)), NOW)).message
-        [rid] = (r.id for r in message.recipients)
-        await store.claim([Claim(rid, "goip", "hq", "G1")], NOW)
-        await store.record([Outcome(rid, State.SUBMITTED, task_id="1")], NOW)
+    async with ledger_and_holder() as (store, holder):
+        _, [rid] = await submitted(store, 1)
 
         def sent(recipient: Recipient) -> tuple[Outcome | None, State]:
             if recipient.state is State.SENT:
@@ -235,8 +237,4 @@ async def test_every_report_decided_on_a_changed_recipient_is_decided_again() ->
         )
         await asyncio.sleep(0.3)
         await change.commit()
-        assert await asyncio.wait_for(both, timeout=5) == [None, None]
-    finally:
-        await holder.close()
-        await store.close()
-        await store.drop_schema()
+        assert list(await asyncio.wait_for(both, timeout=5)) == [None, None]
