@@ -137,8 +137,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 "url": f"http://127.0.0.1:{sim_port}/{name}",
                 "username": "root",
                 "password": f"pw-{name}",
-                "poll_interval": "500ms",
-                "timeout": "300ms",
+                # One poll that times out shows its server down until the next: 300 ms was
+                # too short while chromium starts on the same two cores (branch shown down).
+                "poll_interval": "2s",
+                "timeout": "1500ms",
                 "hook_token": f"hook-{name}-0123456789",
             }
             for name in ("hq", "branch", "lab")
