@@ -14,7 +14,6 @@ from goipd.model import LedgerError
 
 log = structlog.get_logger("goipd.ledger")
 Op = TypeVar("Op")
-T = TypeVar("T")
 
 
 Runner = Callable[[list[Any]], Awaitable[list[Any]]]

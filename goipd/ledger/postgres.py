@@ -649,7 +649,6 @@ class PostgresLedger(
         # few statements as its callers allow: no savepoint per caller unless one caller's
         # data is refused, and accepts alone need no BEGIN/COMMIT at all.
         accepts = [op for op in ops if type(op) is _Accept]
-        reports = [op for op in ops if type(op) is _ApplyToTask]
         if len(accepts) == len(ops):
             try:
                 # A read and one INSERT, which commits by itself: a single statement is
@@ -657,7 +656,7 @@ class PostgresLedger(
                 return list(await _insert_accepts(conn, accepts))
             except ITEM_ERRORS:
                 pass  # nothing was stored: again, each accept on its own
-        elif len(reports) == len(ops):
+        elif len(reports := [op for op in ops if type(op) is _ApplyToTask]) == len(ops):
             try:
                 # The reporter's batches: outside a transaction, where they can be.
                 return list(await _apply_to_tasks(conn, reports))
@@ -1241,7 +1240,7 @@ async def _apply_unlocked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTa
     rows = await conn.fetch(_REPORTED_RECIPIENTS, *_key_arrays(applies))
     # What a decision depends on, as read: a claim raises attempts, so a recipient sent
     # again under the same state is never mistaken for the one reported.
-    versions = {row[0]: (row[3], row[4], row[13]) for row in rows}
+    versions = {row["id"]: (row["state"], row["attempts"], row["excluded_lines"]) for row in rows}
     decisions = _decide(rows, applies)
     if decisions.elsewhere or len(decisions.rounds) > 1:
         return [_CHANGED_MEANWHILE] * len(applies)
