@@ -124,6 +124,36 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLK_TCK
 
 
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds of a process so far: its main thread (the event loop) and all the others
+    (goipd: the ledger's writer, reader and checkpoint threads; the floor: its writer)."""
+
+    loop: float
+    threads: float
+
+    def per_request_us(self, since: CpuSplit, requests: int) -> tuple[float, float]:
+        """Microseconds of each per request between `since` and this one."""
+        scale = 1e6 / max(requests, 1)
+        return (self.loop - since.loop) * scale, (self.threads - since.threads) * scale
+
+
+def cpu_split(pid: int) -> CpuSplit:
+    loop = threads = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        fields = text[text.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if int(task.name) == pid:
+            loop += seconds
+        else:
+            threads += seconds
+    return CpuSplit(loop, threads)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

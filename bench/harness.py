@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import HOST, Cores, Proc, spawn, start_json_server
+from bench.common import HOST, Cores, Proc, cpu_split, spawn, start_json_server
 from bench.profile import profiling
 from bench.results import Row
 
@@ -148,7 +149,13 @@ async def baseline_run(
     args = ["--store", str(ctx.workdir / f"{name}.db")] if durable else []
     proc = await start_json_server(name, "bench.baseline", args, ctx.cores.server, ctx.workdir)
     try:
-        return await loadgen(ctx, f"{name}-load", spec(proc.port))
+        async with ctx.profiling(name, proc.pid):
+            before = cpu_split(proc.pid)
+            stats = await loadgen(ctx, f"{name}-load", spec(proc.port))
+            stats["loop_us"], stats["threads_us"] = cpu_split(proc.pid).per_request_us(
+                before, stats["total"]
+            )
+            return stats
     finally:
         await proc.stop()
 
@@ -169,6 +176,28 @@ def floor_rows(
             stats["rps"] >= target * floor["rps"],
         ),
     ]
+
+
+def cpu_per_request_rows(
+    goipd_runs: Sequence[dict[str, Any]], floor_runs: Sequence[dict[str, Any]], unit: str
+) -> list[Row]:
+    """Where goipd's CPU per request goes beside the floor's (each averaged over its runs):
+    its event loop thread, and its other threads (the ledger's writer, reader and
+    checkpoints; the floor's writer). Read from /proc per thread, so unlike a py-spy profile
+    it counts SQLite's own work and the kernel's (WAL writes, fsync) as well as Python's."""
+    rows = []
+    for key, what in (("loop_us", "event loop thread"), ("threads_us", "other threads")):
+        goipd = statistics.mean(run[key] for run in goipd_runs)
+        floor = statistics.mean(run[key] for run in floor_runs)
+        rows.append(
+            Row(
+                f"CPU per {unit}, {what} (baseline column: the floor)",
+                f"{goipd:.0f} us",
+                f"{floor:.0f} us",
+                ratio(goipd, floor),
+            )
+        )
+    return rows
 
 
 def floor_row(floor: dict[str, Any], base_rps: float, unit: str) -> Row:

@@ -9,10 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import API_TOKEN, cpu_seconds, goipd_config, start_goipd
+from bench.common import API_TOKEN, cpu_seconds, cpu_split, goipd_config, start_goipd
 from bench.harness import (
     Ctx,
     baseline_run,
+    cpu_per_request_rows,
     floor_row,
     loadgen,
     ms,
@@ -91,10 +92,14 @@ async def measure_goipd(
         goipd = await start_goipd(config, ctx.cores.server, ctx.workdir)
         try:
             cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
+            split = cpu_split(goipd.pid)
             async with ctx.profiling(f"s1-{name}", goipd.pid):
                 spec = spec_for(ctx, goipd.port, base, name, scheduled)
                 stats = await loadgen(ctx, f"load-{name}", spec)
             cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
+            stats["loop_us"], stats["threads_us"] = cpu_split(goipd.pid).per_request_us(
+                split, stats["total"]
+            )
         finally:
             await goipd.stop()
         stored = sum((await ledger.state_counts()).values())
@@ -269,6 +274,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
     )
     result.add(_stored_row("bulk: answered 202 / recipients stored", bulk, bulk_stored, size))
     result.add(Row("goipd CPU (share of its one core)", pct(cpu)))
+    for row in cpu_per_request_rows(runs, floors, "request, accept alone"):
+        result.add(row)
     result.add(Row("goipd CPU, dispatcher parking", pct(park_cpu)))
     result.add(Row("goipd CPU, PostgreSQL ledger", pct(pg_cpu)))
     result.add(

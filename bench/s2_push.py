@@ -17,6 +17,7 @@ from bench.common import (
     HOST,
     Proc,
     cpu_seconds,
+    cpu_split,
     goipd_config,
     hook_token,
     sim_server_names,
@@ -26,6 +27,7 @@ from bench.common import (
 from bench.harness import (
     Ctx,
     baseline_run,
+    cpu_per_request_rows,
     floor_rows,
     loadgen,
     ms,
@@ -172,9 +174,13 @@ async def measure_push(
             reports_file.write_text(json.dumps(reports))
             before = await before_load() if before_load is not None else None
             cpu0, t0 = cpu_seconds(goipd.pid), time.monotonic()
+            split = cpu_split(goipd.pid)
             async with ctx.profiling(f"s2-push-{ledger.db.stem}", goipd.pid):
                 stats = await loadgen(ctx, f"load-{ledger.db.stem}", spec(goipd.port))
             cpu = (cpu_seconds(goipd.pid) - cpu0) / (time.monotonic() - t0)
+            stats["loop_us"], stats["threads_us"] = cpu_split(goipd.pid).per_request_us(
+                split, stats["total"]
+            )
             counts = await ledger.state_counts()
         finally:
             await goipd.stop()
@@ -272,6 +278,8 @@ async def run(ctx: Ctx) -> ScenarioResult:
     )
     result.add(Row("goipd CPU (share of its one core)", pct(cpu)))
     result.add(Row("goipd CPU, PostgreSQL ledger", pct(pg_cpu)))
+    for row in cpu_per_request_rows([stats], [floor_a, floor_b], "report"):
+        result.add(row)
     result.add(
         Row(
             "load generator CPU (its core)",
