@@ -37,6 +37,13 @@ from goipd.ledger.group_commit import GroupCommitter
 from goipd.ledger.ha_postgres import PostgresCoordination
 from goipd.ledger.held_postgres import PostgresHeldStore
 from goipd.ledger.pages_postgres import PostgresAlertPages
+from goipd.ledger.report_batches import (
+    Applied,
+    ReportToApply,
+    Result,
+    applied_or_raise,
+    decide_reports,
+)
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
@@ -50,13 +57,7 @@ from goipd.ledger.rows import (
     task_key,
     text_hash,
 )
-from goipd.ledger.rules import (
-    SENT_AT_IF_NULL,
-    Planned,
-    applied,
-    planned_timed_updates,
-    transition,
-)
+from goipd.ledger.rules import SENT_AT_IF_NULL, Planned, planned_timed_updates
 from goipd.ledger.servers_postgres import PostgresServerRecords, insert_inbound
 from goipd.ledger.shared_postgres import PostgresSharedRouting
 from goipd.ledger.upkeep_postgres import PostgresLineUpkeep
@@ -1152,19 +1153,15 @@ async def _run_isolated(conn: asyncpg.Connection, ops: Sequence[Op]) -> list[Any
     return results
 
 
-@dataclass(frozen=True, slots=True)
-class _ApplyToTask:
+class _ApplyToTask(ReportToApply):
     """A report waiting for the writer (`Ledger.apply_to_task`): reports queued together are
     looked up, decided and written with a few statements for all of them; called alone it is
     a batch of one."""
 
-    key: tuple[str, str, str, str]
-    """server, task id, number, +number (`rows.task_key`)"""
-    now: float
-    decide: Callable[[Recipient], tuple[Outcome | None, Any]]
+    __slots__ = ()
 
-    async def __call__(self, conn: asyncpg.Connection) -> tuple[Recipient, Any] | None:
-        return (await _apply_to_tasks(conn, [self]))[0]
+    async def __call__(self, conn: asyncpg.Connection) -> Applied:
+        return applied_or_raise((await _apply_to_tasks(conn, [self]))[0])
 
 
 _REPORTED_RECIPIENTS = (
@@ -1178,12 +1175,11 @@ _REPORTED_RECIPIENTS = (
 )
 _CHANGED_MEANWHILE = object()
 """A report whose recipient another writer changed after it was read without a lock."""
-Applied = tuple[Recipient, Any] | None
 
 
 async def _apply_to_tasks(
     conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]
-) -> list[Applied]:
+) -> list[Result]:
     """Reports, each on the newest recipient of its server, task id and number, decided in
     queue order (a later report of the same recipient sees what an earlier one did).
 
@@ -1215,7 +1211,7 @@ async def _apply_to_tasks(
 
 async def _apply_locked_alone(
     conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]
-) -> list[Applied]:
+) -> list[Result]:
     async with conn.transaction():
         return await _apply_locked(conn, applies)
 
@@ -1241,7 +1237,7 @@ async def _apply_unlocked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTa
     # What a decision depends on, as read: a claim raises attempts, so a recipient sent
     # again under the same state is never mistaken for the one reported.
     versions = {row["id"]: (row["state"], row["attempts"], row["excluded_lines"]) for row in rows}
-    decisions = _decide(rows, applies)
+    decisions = decide_reports(rows, applies)
     if decisions.elsewhere or len(decisions.rounds) > 1:
         return [_CHANGED_MEANWHILE] * len(applies)
     written = (
@@ -1255,14 +1251,14 @@ async def _apply_unlocked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTa
     ]
 
 
-async def _apply_locked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]) -> list[Applied]:
+async def _apply_locked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTask]) -> list[Result]:
     """`_apply_to_tasks` in the caller's transaction. FOR UPDATE: another writer applying a
     report or an outcome to one of these recipients waits, so each is decided on the state it
     changes; in id order, as outcomes are recorded (`_record`), so those two never deadlock.
     A row changed between the lookup and the lock is still judged by its columns as locked
-    (`_decide`)."""
+    (`report_batches.decide_reports`)."""
     rows = await conn.fetch(f"{_REPORTED_RECIPIENTS} FOR UPDATE", *_key_arrays(applies))
-    decisions = _decide(rows, applies)
+    decisions = decide_reports(rows, applies)
     await _write_planned(conn, decisions.rounds)
     for outcome, now in decisions.elsewhere:
         await _record(conn, [outcome.recipient_id], [(outcome, now)])
@@ -1272,53 +1268,6 @@ async def _apply_locked(conn: asyncpg.Connection, applies: Sequence[_ApplyToTask
 def _key_arrays(applies: Sequence[_ApplyToTask]) -> list[list[str]]:
     """Servers, task ids, numbers and +numbers, as arrays for `_REPORTED_RECIPIENTS`."""
     return [list(column) for column in zip(*(a.key for a in applies), strict=True)]
-
-
-@dataclass
-class _Decisions:
-    results: list[Applied]
-    read_from: list[tuple[int, ...]]
-    """The recipients each report's result was decided on: the one found, and the one its
-    outcome is for (the same one unless decide names another)."""
-    rounds: list[Planned]
-    elsewhere: list[tuple[Outcome, float]]
-    """Outcomes for recipients not among those read (decide may name another)."""
-
-
-def _decide(rows: Sequence[Any], applies: Sequence[_ApplyToTask]) -> _Decisions:
-    current: dict[int, Recipient] = {}
-    newest: dict[tuple[str | None, str | None, str], int] = {}
-    for row in rows:
-        recipient = recipient_from_row(row)
-        current[recipient.id] = recipient
-        key = (recipient.server, recipient.task_id, recipient.number)
-        newest[key] = max(newest.get(key, 0), recipient.id)
-    read = {rid: (r.state, list(r.excluded_lines)) for rid, r in current.items()}
-    decisions = _Decisions([], [], [], [])
-    decided: list[tuple[Outcome, float]] = []
-    for apply in applies:
-        server, task_id, number, plus = apply.key
-        found = max(
-            newest.get((server, task_id, number), 0), newest.get((server, task_id, plus), 0)
-        )
-        if not found:
-            decisions.results.append(None)
-            decisions.read_from.append(())
-            continue
-        recipient = current[found]
-        outcome, extra = apply.decide(recipient)
-        if outcome is not None and outcome.recipient_id in current:
-            target = current[outcome.recipient_id]
-            sets = transition(target.state, list(target.excluded_lines), outcome, apply.now)
-            if sets is not None:
-                current[target.id] = applied(target, sets)
-            decided.append((outcome, apply.now))
-        elif outcome is not None:
-            decisions.elsewhere.append((outcome, apply.now))
-        decisions.results.append((recipient, extra))
-        decisions.read_from.append((found,) if outcome is None else (found, outcome.recipient_id))
-    decisions.rounds = planned_timed_updates(read, decided)
-    return decisions
 
 
 _ACCEPT_LOOKUPS = (

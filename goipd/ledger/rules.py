@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from goipd.ledger.rows import storable
+from goipd.ledger.rows import STATE_OF, storable
 from goipd.model import FINAL_STATES, RANK, Outcome, Recipient, State
 
 
@@ -80,8 +80,7 @@ def planned_timed_updates(
 ) -> list[Planned]:
     """`planned_updates` for outcomes that each came at their own time."""
     states = dict(current)
-    rounds: list[dict[int, dict[str, Any]]] = []
-    latest: dict[int, tuple[int, bool]] = {}  # recipient → its round, and if it moved there
+    changes: list[Change] = []
     for outcome, now in outcomes:
         rid = outcome.recipient_id
         found = states.get(rid)
@@ -90,9 +89,27 @@ def planned_timed_updates(
         sets = transition(found[0], found[1], outcome, now)
         if sets is None:
             continue
-        state = State(sets.get("state", found[0]))
-        moves = state is not found[0]
-        states[rid] = (state, sets.get("excluded_lines", found[1]))
+        states[rid] = after(found, sets)
+        changes.append((rid, found[0], sets, now))
+    return planned_rounds(changes)
+
+
+Change = tuple[int, State, dict[str, Any], float]
+"""A recipient's id, its state before, the columns `transition` set, and when."""
+
+
+def after(found: tuple[State, list[str]], sets: Mapping[str, Any]) -> tuple[State, list[str]]:
+    """A recipient's (state, excluded lines) once `sets` (from `transition`) are written."""
+    state = STATE_OF[sets["state"]] if "state" in sets else found[0]
+    return state, sets.get("excluded_lines", found[1])
+
+
+def planned_rounds(changes: Iterable[Change]) -> list[Planned]:
+    """The rounds of `planned_updates` for changes already decided, in order."""
+    rounds: list[dict[int, dict[str, Any]]] = []
+    latest: dict[int, tuple[int, bool]] = {}  # recipient → its round, and if it moved there
+    for rid, before, sets, now in changes:
+        moves = "state" in sets and STATE_OF[sets["state"]] is not before
         index, moved = latest.get(rid, (0, False))
         if moved and moves:
             index, moved = index + 1, False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -39,6 +40,13 @@ from goipd.ledger.ha_sqlite import SqliteCoordination
 from goipd.ledger.held_sqlite import SqliteHeldStore
 from goipd.ledger.migrations import migrate
 from goipd.ledger.pages_sqlite import SqliteAlertPages
+from goipd.ledger.report_batches import (
+    Applied,
+    ReportToApply,
+    Result,
+    applied_or_raise,
+    decide_reports,
+)
 from goipd.ledger.rows import (
     MESSAGE_COLUMNS,
     PENDING,
@@ -55,7 +63,7 @@ from goipd.ledger.rows import (
     task_key,
     text_hash,
 )
-from goipd.ledger.rules import SENT_AT_IF_NULL, planned_updates, transition
+from goipd.ledger.rules import SENT_AT_IF_NULL, Planned, planned_updates, transition
 from goipd.ledger.servers_sqlite import SqliteServerRecords, insert_inbound
 from goipd.ledger.shared_sqlite import SqliteSharedRouting
 from goipd.ledger.upkeep_sqlite import SqliteLineUpkeep
@@ -291,17 +299,12 @@ class SqliteLedger(
         conn.execute("BEGIN IMMEDIATE")
         try:
             results: list[Any] = []
-            accepts: list[_Accept] = []
-            for op in ops:
-                if isinstance(op, _Accept):
-                    accepts.append(op)
-                    continue
-                if accepts:
-                    results.extend(_accept_together(conn, accepts))
-                    accepts = []
-                results.append(_run_one(conn, op))
-            if accepts:
-                results.extend(_accept_together(conn, accepts))
+            for kind, group in itertools.groupby(ops, key=type):
+                together = _TOGETHER.get(kind)
+                if together is None:
+                    results.extend(_run_one(conn, op) for op in group)
+                else:
+                    results.extend(_run_together(conn, list(group), together))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -538,27 +541,12 @@ class SqliteLedger(
         now: float,
         decide: Callable[[Recipient], tuple[Outcome | None, T]],
     ) -> tuple[Recipient, T] | None:
-        server, task_id, number, plus = task_key(server, task_id, number)
-
         # In the writer's transaction: one thread hop per report instead of a read and a
         # write, and the state decided on is the state changed.
-        def op(conn: sqlite3.Connection) -> tuple[Recipient, T] | None:
-            row = conn.execute(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE server = ? "
-                "AND task_id = ? AND number IN (?, ?) ORDER BY id DESC LIMIT 1",
-                (server, task_id, number, plus),
-            ).fetchone()
-            if row is None:
-                return None
-            recipient = recipient_from_row(row)
-            outcome, extra = decide(recipient)
-            if outcome is not None and outcome.recipient_id == recipient.id:
-                _apply(conn, outcome, recipient.state, list(recipient.excluded_lines), now)
-            elif outcome is not None:
-                _record(conn, [outcome], now)
-            return recipient, extra
-
-        return await self._write(op)
+        result: Applied = await self._write(
+            _ApplyToTask(task_key(server, task_id, number), now, decide)
+        )
+        return result
 
     async def find_by_upstream(self, route: str, upstream_id: str) -> list[Recipient]:
         route, upstream_id = storable(route), storable(upstream_id)
@@ -846,20 +834,26 @@ class _Accept:
         return _insert_accepts(conn, [self])[0]
 
 
-def _accept_together(conn: sqlite3.Connection, accepts: list[_Accept]) -> list[Any]:
-    conn.execute("SAVEPOINT accepts")
+Together = Callable[[sqlite3.Connection, Any], list[Any]]
+"""Writes a run of ops of one kind, one result each (`_TOGETHER`)."""
+
+
+def _run_together(conn: sqlite3.Connection, ops: list[Any], together: Together) -> list[Any]:
+    """Ops of one kind that queued one after another, written by `together` with a few
+    statements for all of them and one savepoint, not one each."""
+    conn.execute("SAVEPOINT together")
     try:
-        results: list[Any] = _insert_accepts(conn, accepts)
+        results = together(conn, ops)
     except sqlite3.Error as exc:
         if not isinstance(exc, ITEM_ERRORS):
             raise
-        _undo(conn, "accepts")
+        _undo(conn, "together")
         # Find out whose it was: one savepoint each, so only that caller fails.
-        return [_run_one(conn, accept) for accept in accepts]
+        return [_run_one(conn, op) for op in ops]
     except Exception:
-        _undo(conn, "accepts")
-        return [_run_one(conn, accept) for accept in accepts]
-    conn.execute("RELEASE accepts")
+        _undo(conn, "together")
+        return [_run_one(conn, op) for op in ops]
+    conn.execute("RELEASE together")
     return results
 
 
@@ -954,6 +948,49 @@ def _load_messages(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Message
     return [message_from_row(row, by_message[row[0]]) for row in rows]
 
 
+class _ApplyToTask(ReportToApply):
+    """A report waiting for the writer (`Ledger.apply_to_task`); callable like any other write
+    for the one-by-one fallback."""
+
+    __slots__ = ()
+
+    def __call__(self, conn: sqlite3.Connection) -> Applied:
+        return applied_or_raise(_apply_to_tasks(conn, [self])[0])
+
+
+def _apply_to_tasks(conn: sqlite3.Connection, reports: Sequence[_ApplyToTask]) -> list[Result]:
+    """Reports queued together: one read of all their recipients and one UPDATE per set of
+    changed columns, where each took a savepoint, a read and an UPDATE. Every statement
+    releases the GIL and must win it back from the busy event loop (bench scenario 2)."""
+    rows: list[Any] = []
+    step = VARIABLES_PER_QUERY // 4
+    for chunk in range(0, len(reports), step):
+        part = reports[chunk : chunk + step]
+        # CROSS JOIN keeps the reports the outer loop: one seek each in recipients_task.
+        rows.extend(
+            conn.execute(
+                "WITH reported(server, task_id, number, plus) AS "
+                f"(VALUES {','.join(['(?,?,?,?)'] * len(part))}) "
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id IN (SELECT r.id "
+                "FROM reported k CROSS JOIN recipients r ON r.server = k.server "
+                "AND r.task_id = k.task_id AND r.number IN (k.number, k.plus))",
+                [value for report in part for value in report.key],
+            )
+        )
+    decisions = decide_reports(rows, reports)
+    _write_planned(conn, decisions.rounds)
+    for outcome, now in decisions.elsewhere:
+        _record(conn, [outcome], now)
+    return decisions.results
+
+
+_TOGETHER: dict[type, Together] = {
+    _Accept: _insert_accepts,
+    _ApplyToTask: _apply_to_tasks,
+}
+"""Ops that queued one after another are written together by these (one result each)."""
+
+
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> None:
     if len(outcomes) == 1:
         outcome = outcomes[0]
@@ -976,7 +1013,11 @@ def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -
             part,
         ):
             current[rid] = (STATE_OF[state], [] if excluded == "[]" else json.loads(excluded))
-    for planned in planned_updates(current, outcomes, now):
+    _write_planned(conn, planned_updates(current, outcomes, now))
+
+
+def _write_planned(conn: sqlite3.Connection, rounds: Sequence[Planned]) -> None:
+    for planned in rounds:
         for columns, rows in planned.items():
             assignments = ", ".join(
                 "sent_at = COALESCE(sent_at, ?)" if c == SENT_AT_IF_NULL else f"{c} = ?"

@@ -1067,6 +1067,71 @@ async def test_reports_written_together_each_see_the_ones_before(ledger: Ledger)
     assert (failed.state, failed.updated_at, failed.sent_at) == (State.FAILED, NOW + 4, None)
 
 
+async def test_a_report_may_decide_for_another_recipient(ledger: Ledger) -> None:
+    # decide may name a recipient other than the one reported: one of the same batch (a later
+    # report of it sees the change) or one no report of the batch names.
+    numbers = tuple(f"+88691234567{i}" for i in range(3))
+    message = (await ledger.accept(new(numbers), NOW)).message
+    ids = [r.id for r in message.recipients]
+    await ledger.claim([Claim(rid, "goip", "hq", "G101") for rid in ids], NOW)
+    await ledger.record(
+        [Outcome(rid, State.SUBMITTED, task_id=str(90 + i)) for i, rid in enumerate(ids)], NOW
+    )
+
+    def send(target: int) -> Callable[[Recipient], tuple[Outcome | None, State]]:
+        return lambda recipient: (Outcome(target, State.SENT), recipient.state)
+
+    results = await asyncio.gather(
+        ledger.apply_to_task("hq", "90", numbers[0], NOW + 1, send(ids[1])),
+        ledger.apply_to_task("hq", "91", numbers[1], NOW + 2, send(ids[2])),
+        ledger.apply_to_task("hq", "90", numbers[0], NOW + 3, send(ids[0])),
+    )
+    assert [found[1] if found else None for found in results] == [
+        State.SUBMITTED,
+        State.SENT,  # the first report's decision, seen
+        State.SUBMITTED,
+    ]
+    stored = await ledger.get_message(message.id)
+    assert stored is not None
+    assert [(r.state, r.sent_at) for r in stored.recipients] == [
+        (State.SENT, NOW + 3),
+        (State.SENT, NOW + 1),
+        (State.SENT, NOW + 2),
+    ]
+
+
+async def test_a_report_whose_decision_raises_fails_alone(ledger: Ledger) -> None:
+    # A bug in one report's decision is that caller's error: the reports queued with it are
+    # still applied (each of them is a push the SMS Server never sends again).
+    numbers = tuple(f"+88691234567{i}" for i in range(3))
+    message = (await ledger.accept(new(numbers), NOW)).message
+    ids = [r.id for r in message.recipients]
+    await ledger.claim([Claim(rid, "goip", "hq", "G101") for rid in ids], NOW)
+    await ledger.record(
+        [Outcome(rid, State.SUBMITTED, task_id=str(90 + i)) for i, rid in enumerate(ids)], NOW
+    )
+
+    def sent(recipient: Recipient) -> tuple[Outcome | None, None]:
+        return Outcome(recipient.id, State.SENT), None
+
+    def broken(recipient: Recipient) -> tuple[Outcome | None, None]:
+        raise ZeroDivisionError("a bug in one decision")
+
+    commits = ledger.commits
+    results = await asyncio.gather(
+        ledger.apply_to_task("hq", "90", numbers[0], NOW + 1, sent),
+        ledger.apply_to_task("hq", "91", numbers[1], NOW + 1, broken),
+        ledger.apply_to_task("hq", "92", numbers[2], NOW + 1, sent),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ZeroDivisionError)
+    assert [type(results[0]), type(results[2])] == [tuple, tuple]
+    assert ledger.commits - commits == 1  # the three were one batch
+    stored = await ledger.get_message(message.id)
+    assert stored is not None
+    assert [r.state for r in stored.recipients] == [State.SENT, State.SUBMITTED, State.SENT]
+
+
 async def test_reports_of_one_batch_with_different_columns_each_set_their_own(
     ledger: Ledger,
 ) -> None:
