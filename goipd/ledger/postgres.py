@@ -444,6 +444,17 @@ MIGRATIONS: tuple[str, ...] = (
     REFERENCING OLD TABLE AS changed_old NEW TABLE AS changed_new
     FOR EACH STATEMENT EXECUTE FUNCTION recipients_status_events();
     """,
+    # 12: the due index holds queued recipients only, and hand-overs waiting for their send_at
+    # have an index of their own: every change of state wrote a new entry into the due index
+    # (no UPDATE of an indexed column is HOT), and no query reads it past the queue.
+    """
+    CREATE INDEX recipients_queued ON recipients (priority, next_attempt_at, id)
+        WHERE state = 'queued';
+    DROP INDEX recipients_due;
+    ALTER INDEX recipients_queued RENAME TO recipients_due;
+    CREATE INDEX recipients_handed_over ON recipients (next_attempt_at)
+        WHERE state = 'submitted' AND route <> 'goip';
+    """,
 )
 
 

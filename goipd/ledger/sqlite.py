@@ -637,9 +637,11 @@ class SqliteLedger(
     async def settle_handed_over(self, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             # next_attempt_at of a hand-over is its send_at (set at accept, kept by a failed
-            # hand-over): the index narrows the rows before the message is read.
+            # hand-over): the index narrows the rows before the message is read. Named, as
+            # the planner would rather read every submitted recipient (recipients_stale).
             cursor = conn.execute(
-                "UPDATE recipients SET state = 'sent', updated_at = ?, sent_at = "
+                "UPDATE recipients INDEXED BY recipients_handed_over SET state = 'sent', "
+                "updated_at = ?, sent_at = "
                 "(SELECT send_at FROM messages m WHERE m.id = recipients.message_id) "
                 "WHERE state = 'submitted' AND next_attempt_at <= ? AND route IS NOT NULL "
                 "AND route <> 'goip' AND EXISTS (SELECT 1 FROM messages m "

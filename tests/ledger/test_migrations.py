@@ -112,3 +112,34 @@ async def test_sqlite_ledger_of_the_previous_schema_gets_the_table(tmp_path: Pat
         assert [q.reason for q in await ledger.line_quarantines()] == ["upgraded"]
     finally:
         await ledger.close()
+
+
+async def test_sqlite_due_index_holds_queued_recipients_only(tmp_path: Path) -> None:
+    # Every change of state past the queue (a report, a claim) would otherwise move an entry
+    # of the due index; hand-overs waiting for their send_at have an index of their own.
+    path = tmp_path / "goipd.db"
+    store = SqliteLedger(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        where = dict(
+            conn.execute(
+                "SELECT name, substr(sql, instr(sql, 'WHERE')) FROM sqlite_master "
+                "WHERE name IN ('recipients_due', 'recipients_handed_over')"
+            ).fetchall()
+        )
+        plan = " ".join(
+            row[3]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM recipients WHERE state = 'queued' "
+                "AND priority = 1 AND next_attempt_at <= 0 ORDER BY next_attempt_at, id LIMIT 5"
+            )
+        )
+    finally:
+        conn.close()
+    assert where == {
+        "recipients_due": "WHERE state = 'queued'",
+        "recipients_handed_over": "WHERE state = 'submitted' AND route <> 'goip'",
+    }
+    assert "USING INDEX recipients_due" in plan and "TEMP B-TREE" not in plan

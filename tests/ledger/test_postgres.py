@@ -135,6 +135,23 @@ async def ledger_and_holder() -> AsyncIterator[tuple[PostgresLedger, asyncpg.Con
         await store.drop_schema()
 
 
+async def test_postgresql_due_index_holds_queued_recipients_only() -> None:
+    # No UPDATE of an indexed column is HOT: with every recipient in the due index, each
+    # change of state wrote an entry into it. Hand-overs waiting for send_at have their own.
+    async with ledger_and_holder() as (_, holder):
+        where = {
+            row[0]: row[1].partition(" WHERE ")[2]
+            for row in await holder.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+                " AND indexname IN ('recipients_due', 'recipients_handed_over')"
+            )
+        }
+    assert where == {
+        "recipients_due": "(state = 'queued'::text)",
+        "recipients_handed_over": "((state = 'submitted'::text) AND (route <> 'goip'::text))",
+    }
+
+
 async def submitted(store: PostgresLedger, count: int) -> tuple[str, list[int]]:
     """A message to +88691234000{i}, its recipients submitted to "hq" as tasks "1" and on."""
     numbers = tuple(f"+88691234000{i}" for i in range(1, count + 1))
