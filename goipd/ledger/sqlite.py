@@ -141,6 +141,10 @@ def _connect(path: Path, *, reader: bool) -> sqlite3.Connection:
             conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            # The statement journal of an UPDATE run for many rows (a batch of reports) was
+            # a temporary file created, written and deleted per batch, 15-25 us of a report's
+            # CPU; in memory it holds only pages this transaction had already changed.
+            conn.execute("PRAGMA temp_store=MEMORY")
     except BaseException:
         conn.close()
         raise
@@ -968,14 +972,15 @@ def _apply_to_tasks(conn: sqlite3.Connection, reports: Sequence[_ApplyToTask]) -
     step = VARIABLES_PER_QUERY // 4
     for chunk in range(0, len(reports), step):
         part = reports[chunk : chunk + step]
-        # CROSS JOIN keeps the reports the outer loop: one seek each in recipients_task.
+        # CROSS JOIN keeps the reports the outer loop: one seek each in recipients_task. A
+        # join, not `id IN (SELECT ...)`, whose ephemeral table cost a temporary file per
+        # batch; a recipient two reports name comes twice, and is read once.
         rows.extend(
             conn.execute(
-                "WITH reported(server, task_id, number, plus) AS "
+                "WITH reported(ks, kt, kn, kp) AS "
                 f"(VALUES {','.join(['(?,?,?,?)'] * len(part))}) "
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id IN (SELECT r.id "
-                "FROM reported k CROSS JOIN recipients r ON r.server = k.server "
-                "AND r.task_id = k.task_id AND r.number IN (k.number, k.plus))",
+                f"SELECT {RECIPIENT_COLUMNS} FROM reported CROSS JOIN recipients "
+                "ON server = ks AND task_id = kt AND number IN (kn, kp)",
                 [value for report in part for value in report.key],
             )
         )
