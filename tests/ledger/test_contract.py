@@ -1067,16 +1067,24 @@ async def test_reports_written_together_each_see_the_ones_before(ledger: Ledger)
     assert (failed.state, failed.updated_at, failed.sent_at) == (State.FAILED, NOW + 4, None)
 
 
-async def test_a_report_may_decide_for_another_recipient(ledger: Ledger) -> None:
-    # decide may name a recipient other than the one reported: one of the same batch (a later
-    # report of it sees the change) or one no report of the batch names.
-    numbers = tuple(f"+88691234567{i}" for i in range(3))
+async def submitted_as_tasks(
+    ledger: Ledger, count: int
+) -> tuple[Message, tuple[str, ...], list[int]]:
+    """A message to `count` numbers, its recipients submitted to "hq" as tasks 90 and on."""
+    numbers = tuple(f"+88691234567{i}" for i in range(count))
     message = (await ledger.accept(new(numbers), NOW)).message
     ids = [r.id for r in message.recipients]
     await ledger.claim([Claim(rid, "goip", "hq", "G101") for rid in ids], NOW)
     await ledger.record(
         [Outcome(rid, State.SUBMITTED, task_id=str(90 + i)) for i, rid in enumerate(ids)], NOW
     )
+    return message, numbers, ids
+
+
+async def test_a_report_may_decide_for_another_recipient(ledger: Ledger) -> None:
+    # decide may name a recipient other than the one reported: one of the same batch (a later
+    # report of it sees the change) or one no report of the batch names.
+    message, numbers, ids = await submitted_as_tasks(ledger, 3)
 
     def send(target: int) -> Callable[[Recipient], tuple[Outcome | None, State]]:
         return lambda recipient: (Outcome(target, State.SENT), recipient.state)
@@ -1103,13 +1111,7 @@ async def test_a_report_may_decide_for_another_recipient(ledger: Ledger) -> None
 async def test_a_report_whose_decision_raises_fails_alone(ledger: Ledger) -> None:
     # A bug in one report's decision is that caller's error: the reports queued with it are
     # still applied (each of them is a push the SMS Server never sends again).
-    numbers = tuple(f"+88691234567{i}" for i in range(3))
-    message = (await ledger.accept(new(numbers), NOW)).message
-    ids = [r.id for r in message.recipients]
-    await ledger.claim([Claim(rid, "goip", "hq", "G101") for rid in ids], NOW)
-    await ledger.record(
-        [Outcome(rid, State.SUBMITTED, task_id=str(90 + i)) for i, rid in enumerate(ids)], NOW
-    )
+    message, numbers, ids = await submitted_as_tasks(ledger, 3)
 
     def sent(recipient: Recipient) -> tuple[Outcome | None, None]:
         return Outcome(recipient.id, State.SENT), None
@@ -1136,13 +1138,7 @@ async def test_reports_of_one_batch_with_different_columns_each_set_their_own(
     ledger: Ledger,
 ) -> None:
     # One round, four sets of columns (PostgreSQL: one UPDATE writing the rest back as is).
-    numbers = tuple(f"+88691234567{i}" for i in range(5))
-    message = (await ledger.accept(new(numbers), NOW)).message
-    ids = [r.id for r in message.recipients]
-    await ledger.claim([Claim(rid, "goip", "hq", "G101") for rid in ids], NOW)
-    await ledger.record(
-        [Outcome(rid, State.SUBMITTED, task_id=str(90 + i)) for i, rid in enumerate(ids)], NOW
-    )
+    message, numbers, ids = await submitted_as_tasks(ledger, 5)
     outcomes = [
         Outcome(ids[0], State.SENT),
         Outcome(ids[1], State.DELIVERED),
