@@ -117,7 +117,11 @@ def loadavg() -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads included."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _stat_cpu_seconds(text: str) -> float:
+    """User + system CPU time from a /proc stat line (of a process or of one thread)."""
     # The command name (field 2) may hold spaces; the fields after its closing ")" do not.
     fields = text[text.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
@@ -145,8 +149,7 @@ def cpu_split(pid: int) -> CpuSplit:
             text = (task / "stat").read_text()
         except OSError:
             continue  # a thread that ended meanwhile
-        fields = text[text.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        seconds = _stat_cpu_seconds(text)
         if int(task.name) == pid:
             loop += seconds
         else:
