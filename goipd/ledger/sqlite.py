@@ -63,7 +63,7 @@ from goipd.ledger.rows import (
     task_key,
     text_hash,
 )
-from goipd.ledger.rules import SENT_AT_IF_NULL, Planned, planned_updates, transition
+from goipd.ledger.rules import SENT_AT_IF_NULL, Planned, planned_updates
 from goipd.ledger.servers_sqlite import SqliteServerRecords, insert_inbound
 from goipd.ledger.shared_sqlite import SqliteSharedRouting
 from goipd.ledger.upkeep_sqlite import SqliteLineUpkeep
@@ -999,14 +999,6 @@ _TOGETHER: dict[type, Together] = {
 
 
 def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome], now: float) -> None:
-    if len(outcomes) == 1:
-        outcome = outcomes[0]
-        row = conn.execute(
-            "SELECT state, excluded_lines FROM recipients WHERE id = ?", (outcome.recipient_id,)
-        ).fetchone()
-        if row is not None:  # else a report for a recipient this ledger never had
-            _apply(conn, outcome, State(row[0]), json.loads(row[1]), now)
-        return
     # Reads every recipient once and writes each changed one once (a second change of state
     # in a later round), with one executemany per set of changed columns: a dispatch pass
     # records hundreds of outcomes at a time.
@@ -1031,24 +1023,3 @@ def _write_planned(conn: sqlite3.Connection, rounds: Sequence[Planned]) -> None:
                 for c in columns
             )
             conn.executemany(f"UPDATE recipients SET {assignments} WHERE id = ?", rows)
-
-
-def _apply(
-    conn: sqlite3.Connection, outcome: Outcome, state: State, excluded: list[str], now: float
-) -> None:
-    """One outcome for a recipient whose state and excluded lines the caller has just read."""
-    sets = transition(state, excluded, outcome, now)
-    if sets is None:
-        return
-    if "excluded_lines" in sets:
-        sets["excluded_lines"] = json.dumps(sets["excluded_lines"])
-    assignments = [f"{name} = ?" for name in sets]
-    values = list(sets.values())
-    if "delivered_at" in sets:
-        # A receipt may come before the "succeeded" report: delivered implies sent.
-        assignments.append("sent_at = COALESCE(sent_at, ?)")
-        values.append(now)
-    conn.execute(
-        f"UPDATE recipients SET {', '.join(assignments)} WHERE id = ?",
-        (*values, outcome.recipient_id),
-    )
